@@ -1,0 +1,20 @@
+"""fastdiff's fused ops. Each op has a `reference` (plain PyTorch, the specification), `cpu`, `cuda` and
+`triton` implementation with one meaning; `use_backend` / FASTDIFF_BACKEND choose, "auto" picks the fastest."""
+from fastdiff.ops import _register
+from fastdiff.ops._backend import (BACKENDS, BackendStatus, BackendUnavailableError, available_backends,
+                                   get_backend, use_backend)
+from fastdiff.ops._common import PREDICTIONS, VAR_TYPES
+from fastdiff.ops._table import NCOEF, betas_for_timesteps, schedule_coefficients, step_table
+from fastdiff.ops.ddim_step import ddim_step
+from fastdiff.ops.ddpm_step import ddpm_step
+from fastdiff.ops.posterior_mean_variance import posterior_mean_variance
+from fastdiff.ops.q_sample import q_sample
+from fastdiff.ops.randn_like import randn_like
+
+_register.register()
+
+__all__ = [
+    "BACKENDS", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
+    "PREDICTIONS", "VAR_TYPES", "NCOEF", "betas_for_timesteps", "schedule_coefficients", "step_table",
+    "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "randn_like",
+]

@@ -1,0 +1,161 @@
+"""Argument checks and reference building blocks shared by the fused sampler ops.
+
+The reference math here is the specification the cpu, cuda and triton kernels follow;
+each piece of math exists once (the kernels mirror it in csrc/include/fastdiff/sampler_math.h
+and triton_kernels/_sampler_math.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastdiff.ops import _table as T
+from fastdiff.ops import philox
+
+PREDICTIONS = {"epsilon": 0, "x0": 1, "v": 2}
+_PREDICTION_ALIASES = {"eps": "epsilon", "sample": "x0", "start_x": "x0", "v_prediction": "v"}
+VAR_TYPES = {"fixed_small": 0, "fixed_large": 1, "learned": 2, "learned_range": 3}
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def prediction_code(prediction) -> int:
+    """'epsilon' | 'x0' | 'v' (diffusers' 'sample'/'v_prediction' and ModelMeanType accepted) -> kernel code."""
+    name = getattr(prediction, "name", prediction)
+    name = str(name).lower()
+    name = _PREDICTION_ALIASES.get(name, name)
+    if name not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {sorted(PREDICTIONS)} (or {sorted(_PREDICTION_ALIASES)}), "
+                         f"got {prediction!r}")
+    return PREDICTIONS[name]
+
+
+def var_type_code(var_type) -> int:
+    """'fixed_small' | 'fixed_large' | 'learned' | 'learned_range' (or ModelVarType) -> kernel code."""
+    name = str(getattr(var_type, "name", var_type)).lower()
+    if name not in VAR_TYPES:
+        raise ValueError(f"var_type must be one of {sorted(VAR_TYPES)}, got {var_type!r}")
+    return VAR_TYPES[name]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp16/bf16/fp32 storage, fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_float(name: str, x: torch.Tensor, like: torch.Tensor | None = None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if like is not None:
+        if x.device != like.device:
+            raise ValueError(f"{name} is on {x.device} but x is on {like.device}")
+        if x.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but x has {like.dtype}; cast explicitly")
+
+
+def check_coefs_t(x: torch.Tensor, coefs: torch.Tensor, t) -> torch.Tensor:
+    """Validate the coefficient table and timestep indices; returns t as an int64 [N] tensor on x's device."""
+    if not isinstance(coefs, torch.Tensor) or coefs.dim() != 2 or coefs.shape[1] != T.NCOEF:
+        raise ValueError(f"coefs must be a [T, {T.NCOEF}] table from fastdiff.ops.step_table, got "
+                         f"{tuple(coefs.shape) if isinstance(coefs, torch.Tensor) else type(coefs).__name__}")
+    if coefs.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"coefs must be float32 or float64, got {coefs.dtype}")
+    if coefs.device != x.device:
+        raise ValueError(f"coefs is on {coefs.device} but x is on {x.device}")
+    n = x.shape[0]
+    if isinstance(t, int):
+        t = torch.full((n,), t, dtype=torch.int64, device=x.device)
+    if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"t must be an int or an int32/int64 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"t must have shape [N] = [{n}] (one timestep index per sample), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"t is on {t.device} but x is on {x.device}")
+    # Range check only where it costs no device synchronisation; CUDA kernels assert on device.
+    if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= coefs.shape[0]):
+        raise IndexError(f"t must lie in [0, {coefs.shape[0]}) (the table's T), got min {int(t.min())} "
+                         f"max {int(t.max())}")
+    return t.to(torch.int64)
+
+
+def check_model_output(name: str, mo: torch.Tensor, x: torch.Tensor, allow_double: bool = True) -> None:
+    """model_output: [N, C, ...] like x, or [N, 2C, ...] with learned-variance channels."""
+    check_float(name, mo, like=x)
+    channels = (x.shape[1], 2 * x.shape[1]) if allow_double else (x.shape[1],)
+    if mo.dim() != x.dim() or mo.shape[0] != x.shape[0] or mo.shape[2:] != x.shape[2:] or mo.shape[1] not in channels:
+        raise ValueError(f"{name} must have shape [N, C or 2C, ...] matching x {tuple(x.shape)}, got {tuple(mo.shape)}")
+
+
+def check_guidance_scale(guidance_scale) -> float:
+    g = float(guidance_scale)
+    if not math.isfinite(g):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
+    return g
+
+
+def check_noise_args(x, noise, seed, offset, stochastic: bool, generator=None) -> int:
+    """Validate the noise source; returns the seed for in-kernel noise (-1 when a tensor or nothing is used).
+
+    With neither `noise` nor `seed` for a stochastic step, a seed is drawn from `generator` (or torch's
+    default CPU generator) so results still follow torch.manual_seed and no device sync is needed.
+    """
+    if noise is not None and seed is not None:
+        raise ValueError("pass either noise (a tensor) or seed (in-kernel Philox noise), not both")
+    if noise is not None:
+        check_float("noise", noise, like=x)
+        if noise.shape != x.shape:
+            raise ValueError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
+        return -1
+    if seed is None:
+        if not stochastic:
+            return -1
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    philox.check_seed_offset(seed, offset)
+    return seed
+
+
+def check_x(x: torch.Tensor) -> None:
+    check_float("x", x)
+    if x.dim() < 2:
+        raise ValueError(f"x must be [N, C, ...] with at least 2 dims, got shape {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------- reference math
+
+
+def gather(coefs: torch.Tensor, t: torch.Tensor, col: int, ndim: int, dtype: torch.dtype) -> torch.Tensor:
+    """coefs[t, col] as [N, 1, ..., 1] (ndim dims) in `dtype`: guided-diffusion's _extract_into_tensor."""
+    return coefs[t, col].to(dtype).reshape(-1, *([1] * (ndim - 1)))
+
+
+def guided_output(model_output, model_output_uncond, guidance_scale: float, channels: int, dtype):
+    """First `channels` channels of the model output, with classifier-free guidance
+    ε = ε_u + s·(ε_c − ε_u) (Ho & Salimans eq. 6 with s = 1 + w) when an unconditional output is given."""
+    out = model_output[:, :channels].to(dtype)
+    if model_output_uncond is not None:
+        unc = model_output_uncond[:, :channels].to(dtype)
+        out = unc + guidance_scale * (out - unc)
+    return out
+
+
+def predict_x0(prediction: int, x, out, coefs, t, dtype):
+    """x̂0 from the model output: ε (DDPM eq. 15 inverted), x0 itself, or v (Salimans & Ho: x0 = √ᾱ x − √(1−ᾱ) v)."""
+    g = lambda col: gather(coefs, t, col, x.dim(), dtype)  # noqa: E731
+    if prediction == 0:
+        return g(T.SQRT_RECIP_AC) * x - g(T.SQRT_RECIPM1_AC) * out
+    if prediction == 1:
+        return out
+    return g(T.SQRT_AC) * x - g(T.SQRT_1M_AC) * out
+
+
+def step_noise(x, noise, seed: int, offset: int, dtype):
+    """The step's standard normal noise: the caller's tensor, or Philox(seed, offset + flat index)."""
+    if noise is not None:
+        return noise.to(dtype)
+    if seed >= 0:
+        return philox.randn(x.shape, seed, offset, device=x.device).to(dtype)
+    return None

@@ -1,0 +1,57 @@
+"""Python registrations for the C++ ops of fastdiff._C: fake kernels (torch.compile) and autograd formulas."""
+from __future__ import annotations
+
+import torch
+
+from fastdiff import _ext
+from fastdiff.ops import _common as C
+from fastdiff.ops import posterior_mean_variance as _pmv
+from fastdiff.ops import q_sample as _qs
+
+
+def _step_fake(x, model_output, model_output_uncond, coefs, t, *args):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), (
+        torch.empty_like(x, memory_format=torch.contiguous_format) if args[-1] else x.new_empty(0))
+
+
+def _q_sample_setup(ctx, inputs, output):
+    _, _, coefs, t = inputs
+    ctx.save_for_backward(coefs, t)
+
+
+def _q_sample_backward(ctx, grad):
+    coefs, t = ctx.saved_tensors
+    a, b = _qs.backward_coefficients(coefs, t, grad.dim(), grad.dtype)
+    return grad * a, grad * b, None, None
+
+
+def _posterior_backward(ctx, grad_mean, _grad_var, _grad_log_var):
+    coefs, t = ctx.saved_tensors
+    a, b = _pmv.backward_coefficients(coefs, t, grad_mean.dim(), grad_mean.dtype)
+    return grad_mean * a, grad_mean * b, None, None
+
+
+def register() -> None:
+    if not _ext.has_cpu_kernels():
+        return
+    torch.library.register_fake("fastdiff::ddim_step")(
+        lambda x, mo, mou, coefs, t, eta, pred, clip, scale, noise, seed, offset, rx0:
+        _step_fake(x, mo, mou, coefs, t, rx0))
+    torch.library.register_fake("fastdiff::ddpm_step")(
+        lambda x, mo, mou, coefs, t, pred, vt, clip, scale, noise, seed, offset, rx0:
+        _step_fake(x, mo, mou, coefs, t, rx0))
+    torch.library.register_fake("fastdiff::q_sample")(
+        lambda x_start, noise, coefs, t: torch.empty_like(x_start, memory_format=torch.contiguous_format))
+
+    def _posterior_fake(x_start, x_t, coefs, t):
+        acc = C.acc_dtype(x_start.dtype)
+        n = x_start.shape[0]
+        return (torch.empty_like(x_start, memory_format=torch.contiguous_format),
+                x_start.new_empty((n,), dtype=acc), x_start.new_empty((n,), dtype=acc))
+
+    torch.library.register_fake("fastdiff::posterior_mean_variance")(_posterior_fake)
+    torch.library.register_fake("fastdiff::randn_like")(
+        lambda x, seed, offset: torch.empty_like(x, memory_format=torch.contiguous_format))
+    torch.library.register_autograd("fastdiff::q_sample", _q_sample_backward, setup_context=_q_sample_setup)
+    torch.library.register_autograd("fastdiff::posterior_mean_variance", _posterior_backward,
+                                    setup_context=_q_sample_setup)
