@@ -1,0 +1,88 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastdiff.ops as ops
+
+
+def _args():
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy())
+    x = torch.randn(2, 3, 4)
+    return x, torch.randn(2, 3, 4), coefs, torch.tensor([3, 9])
+
+
+def test_available_backends_reports_reasons():
+    status = ops.available_backends()
+    assert set(status) == set(ops.BACKENDS)
+    assert status["reference"].available
+    assert status["cpu"].available, status["cpu"].reason  # `make test` builds the extension
+    for name, s in status.items():
+        assert isinstance(s.reason, str) and s.reason, name
+    if not torch.cuda.is_available():
+        assert not status["cuda"].available and "CUDA" in status["cuda"].reason
+
+
+def test_use_backend_setter_and_context():
+    assert ops.get_backend() == "auto"
+    with ops.use_backend("reference"):
+        assert ops.get_backend() == "reference"
+        with ops.use_backend("cpu"):
+            assert ops.get_backend() == "cpu"
+        assert ops.get_backend() == "reference"
+    assert ops.get_backend() == "auto"
+    ops.use_backend("cpu")
+    try:
+        assert ops.get_backend() == "cpu"
+    finally:
+        ops.use_backend("auto")
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.use_backend("fast")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no CUDA device")
+def test_explicit_unavailable_backend_raises_instead_of_falling_back():
+    x, eps, coefs, t = _args()
+    with pytest.raises(ops.BackendUnavailableError, match="'cuda' was requested"):
+        ops.ddim_step(x, eps, coefs, t, backend="cuda")
+    with ops.use_backend("cuda"), pytest.raises(ops.BackendUnavailableError):
+        ops.q_sample(x, t, eps, coefs)
+
+
+def test_auto_picks_the_compiled_cpu_kernel(monkeypatch):
+    x, eps, coefs, t = _args()
+    calls = []
+    real = torch.ops.fastdiff.ddim_step
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append(a)
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops.fastdiff, "ddim_step", Spy())
+    ops.ddim_step(x, eps, coefs, t)
+    assert len(calls) == 1
+
+
+def test_env_var_selects_backend():
+    code = "import fastdiff.ops as o; print(o.get_backend())"
+    env = dict(os.environ, FASTDIFF_BACKEND="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+    env["FASTDIFF_BACKEND"] = "bogus"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "backend must be one of" in bad.stderr
+
+
+def test_import_without_extension_does_not_fail():
+    """Importing fastdiff with _C unloadable still works and reports why."""
+    code = ("import sys; sys.modules['fastdiff._C'] = None\n"
+            "import fastdiff.ops as o; s = o.available_backends(); assert not s['cpu'].available\n"
+            "print(s['cpu'].reason)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "did not load" in out.stdout

@@ -1,0 +1,76 @@
+"""Bad input gives a clear error naming the argument, on every backend (checks run before dispatch)."""
+import math
+
+import pytest
+import torch
+
+import fastdiff.ops as ops
+
+
+@pytest.fixture
+def args():
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy())
+    return torch.randn(2, 3, 4), torch.randn(2, 3, 4), coefs, torch.tensor([3, 9])
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu"])
+def test_step_errors(args, name):
+    x, eps, coefs, t = args
+    with pytest.raises(TypeError, match="model_output has dtype"):
+        ops.ddim_step(x, eps.double(), coefs, t, backend=name)
+    with pytest.raises(ValueError, match="model_output must have shape"):
+        ops.ddim_step(x, eps[:, :2], coefs, t, backend=name)
+    with pytest.raises(IndexError, match=r"t must lie in \[0, 10\)"):
+        ops.ddim_step(x, eps, coefs, torch.tensor([3, 10]), backend=name)
+    with pytest.raises(IndexError, match="t must lie"):
+        ops.ddpm_step(x, eps, coefs, torch.tensor([-1, 0]), backend=name)
+    with pytest.raises(ValueError, match="t must have shape"):
+        ops.ddim_step(x, eps, coefs, torch.tensor([1, 2, 3]), backend=name)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ops.ddim_step(x, eps, coefs, t, eta=-0.1, backend=name)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ops.ddim_step(x, eps, coefs, t, eta=math.nan, backend=name)
+    with pytest.raises(ValueError, match="guidance_scale must be finite"):
+        ops.ddim_step(x, eps, coefs, t, model_output_uncond=eps, guidance_scale=math.nan, backend=name)
+    with pytest.raises(ValueError, match="either noise"):
+        ops.ddpm_step(x, eps, coefs, t, noise=torch.randn_like(x), seed=1, backend=name)
+    with pytest.raises(ValueError, match="noise must have x's shape"):
+        ops.ddpm_step(x, eps, coefs, t, noise=torch.randn(2, 3, 5), backend=name)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        ops.ddpm_step(x, eps, coefs, t, seed=-4, backend=name)
+    with pytest.raises(ValueError, match="needs model_output with 2C"):
+        ops.ddpm_step(x, eps, coefs, t, var_type="learned_range", backend=name)
+    with pytest.raises(ValueError, match="var_type must be one of"):
+        ops.ddpm_step(x, eps, coefs, t, var_type="large", backend=name)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        ops.ddim_step(x, eps, coefs, t, prediction="score", backend=name)
+    with pytest.raises(ValueError, match="coefs must be a"):
+        ops.q_sample(x, t, eps, coefs[:, :5], backend=name)
+    with pytest.raises(TypeError, match="t must be an int"):
+        ops.q_sample(x, t.float(), eps, coefs, backend=name)
+    with pytest.raises(ValueError, match="x_t must have x_start's shape"):
+        ops.posterior_mean_variance(x, eps[:1], t, coefs, backend=name)
+
+
+def test_device_mismatch_is_named(args):
+    x, eps, coefs, t = args
+    meta = torch.randn(2, 3, 4, device="meta")
+    with pytest.raises(ValueError, match="model_output is on meta but x is on cpu"):
+        ops.ddim_step(x, meta, coefs, t)
+
+
+def test_cpp_kernel_checks_without_python_wrapper(args):
+    """The C++ op validates its own inputs too (it can be called directly through torch.ops)."""
+    x, eps, coefs, t = args
+    with pytest.raises(RuntimeError, match="t"):
+        torch.ops.fastdiff.ddim_step(x, eps, None, coefs, torch.tensor([0, 99]), 0.0, 0, False, 1.0, None, -1, 0,
+                                     False)
+    with pytest.raises(RuntimeError, match="model_output"):
+        torch.ops.fastdiff.q_sample(x, eps[:1], coefs, t)
+
+
+def test_step_table_validation():
+    with pytest.raises(ValueError, match="betas must lie in"):
+        ops.step_table([0.1, 1.5])
+    with pytest.raises(ValueError, match="timesteps must lie in"):
+        ops.betas_for_timesteps([0.9, 0.8], [0, 2])

@@ -1,0 +1,56 @@
+"""torch.library.opcheck on every registered op, and torch.compile(fullgraph=True) through the public API."""
+import pytest
+import torch
+
+import fastdiff.ops as ops
+
+
+def _inputs(dtype=torch.float32, n=3):
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 20).double().numpy())
+    x = torch.randn(n, 2, 5, 3, dtype=dtype)
+    return x, torch.randn(n, 4, 5, 3, dtype=dtype), coefs, torch.tensor([0, 7, 19][:n])
+
+
+SAMPLES = {
+    "ddim_step": lambda x, mo, c, t: (x, mo, mo.clone(), c, t, 0.7, 0, True, 3.0, None, 11, 2**32, True),
+    "ddpm_step": lambda x, mo, c, t: (x, mo, None, c, t, 2, 3, False, 1.0, torch.randn_like(x), -1, 0, False),
+    "q_sample": lambda x, mo, c, t: (x.requires_grad_(), torch.randn_like(x).requires_grad_(), c, t),
+    "posterior_mean_variance": lambda x, mo, c, t: (x.requires_grad_(), torch.randn_like(x).requires_grad_(), c, t),
+    "randn_like": lambda x, mo, c, t: (x, 5, 3),
+}
+
+
+@pytest.mark.parametrize("op", sorted(SAMPLES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(op, dtype):
+    args = SAMPLES[op](*_inputs(dtype))
+    torch.library.opcheck(getattr(torch.ops.fastdiff, op).default, args)
+
+
+def test_compile_fullgraph_sampler_step():
+    x, mo, coefs, t = _inputs()
+
+    def step(x, mo, unc):
+        out, x0 = ops.ddim_step(x, mo, coefs, t, eta=1.0, model_output_uncond=unc, guidance_scale=2.0, seed=4,
+                                offset=8, return_x0=True)
+        xt = ops.q_sample(x0, t, out, coefs)
+        mean, var, logvar = ops.posterior_mean_variance(x0, xt, t, coefs)
+        return ops.ddpm_step(mean, mo, coefs, t, var_type="learned_range", seed=5) + logvar
+
+    unc = torch.randn_like(mo)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, mo, unc), step(x, mo, unc))
+
+
+def test_compile_fullgraph_backward():
+    x, _, coefs, t = _inputs()
+    noise = torch.randn_like(x)
+
+    def loss(x0):
+        return ops.q_sample(x0, t, noise, coefs).square().sum()
+
+    x0 = x.clone().requires_grad_()
+    torch.compile(loss, backend="aot_eager", fullgraph=True)(x0).backward()
+    x1 = x.clone().requires_grad_()
+    loss(x1).backward()
+    torch.testing.assert_close(x0.grad, x1.grad)

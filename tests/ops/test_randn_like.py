@@ -1,0 +1,60 @@
+import random
+
+import pytest
+import torch
+
+import fastdiff.ops as ops
+from fastdiff.ops import philox
+from tests.ops._cases import N_CASES, RUN_SEED, backend_device
+
+
+@pytest.mark.parametrize("index", range(N_CASES))
+def test_noise_stream_equal_across_backends(backend, index):
+    rng = random.Random(RUN_SEED + index)
+    shape = rng.choice([(1,), (7,), (3, 1023), (2, 3, 5, 5), (1025,), (4, 17)])
+    seed, offset = rng.randrange(2**63), rng.choice([0, 1, 2**32 - 1, 2**32, rng.randrange(2**62)])
+    dtype = (torch.float32, torch.float16)[index % 2]
+    like = torch.empty(shape, dtype=dtype, device=backend_device(backend))
+    out = ops.randn_like(like, seed, offset, backend=backend)
+    ref = ops.randn_like(like, seed, offset, backend="reference")
+    assert out.dtype == dtype and out.shape == like.shape
+    # Equal up to the rounding of log/cos (DESIGN §3).
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-6 if dtype == torch.float32 else 2e-3, rtol=1e-5)
+
+
+def test_noise_stream_independent_of_batch_size(backend):
+    device = backend_device(backend)
+    full = ops.randn_like(torch.empty(6, 3, 8, 8, device=device), 1234, 2**32, backend=backend)
+    part = ops.randn_like(torch.empty(2, 3, 8, 8, device=device), 1234, 2**32, backend=backend)
+    assert torch.equal(full[:2], part)
+
+
+def test_reference_stream_matches_known_triton_values():
+    """Values of tl.randn(seed, offset) recorded from Triton 3.6's interpreter for a few counters."""
+    pytest.importorskip("triton")
+    import triton
+    import triton.language as tl
+
+    from fastdiff.ops._backend import triton_interpret
+
+    if not (torch.cuda.is_available() or triton_interpret()):
+        pytest.fail("Triton needs CUDA or TRITON_INTERPRET=1 (set by conftest)")
+
+    @triton.jit
+    def _randn(out_ptr, seed, offset, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + i, tl.randn(seed, offset + i.to(tl.int64)), mask=i < n)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for seed, offset in [(0, 0), (2**40 + 7, 2**33 + 11), (2**62, 12345)]:
+        out = torch.empty(3000, device=device)
+        _randn[(triton.cdiv(3000, 512),)](out, seed, offset, 3000, BLOCK=512)
+        ref = philox.randn((3000,), seed, offset, device=device)
+        torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
+
+
+def test_noise_statistics():
+    z = philox.randn((200_000,), seed=3, offset=0)
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    # Neighbouring counters are uncorrelated.
+    assert abs(float((z[1:] * z[:-1]).mean())) < 0.01
