@@ -75,8 +75,9 @@ def check_coefs_t(x: torch.Tensor, coefs: torch.Tensor, t) -> torch.Tensor:
         raise ValueError(f"t must have shape [N] = [{n}] (one timestep index per sample), got {tuple(t.shape)}")
     if t.device != x.device:
         raise ValueError(f"t is on {t.device} but x is on {x.device}")
-    # Range check only where it costs no device synchronisation; CUDA kernels assert on device.
-    if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= coefs.shape[0]):
+    # Range check only where it costs no device synchronisation (CUDA kernels assert on device), and not while
+    # torch.compile traces (a data-dependent branch; the C++ CPU kernel checks at run time).
+    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling() and (int(t.min()) < 0 or int(t.max()) >= coefs.shape[0]):
         raise IndexError(f"t must lie in [0, {coefs.shape[0]}) (the table's T), got min {int(t.min())} "
                          f"max {int(t.max())}")
     return t.to(torch.int64)
