@@ -1,0 +1,156 @@
+"""Per-element sampler math as @triton.jit helpers, written once for every op (mirrors fastdiff/ops/_common.py).
+
+Kernels work on a [ROWS, BLOCK_M] tile: ROWS samples n (one timestep t[n] each) by BLOCK_M elements of the
+sample's row of M = x[0].numel() values. Per-sample coefficients are gathered once per program as [ROWS, 1]
+columns and broadcast along the row. Every loaded value is cast to ACC (fp32, or fp64 for fp64 inputs)
+before any arithmetic.
+"""
+import triton
+import triton.language as tl
+
+from . import _coefs as K
+
+
+@triton.jit
+def tile(N, M, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's samples `rows` (int64 [ROWS]), row offsets `cols` ([BLOCK_M]) and masks."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N
+    mask = row_mask[:, None] & (cols < M)[None, :]
+    return rows, cols, row_mask, mask
+
+
+@triton.jit
+def load_tile(ptr, rows, row_stride, cols, mask, ACC: tl.constexpr):
+    """ptr[n * row_stride + i] for the tile, cast to ACC."""
+    offs = rows[:, None] * row_stride + cols[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def store_tile(ptr, rows, M, cols, mask, value):
+    """Write the tile into a contiguous [N, M] output, in the output's dtype."""
+    offs = rows[:, None] * M + cols[None, :]
+    tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def load_t(t_ptr, rows, row_mask):
+    """The timestep index t[n] of each row, int64 [ROWS]; 0 for rows past N."""
+    return tl.load(t_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+
+
+@triton.jit
+def coef(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
+    """coefs[t[n], COL] as an ACC [ROWS, 1] column (guided-diffusion's _extract_into_tensor).
+
+    Unmasked: rows past N carry t = 0 (see load_t), a valid table row, so no garbage enters the math.
+    """
+    return tl.load(coefs_ptr + t * K.NCOEF + COL).to(ACC)[:, None]
+
+
+@triton.jit
+def host_scalar(hi, lo, ACC: tl.constexpr):
+    """A host float passed as two fp32 halves (hi + lo), rebuilt in ACC so fp64 kernels keep ~48 bits."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def cfg_combine(out_c, out_u, scale):
+    """Classifier-free guidance ε = ε_u + s·(ε_c − ε_u) (Ho & Salimans eq. 6 with s = 1 + w)."""
+    return out_u + scale * (out_c - out_u)
+
+
+@triton.jit
+def predict_x0(x, out, coefs_ptr, t, PREDICTION: tl.constexpr, ACC: tl.constexpr):
+    """x̂0 from the model output: ε (DDPM eq. 15 inverted), x0 itself, or v (x0 = √ᾱ x − √(1−ᾱ) v)."""
+    if PREDICTION == 0:
+        x0 = (coef(coefs_ptr, t, K.SQRT_RECIP_AC, ACC) * x
+              - coef(coefs_ptr, t, K.SQRT_RECIPM1_AC, ACC) * out)
+    elif PREDICTION == 1:
+        x0 = out
+    else:
+        x0 = coef(coefs_ptr, t, K.SQRT_AC, ACC) * x - coef(coefs_ptr, t, K.SQRT_1M_AC, ACC) * out
+    return x0
+
+
+@triton.jit
+def clip(x0, CLIP: tl.constexpr):
+    """x̂0 clamped to [-1, 1] when CLIP (guided-diffusion's clip_denoised)."""
+    if CLIP:
+        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+    return x0
+
+
+@triton.jit
+def eps_from_x0(x, x0, coefs_ptr, t, ACC: tl.constexpr):
+    """ε̂ = (x_t/√ᾱ_t − x̂0) / √(1/ᾱ_t − 1), re-derived from the (clipped) x̂0 (DDPM eq. 15 solved for ε)."""
+    return ((coef(coefs_ptr, t, K.SQRT_RECIP_AC, ACC) * x - x0)
+            / coef(coefs_ptr, t, K.SQRT_RECIPM1_AC, ACC))
+
+
+@triton.jit
+def ddim_sigma(eta, coefs_ptr, t, ACC: tl.constexpr):
+    """σ_t(η) = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev) (DDIM eq. 16), [ROWS, 1]."""
+    ac = coef(coefs_ptr, t, K.AC, ACC)
+    ac_prev = coef(coefs_ptr, t, K.AC_PREV, ACC)
+    return eta * tl.sqrt((1.0 - ac_prev) / (1.0 - ac)) * tl.sqrt(1.0 - ac / ac_prev)
+
+
+@triton.jit
+def ddim_mean(x0, eps, sigma, coefs_ptr, t, ACC: tl.constexpr):
+    """√ᾱ_prev x̂0 + √(1 − ᾱ_prev − σ²) ε̂: DDIM eq. 12 without its noise term."""
+    ac_prev = coef(coefs_ptr, t, K.AC_PREV, ACC)
+    dir_coef = tl.sqrt(tl.maximum(1.0 - ac_prev - sigma * sigma, 0.0))
+    return x0 * tl.sqrt(ac_prev) + dir_coef * eps
+
+
+@triton.jit
+def posterior_mean(x0, xt, coefs_ptr, t, ACC: tl.constexpr):
+    """μ̃_t(x_t, x̂0) = coef1 x̂0 + coef2 x_t (DDPM eq. 7)."""
+    return coef(coefs_ptr, t, K.POST_COEF1, ACC) * x0 + coef(coefs_ptr, t, K.POST_COEF2, ACC) * xt
+
+
+@triton.jit
+def ddpm_log_variance(v, coefs_ptr, t, VAR_TYPE: tl.constexpr, ACC: tl.constexpr):
+    """log σ²_t: fixed_small log β̃_t, fixed_large, learned v, or learned_range (Improved DDPM eq. 15)."""
+    if VAR_TYPE == 0:
+        log_var = coef(coefs_ptr, t, K.POST_LOGVAR, ACC)
+    elif VAR_TYPE == 1:
+        log_var = coef(coefs_ptr, t, K.FIXED_LARGE_LOGVAR, ACC)
+    elif VAR_TYPE == 2:
+        log_var = v
+    else:
+        frac = (v + 1.0) / 2.0
+        log_var = (frac * coef(coefs_ptr, t, K.LOG_BETA, ACC)
+                   + (1.0 - frac) * coef(coefs_ptr, t, K.POST_LOGVAR, ACC))
+    return log_var
+
+
+@triton.jit
+def q_sample_mix(x0, noise, coefs_ptr, t, ACC: tl.constexpr):
+    """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4)."""
+    return coef(coefs_ptr, t, K.SQRT_AC, ACC) * x0 + coef(coefs_ptr, t, K.SQRT_1M_AC, ACC) * noise
+
+
+@triton.jit
+def philox_normal(seed, offset, counter):
+    """Standard normals Philox4x32-10(seed, offset + counter) + Box-Muller (DESIGN §3), int64 counters, fp32."""
+    return tl.randn(seed, offset + counter)
+
+
+@triton.jit
+def step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE: tl.constexpr, ACC: tl.constexpr):
+    """The step's noise z for the tile: the caller's tensor (NOISE == 1) or Philox at flat index n·M + i (NOISE == 2)."""
+    if NOISE == 1:
+        z = load_tile(noise_ptr, rows, noise_stride, cols, mask, ACC)
+    else:
+        z = philox_normal(seed, offset, rows[:, None] * M + cols[None, :]).to(ACC)
+    return z
+
+
+@triton.jit
+def nonzero_t(t, ACC: tl.constexpr):
+    """[t > 0] as an ACC [ROWS, 1] column: no noise is added on the last step (t = 0)."""
+    return (t != 0).to(ACC)[:, None]
