@@ -94,37 +94,43 @@ class GaussianMixture:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) of the mixture, float64 [N] for x: [N, D] (log-sum-exp over components)."""
-        return self._log_joint(x, torch.ones(x.shape[0], dtype=torch.float64, device=x.device))[0].logsumexp(1)
+        ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+        return self._log_joint(x.to(torch.float64), ones)[0].logsumexp(1)
 
     def _log_joint(self, x: torch.Tensor, alpha_bar: torch.Tensor):
-        """log w_k + log N(x; √ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I) as [N, K], with the centred offsets [N, K, D]
-        and the component variances [N, K]; all float64 on x's device. alpha_bar: float64 [N]."""
+        """log w_k + log N(x; √ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I) as [N, K] and the variances ᾱ s_k² + 1 − ᾱ [N, K].
+
+        x: float64 [N, D]; alpha_bar: float64 [N]. ‖x − √ᾱ μ_k‖² is expanded as ‖x‖² − 2√ᾱ x·μ_k + ᾱ‖μ_k‖²
+        (one [N, D] x [D, K] matmul, no [N, K, D] temporary; float64 keeps the cancellation error ~1e-15 ‖x‖²,
+        far below the smallest variance ᾱ s_k²).
+        """
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [N, D] = [N, {self.dim}], got {tuple(x.shape)}")
         dev = x.device
         mu, s2, w = self.means.to(dev), self.std.to(dev).square(), self.weights.to(dev)
         a = alpha_bar[:, None]                                               # [N, 1]
         var = a * s2[None, :] + (1.0 - a)                                    # [N, K]
-        diff = x.to(torch.float64)[:, None, :] - a.sqrt()[:, :, None] * mu[None]   # [N, K, D]
-        sq = diff.square().sum(-1)                                           # [N, K]
+        sq = (x.square().sum(1, keepdim=True) - 2.0 * a.sqrt() * (x @ mu.T)
+              + a * mu.square().sum(1)[None, :]).clamp_min(0.0)               # [N, K]
         log_joint = w.log()[None] - 0.5 * self.dim * torch.log(2.0 * math.pi * var) - 0.5 * sq / var
-        return log_joint, diff, var
+        return log_joint, var
 
     def x0_posterior_mean(self, x: torch.Tensor, alpha_bar) -> torch.Tensor:
         """E[x0 | x_t = x] for x_t = √ᾱ x0 + √(1 − ᾱ) ε (DDPM eq. 4), exactly.
 
         x_t is the mixture Σ_k w_k N(√ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I); with responsibilities r_k(x) (softmax in
-        float64 of the log joint above),
-        E[x0 | x] = Σ_k r_k(x) [μ_k + √ᾱ s_k² / (ᾱ s_k² + 1 − ᾱ) · (x − √ᾱ μ_k)].
+        float64 of the log joint, i.e. a log-sum-exp) and gains g_k = √ᾱ s_k² / (ᾱ s_k² + 1 − ᾱ),
+        E[x0 | x] = Σ_k r_k [μ_k + g_k (x − √ᾱ μ_k)] = Σ_k r_k (1 − √ᾱ g_k) μ_k + (Σ_k r_k g_k) x.
         x: [N, D]; alpha_bar: a float or a tensor [N] (or [N, 1]) in (0, 1]. Returns [N, D] in x's dtype.
         """
         ab = self._alpha_bar(alpha_bar, x)
-        log_joint, diff, var = self._log_joint(x, ab)
+        xd = x.to(torch.float64)
+        log_joint, var = self._log_joint(xd, ab)
         resp = torch.softmax(log_joint, dim=1)                               # [N, K]
-        s2 = self.std.to(x.device).square()
-        gain = ab.sqrt()[:, None] * s2[None, :] / var                        # [N, K]
-        cond = self.means.to(x.device)[None] + gain[:, :, None] * diff       # [N, K, D]
-        return (resp[:, :, None] * cond).sum(1).to(x.dtype)
+        sa = ab.sqrt()[:, None]                                              # [N, 1]
+        gain = sa * self.std.to(x.device).square()[None, :] / var            # [N, K]
+        x0 = (resp * (1.0 - sa * gain)) @ self.means.to(x.device) + (resp * gain).sum(1, keepdim=True) * xd
+        return x0.to(x.dtype)
 
     def eps_posterior_mean(self, x: torch.Tensor, alpha_bar) -> torch.Tensor:
         """The Bayes-optimal ε-prediction E[ε | x_t = x] = (x − √ᾱ E[x0 | x]) / √(1 − ᾱ).

@@ -1,0 +1,93 @@
+"""fastdiff.metrics.toy2d.mode_stats on crafted samples: all modes, missing modes, outliers, thresholds."""
+import json
+import math
+
+import pytest
+import torch
+
+from fastdiff.data import GaussianMixture, grid25
+from fastdiff.metrics import mode_stats, nearest_mode
+
+
+def _rng():
+    seed = int(torch.randint(0, 2**31, (1,)).item())
+    return torch.Generator().manual_seed(seed), seed
+
+
+def test_exact_samples_cover_all_modes():
+    g, seed = _rng()
+    m = grid25()
+    n = 5000
+    s = mode_stats(m.sample(n, generator=g), m)
+    assert s.modes_covered == 25 and s.n_modes == 25 and s.all_covered, seed
+    share = 1 - math.exp(-4.5)  # P(|z| <= 3) for a 2-D standard normal
+    assert abs(s.high_quality_share - share) < 5 * math.sqrt(share * (1 - share) / n), (seed, s.high_quality_share)
+    assert sum(s.counts) == round(s.high_quality_share * n) and s.min_counts == [math.ceil(0.1 * n / 25)] * 25
+    json.dumps(s.to_dict())
+
+
+def test_missing_modes_are_reported():
+    g, seed = _rng()
+    m = grid25()
+    keep = torch.randperm(25, generator=g)[:18]
+    sub = GaussianMixture(m.means[keep], m.std[keep])
+    s = mode_stats(sub.sample(3000, generator=g), m)
+    assert s.modes_covered == 18, seed
+    counts = torch.tensor(s.counts)
+    missing = torch.ones(25, dtype=torch.bool)
+    missing[keep] = False
+    assert (counts[missing] == 0).all() and (counts[keep] > 0).all(), seed
+
+
+def test_outliers_lower_the_share_exactly():
+    g, seed = _rng()
+    m = grid25()
+    good = m.means[torch.randint(0, 25, (400,), generator=g)] + 0.5 * m.std[0] * torch.randn(
+        400, 2, generator=g, dtype=torch.float64).clamp(-2, 2)
+    # cell midpoints and far-away points: ≥ 0.35 from every centre, i.e. ≥ 20 std
+    mids = (m.means[:20] + torch.tensor([0.3536, 0.3536], dtype=torch.float64))
+    far = torch.tensor([[5.0, 5.0], [-7.0, 0.1], [0.0, 30.0]], dtype=torch.float64)
+    x = torch.cat([good, mids, far])[torch.randperm(423, generator=g)].float()
+    s = mode_stats(x, m)
+    assert s.high_quality_share == pytest.approx(400 / 423), seed
+    assert sum(s.counts) == 400
+
+
+def test_coverage_threshold_and_single_outlier():
+    """A mode reached by fewer than min_share of its expected samples is not covered (one stray point)."""
+    m = grid25()
+    n_per = 100
+    x = m.means.repeat_interleave(n_per, 0)[: 24 * n_per]            # modes 0..23, 100 each, exactly on centres
+    stray = m.means[24:25] + torch.tensor([[0.01, 0.0]], dtype=torch.float64)
+    s = mode_stats(torch.cat([x, stray]).float(), m)
+    # n = 2401, expected 96 per mode, threshold ceil(9.6) = 10: the single sample at mode 24 is not coverage
+    assert s.min_counts[24] == 10 and s.counts[24] == 1 and s.modes_covered == 24
+    s0 = mode_stats(torch.cat([x, stray]).float(), m, min_share=0.0)
+    assert s0.modes_covered == 25 and s0.min_counts[24] == 1
+
+
+def test_per_component_std_and_nan():
+    m = GaussianMixture(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.tensor([0.1, 1.0]))
+    x = torch.tensor([[0.5, 0.0],      # 5 std from mode 0: not high quality
+                      [0.25, 0.0],     # 2.5 std: high quality
+                      [12.0, 0.0],     # 2 std of mode 1: high quality
+                      [10.0, 3.5],     # 3.5 std of mode 1: not
+                      [float("nan"), 0.0],
+                      [float("inf"), 1.0]])
+    s = mode_stats(x, m, min_share=0.0)
+    assert s.counts == [1, 1] and s.nonfinite == 2 and s.high_quality_share == pytest.approx(2 / 6)
+    idx, d = nearest_mode(x, m)
+    assert idx[:4].tolist() == [0, 0, 1, 1] and math.isinf(d[4]) and math.isinf(d[5])
+    assert mode_stats(x, m, n_std=4.0, min_share=0.0).counts == [1, 2]
+
+
+def test_bad_inputs():
+    m = grid25()
+    with pytest.raises(ValueError):
+        mode_stats(torch.randn(10, 3), m)
+    with pytest.raises(ValueError):
+        mode_stats(torch.randn(10, 2), m, n_std=0.0)
+    with pytest.raises(ValueError):
+        mode_stats(torch.randn(10, 2), m, min_share=2.0)
+    s = mode_stats(torch.zeros(0, 2), m)
+    assert s.modes_covered == 0 and s.high_quality_share == 0.0
