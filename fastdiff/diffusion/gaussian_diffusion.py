@@ -273,12 +273,12 @@ class GaussianDiffusion:
 
     @staticmethod
     def _step_noise(x, noise, seed, offset):
-        """The step's z: the given tensor, Philox(seed, offset) when seeded, else torch.randn_like(x)."""
+        """The step's z: the given tensor, Philox(seed, offset) when seeded, else _randn_like(x)."""
         if noise is not None:
             return noise
         if seed is not None:
             return ops.randn_like(x, seed, offset)
-        return torch.randn_like(x)
+        return _randn_like(x)
 
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None, *,
                  noise=None, seed=None, offset=0) -> dict:
@@ -308,7 +308,7 @@ class GaussianDiffusion:
         t = self._check_t(x, t)
         model_output = self._model_output(model, x, t, model_kwargs)
         if noise is None and seed is None:
-            noise = torch.randn_like(x)
+            noise = _randn_like(x)
         sample, pred_xstart = ops.ddpm_step(
             x, model_output, self.step_table(x.device), t, prediction=_PREDICTION[self.model_mean_type],
             var_type=self.model_var_type.name.lower(), clip_denoised=clip_denoised, noise=noise, seed=seed,
@@ -339,7 +339,7 @@ class GaussianDiffusion:
         t = self._check_t(x, t)
         model_output = self._model_output(model, x, t, model_kwargs)
         if noise is None and seed is None:
-            noise = torch.randn_like(x)  # drawn even at η = 0, as guided-diffusion, so RNG streams line up
+            noise = _randn_like(x)  # drawn even at η = 0, as guided-diffusion, so RNG streams line up
         sample, pred_xstart = ops.ddim_step(
             x, model_output, self.step_table(x.device), t, eta=eta, prediction=_PREDICTION[self.model_mean_type],
             clip_denoised=clip_denoised, noise=noise, seed=seed, offset=offset, return_x0=True)
@@ -549,6 +549,12 @@ class GaussianDiffusion:
         prior_bpd = self._prior_bpd(x_start)
         return {"total_bpd": vb.sum(dim=1) + prior_bpd, "prior_bpd": prior_bpd, "vb": vb,
                 "xstart_mse": xstart_mse, "mse": mse}
+
+
+def _randn_like(x: torch.Tensor) -> torch.Tensor:
+    """torch.randn_like(x) in x's logical (row-major) order whatever x's strides: the same values as
+    fastdiff.samplers draws, and as guided-diffusion's randn_like for contiguous x."""
+    return torch.randn(x.shape, dtype=x.dtype, device=x.device)
 
 
 def _no_grad_steps(steps: Iterator[dict]) -> Iterator[dict]:
