@@ -8,7 +8,7 @@ per device. Loops without denoised_fn / cond_fn run on `fastdiff.samplers`.
 from __future__ import annotations
 
 import enum
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -389,7 +389,7 @@ class GaussianDiffusion:
                 disable=not progress)
             yield from _no_grad_steps(steps)
             return
-        step = lambda x, t, **kw: self.p_sample(model, x, t, clip_denoised=clip_denoised,  # noqa: E731
+        step = lambda x, t, **kw: self.p_sample(model, x, t, clip_denoised=clip_denoised,
                                                 denoised_fn=denoised_fn, cond_fn=cond_fn,
                                                 model_kwargs=model_kwargs, **kw)
         yield from self._per_step_loop(step, img, progress, seed)
@@ -419,7 +419,7 @@ class GaussianDiffusion:
                 clip_denoised=clip_denoised, seed=seed, disable=not progress)
             yield from _no_grad_steps(steps)
             return
-        step = lambda x, t, **kw: self.ddim_sample(model, x, t, clip_denoised=clip_denoised,  # noqa: E731
+        step = lambda x, t, **kw: self.ddim_sample(model, x, t, clip_denoised=clip_denoised,
                                                    denoised_fn=denoised_fn, cond_fn=cond_fn,
                                                    model_kwargs=model_kwargs, eta=eta, **kw)
         yield from self._per_step_loop(step, img, progress, seed)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 SAMPLER_NAMES = ("uniform", "loss-second-moment")
 
 
-def create_named_schedule_sampler(name: str, diffusion) -> "ScheduleSampler":
+def create_named_schedule_sampler(name: str, diffusion) -> ScheduleSampler:
     """"uniform" -> UniformSampler, "loss-second-moment" -> LossSecondMomentResampler, for `diffusion`."""
     if name == "uniform":
         return UniformSampler(diffusion)

@@ -80,7 +80,7 @@ class SpacedDiffusion(GaussianDiffusion):
     def __init__(self, use_timesteps, **kwargs):
         if "betas" not in kwargs:
             raise TypeError("SpacedDiffusion needs betas= (the base process) among its keyword arguments")
-        self.use_timesteps = set(int(t) for t in use_timesteps)
+        self.use_timesteps = {int(t) for t in use_timesteps}
         self.original_num_steps = len(kwargs["betas"])
         base = GaussianDiffusion(**kwargs)
         if not self.use_timesteps:

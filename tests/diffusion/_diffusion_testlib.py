@@ -6,7 +6,13 @@ import math
 import numpy as np
 import torch
 
-from fastdiff.diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, get_named_beta_schedule
+from fastdiff.diffusion import (
+    GaussianDiffusion,
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    get_named_beta_schedule,
+)
 
 LEARNED = (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
 

@@ -3,9 +3,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from _diffusion_testlib import LEARNED, closed_form, col, make_diffusion
 
-from _diffusion_testlib import LEARNED, closed_form, col, images, make_diffusion, model_for
-from fastdiff.diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, get_named_beta_schedule
+from fastdiff.diffusion import (
+    GaussianDiffusion,
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    get_named_beta_schedule,
+)
 
 
 def _t(n, T):
@@ -85,7 +91,7 @@ def _expected_p_mean_variance(d, out, x, t):
     """Hand-written float64 p_θ(x_{t-1}|x_t) for every mean/var type (guided-diffusion's definitions)."""
     cf = closed_form(d.betas)
     C = x.shape[1]
-    g = lambda arr: col(arr, t, x.dim())  # noqa: E731
+    g = lambda arr: col(arr, t, x.dim())
     out, x = out.double(), x.double()
     mo, v = (out[:, :C], out[:, C:]) if d.model_var_type in LEARNED else (out, None)
     ab = g(cf["ab"])
@@ -189,9 +195,9 @@ def test_condition_mean_and_condition_score():
     d = make_diffusion(T=30)
     x, t = torch.randn(3, 2, 4), torch.tensor([0, 7, 29])
     g = torch.randn(3, 2, 4)
-    model = lambda x_, t_: torch.tanh(x_)  # noqa: E731
+    model = lambda x_, t_: torch.tanh(x_)
     out = d.p_mean_variance(model, x, t, clip_denoised=False)
-    cond_fn = lambda x_, t_, **kw: g  # noqa: E731
+    cond_fn = lambda x_, t_, **kw: g
     torch.testing.assert_close(d.condition_mean(cond_fn, out, x, t), out["mean"] + out["variance"] * g)
     cond = d.condition_score(cond_fn, out, x, t)
     ab = col(d.alphas_cumprod, t, 3).float()

@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from fastdiff.diffusion import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from fastdiff.diffusion import (
+    approx_standard_normal_cdf,
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+    normal_kl,
+)
 
 
 def test_normal_kl_matches_torch_distributions():

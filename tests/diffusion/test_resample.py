@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-
 from _diffusion_testlib import make_diffusion
-from fastdiff.diffusion import (LossSecondMomentResampler, UniformSampler, create_named_schedule_sampler)
+
+from fastdiff.diffusion import LossSecondMomentResampler, UniformSampler, create_named_schedule_sampler
 
 
 def test_named_samplers_and_uniform_weights():

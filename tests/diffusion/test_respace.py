@@ -1,15 +1,22 @@
 import numpy as np
 import pytest
 import torch
-
 from _diffusion_testlib import images, model_for
-from fastdiff.diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType, SpacedDiffusion,
-                                get_named_beta_schedule, space_timesteps)
+
+from fastdiff.diffusion import (
+    GaussianDiffusion,
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    SpacedDiffusion,
+    get_named_beta_schedule,
+    space_timesteps,
+)
 
 
 def _kwargs(T=100, schedule="linear", var_type=ModelVarType.LEARNED_RANGE, rescale=False):
-    return dict(betas=get_named_beta_schedule(schedule, T), model_mean_type=ModelMeanType.EPSILON,
-                model_var_type=var_type, loss_type=LossType.MSE, rescale_timesteps=rescale)
+    return {"betas": get_named_beta_schedule(schedule, T), "model_mean_type": ModelMeanType.EPSILON,
+            "model_var_type": var_type, "loss_type": LossType.MSE, "rescale_timesteps": rescale}
 
 
 def _accumulated(stride, n):
@@ -103,8 +110,9 @@ def test_learned_range_variance_after_respacing():
     spaced = SpacedDiffusion(space_timesteps(T, "ddim10"), **_kwargs(T))
     x, t = torch.randn(3, 2, 4), torch.tensor([1, 5, 9])
     for v, expected in ((1.0, np.log(spaced.betas)), (-1.0, spaced.posterior_log_variance_clipped)):
-        out = spaced.p_mean_variance(lambda x_, t_: torch.cat([torch.zeros_like(x_), torch.full_like(x_, v)], 1),
-                                     x, t)
+        def model(x_, t_, v=v):
+            return torch.cat([torch.zeros_like(x_), torch.full_like(x_, v)], 1)
+        out = spaced.p_mean_variance(model, x, t)
         torch.testing.assert_close(out["log_variance"][:, 0, 0].double(), torch.as_tensor(expected[t.numpy()]),
                                    rtol=1e-5, atol=1e-6)
     base = GaussianDiffusion(**_kwargs(T))

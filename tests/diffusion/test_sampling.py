@@ -1,11 +1,16 @@
-import numpy as np
 import pytest
 import torch
+from _diffusion_testlib import closed_form, col, make_diffusion, model_for
 
 import fastdiff.samplers
-from _diffusion_testlib import LEARNED, closed_form, col, make_diffusion, model_for
-from fastdiff.diffusion import ModelMeanType, ModelVarType, SpacedDiffusion, get_named_beta_schedule, space_timesteps
-from fastdiff.diffusion import LossType
+from fastdiff.diffusion import (
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    SpacedDiffusion,
+    get_named_beta_schedule,
+    space_timesteps,
+)
 
 SHAPE = (2, 3, 4, 4)
 FUSABLE = [ModelMeanType.EPSILON, ModelMeanType.START_X, ModelMeanType.V]
@@ -133,7 +138,7 @@ def test_ddim_sample_eta0_formula_and_reverse_roundtrip():
     d = make_diffusion(T=25)
     cf = closed_form(d.betas)
     eps = torch.randn(SHAPE).double()
-    model = lambda x_, t_: eps  # noqa: E731
+    model = lambda x_, t_: eps
     x = torch.randn(SHAPE).double()
     t = torch.tensor([7, 20])
     step = d.ddim_sample(model, x, t, clip_denoised=False)

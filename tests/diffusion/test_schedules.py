@@ -18,7 +18,7 @@ def test_linear_endpoints_scale_with_T(T):
 @pytest.mark.parametrize("T", [7, 100, 1000])
 def test_cosine_matches_alpha_bar_formula(T):
     b = get_named_beta_schedule("cosine", T)
-    f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
     ab = np.cumprod(1.0 - b)
     expected = np.array([f(i + 1) / f(0) for i in range(T)])
     # every step but the last (clipped) one reproduces ᾱ(t)/ᾱ(0) of Improved DDPM eq. 17

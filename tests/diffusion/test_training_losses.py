@@ -3,9 +3,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from _diffusion_testlib import closed_form, col, images, make_diffusion, model_for
-from fastdiff.diffusion import LossType, ModelMeanType, ModelVarType, discretized_gaussian_log_likelihood, mean_flat
+
+from fastdiff.diffusion import (
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+)
 
 
 def _oracle(d, x0, eps):
