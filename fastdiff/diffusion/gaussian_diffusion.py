@@ -118,7 +118,7 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ forward process q
 
     def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
-        """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (DDPM eq. 4). x_start: [N, ...]; returns (mean, variance,
+        """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (DDPM eq. 4; Improved DDPM eq. 8). x_start: [N, ...]; returns (mean, variance,
         log_variance), each x_start's shape."""
         mean = _extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
         variance = _extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.shape)
@@ -126,14 +126,14 @@ class GaussianDiffusion:
         return mean, variance, log_variance
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4) via the fused op. x_start, noise: [N, ...]; t: int [N]."""
+        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4; Improved DDPM eq. 9) via the fused op. x_start, noise: [N, ...]; t: int [N]."""
         if noise is None:
             noise = torch.randn_like(x_start)
         t = self._check_t(x_start, t)
         return ops.q_sample(x_start, t, noise, self.step_table(x_start.device))
 
     def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-        """q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I) (DDPM eqs. 6-7) via the fused op.
+        """q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I) (DDPM eqs. 6-7; Improved DDPM eqs. 10-12) via the fused op.
 
         x_start, x_t: [N, ...]; returns (mean, variance, log_variance_clipped), each x_t's shape.
         """
@@ -186,7 +186,8 @@ class GaussianDiffusion:
         return self._predict_xstart_from_eps(x_t=x, t=t, eps=model_output)
 
     def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None) -> dict:
-        """Apply the model to get p_θ(x_{t-1} | x_t) = N(μ_θ, Σ_θ) (DDPM eq. 1) and x̂_0.
+        """Apply the model to get p_θ(x_{t-1} | x_t) = N(μ_θ, Σ_θ) (Improved DDPM eq. 3) and x̂_0; μ_θ is the
+        posterior mean at x̂_0 (eq. 11, equal to eq. 13 for ε-prediction), Σ_θ as in _model_variance (eq. 15).
 
         model(x, t', **model_kwargs) -> [N, C or 2C, ...]; x: [N, C, ...]; t: int [N]. denoised_fn is applied to
         x̂_0 before clipping to [-1, 1] (clip_denoised). Returns {"mean", "variance", "log_variance",
@@ -217,7 +218,7 @@ class GaussianDiffusion:
         return C.gather(self.step_table(x.device), t, col, x.dim(), dtype)
 
     def _predict_xstart_from_eps(self, x_t, t, eps):
-        """x̂_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε (DDPM eq. 4 solved for x_0)."""
+        """x̂_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε (Improved DDPM eq. 9 solved for x_0; with eq. 11 it gives eq. 13)."""
         t = self._check_t(x_t, t)
         dtype = torch.promote_types(x_t.dtype, torch.float32)
         return C.predict_x0(ops.PREDICTIONS["epsilon"], x_t, eps, self.step_table(x_t.device), t, dtype)
@@ -468,8 +469,8 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ likelihood and training
 
     def _vb_terms_bpd(self, model, x_start, x_t, t, clip_denoised=True, model_kwargs=None) -> dict:
-        """One term of L_vlb in bits/dim (Improved DDPM eqs. 4-6): L_{t} = KL(q(x_{t-1}|x_t,x_0) ‖ p_θ(x_{t-1}|x_t))
-        for t > 0, the discretised Gaussian decoder NLL L_0 = −log p_θ(x_0|x_1) at t = 0.
+        """One term of L_vlb in bits/dim (Improved DDPM eqs. 4-6): KL(q(x_{t-1}|x_t,x_0) ‖ p_θ(x_{t-1}|x_t)) for
+        index t > 0, and at index t = 0 (the paper's t = 1) the discretised Gaussian decoder NLL −log p_θ(x_0|x_1).
 
         x_start, x_t: [N, ...]; t: int [N]. Returns {"output": [N], "pred_xstart": [N, ...]}.
         """
@@ -524,7 +525,7 @@ class GaussianDiffusion:
         return terms
 
     def _prior_bpd(self, x_start) -> torch.Tensor:
-        """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim, [N] (constant in θ)."""
+        """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim, [N] (Improved DDPM eq. 7; constant in θ)."""
         t = torch.full((x_start.shape[0],), self.num_timesteps - 1, dtype=torch.int64, device=x_start.device)
         qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
         return mean_flat(normal_kl(mean1=qt_mean, logvar1=qt_log_variance, mean2=0.0, logvar2=0.0)) / _LOG2

@@ -193,3 +193,15 @@ def test_loop_errors():
         d.p_sample_loop(model, SHAPE, noise=torch.randn(1, 3, 4, 4))
     with pytest.raises(TypeError, match="shape"):
         d.ddim_sample_loop(model, torch.Size(SHAPE)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_cuda_loops_match_cpu_for_a_seed(kind):
+    d = make_diffusion(ModelMeanType.EPSILON, ModelVarType.LEARNED_RANGE, T=12)
+    model = model_for(d)
+    cpu = _loop(d, kind, model, seed=7)
+    gpu = _loop(d, kind, model.cuda(), seed=7)
+    assert gpu.device.type == "cuda" and d.step_table("cuda").device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
