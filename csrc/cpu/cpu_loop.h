@@ -1,0 +1,89 @@
+// Loop helpers shared by the CPU kernels: parallel row chunks, per-sample coefficient gather, Philox fill,
+// and static dispatch of loop-invariant flags so each inner loop is branch-free and vectorises.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "fastdiff/coefs.h"
+#include "fastdiff/philox.h"
+
+namespace fastdiff {
+namespace cpu {
+
+constexpr int64_t kChunk = 1024;  // elements per work item: stack buffers stay in L1
+
+// f(n, begin, end) over chunks [begin, end) of every row n of an [N, M] view, in parallel.
+template <typename F>
+void for_each_row_chunk(int64_t rows, int64_t m, const F& f) {
+  const int64_t chunks = (m + kChunk - 1) / kChunk;
+  at::parallel_for(0, rows * chunks, /*grain_size=*/16, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t n = u / chunks, c = u % chunks;
+      f(n, c * kChunk, std::min(m, (c + 1) * kChunk));
+    }
+  });
+}
+
+// out[n] = make(row, n) with row = &coefs[t[n], 0] (float or double), for every sample n.
+template <typename S, typename F>
+std::vector<S> per_sample(const at::Tensor& coefs, const at::Tensor& t, const F& make) {
+  const int64_t* tp = t.data_ptr<int64_t>();
+  std::vector<S> out;
+  out.reserve(t.numel());
+  AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "fastdiff_coefs", [&] {
+    const scalar_t* base = coefs.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < t.numel(); ++n) out.push_back(make(base + tp[n] * coef::NCOEF, tp[n]));
+  });
+  return out;
+}
+
+// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk: the Philox words in one vectorisable loop,
+// then Box-Muller (scalar logf/cosf calls) in a second.
+template <typename A>
+void fill_randn(A* z, int64_t len, uint64_t seed, uint64_t counter) {
+  float u1[kChunk], u2[kChunk];
+  for (int64_t j = 0; j < len; ++j) {
+    uint32_t w0, w1;
+    philox::philox_2words(seed, counter + static_cast<uint64_t>(j), &w0, &w1);
+    u1[j] = philox::uniform(w0);
+    u2[j] = philox::uniform(w1);
+  }
+  for (int64_t j = 0; j < len; ++j) z[j] = static_cast<A>(philox::box_muller(u1[j], u2[j]));
+}
+
+// f(std::bool_constant<b>...) for runtime flags b...: one branch-free instantiation per combination.
+template <typename F>
+void with_flags(const F& f) { f(); }
+
+template <typename F, typename... Rest>
+void with_flags(const F& f, bool b, Rest... rest) {
+  if (b) {
+    with_flags([&](auto... bs) { f(std::true_type{}, bs...); }, rest...);
+  } else {
+    with_flags([&](auto... bs) { f(std::false_type{}, bs...); }, rest...);
+  }
+}
+
+// The step's noise for row elements [b, e): the caller's tensor (converted) or Philox(seed, offset + n·M + i).
+// Returns false when there is no noise term for this chunk.
+template <typename A, typename T>
+bool chunk_noise(A* z, const T* noise, int64_t seed, int64_t offset, int64_t n, int64_t m, int64_t b, int64_t e) {
+  if (noise != nullptr) {
+    for (int64_t i = b; i < e; ++i) z[i - b] = static_cast<A>(noise[n * m + i]);
+    return true;
+  }
+  if (seed < 0) return false;
+  fill_randn(z, e - b, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(n * m + b));
+  return true;
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& v) { return v.defined() ? v.data_ptr<T>() : nullptr; }
+
+}  // namespace cpu
+}  // namespace fastdiff

@@ -1,0 +1,32 @@
+// Philox normals shaped like x on CPU (DESIGN §3: Triton's tl.randn(seed, offset + flat index)).
+#include <torch/library.h>
+
+#include "cpu_loop.h"
+#include "fastdiff/checks.h"
+
+namespace fastdiff {
+namespace {
+
+at::Tensor randn_like_cpu(const at::Tensor& x, int64_t seed, int64_t offset) {
+  check_float("x", x);
+  TORCH_CHECK(seed >= 0, "seed must be an int in [0, 2**63), got ", seed);
+  check_seed_offset(seed, offset);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "randn_like_cpu", [&] {
+    using T = scalar_t;
+    T* y = out.data_ptr<T>();
+    // One row of numel elements: element j uses counter offset + j.
+    cpu::for_each_row_chunk(1, out.numel(), [&](int64_t, int64_t b, int64_t e) {
+      float z[cpu::kChunk];
+      cpu::fill_randn(z, e - b, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(b));
+      for (int64_t i = b; i < e; ++i) y[i] = static_cast<T>(z[i - b]);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdiff, CPU, m) { m.impl("randn_like", &randn_like_cpu); }
+
+}  // namespace fastdiff

@@ -1,0 +1,131 @@
+// Argument checks shared by the CPU (csrc/cpu) and CUDA (csrc/cuda/*_torch.cpp) registrations: one copy of each
+// check, with messages that name the argument, mirroring fastdiff/ops/_common.py. Includes torch; never include
+// it from a .cu file.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include "fastdiff/coefs.h"
+
+namespace fastdiff {
+
+inline void check_float(const char* name, const at::Tensor& v, const at::Tensor* like = nullptr,
+                        const char* like_name = "x") {
+  const auto st = v.scalar_type();
+  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble,
+              name, " must be float16, bfloat16, float32 or float64, got ", st);
+  if (like != nullptr) {
+    TORCH_CHECK(v.device() == like->device(), name, " is on ", v.device(), " but ", like_name, " is on ", like->device());
+    TORCH_CHECK(st == like->scalar_type(), name, " has dtype ", st, " but ", like_name, " has ", like->scalar_type(),
+                "; cast explicitly");
+  }
+}
+
+// Validates coefs [T, NCOEF] (float32/float64) and t [N] (int32/int64) on x's device; returns contiguous int64 t.
+// The range check 0 <= t < T runs on CPU only (on CUDA it would synchronise; the kernels guard on device).
+inline at::Tensor check_coefs_t(const at::Tensor& x, const at::Tensor& coefs, const at::Tensor& t) {
+  TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == coef::NCOEF, "coefs must be a [T, ", int(coef::NCOEF),
+              "] table from fastdiff.ops.step_table, got shape ", coefs.sizes());
+  TORCH_CHECK(coefs.size(0) > 0, "coefs must have at least one row (T > 0), got shape ", coefs.sizes());
+  TORCH_CHECK(coefs.scalar_type() == at::kFloat || coefs.scalar_type() == at::kDouble,
+              "coefs must be float32 or float64, got ", coefs.scalar_type());
+  TORCH_CHECK(coefs.device() == x.device(), "coefs is on ", coefs.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, "t must be an int32/int64 tensor, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0), "t must have shape [N] = [", x.size(0),
+              "] (one timestep index per sample), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), "t is on ", t.device(), " but x is on ", x.device());
+  if (t.device().is_cpu() && t.numel() > 0) {
+    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < coefs.size(0), "t must lie in [0, ", coefs.size(0), ") (the table's T), got min ",
+                lo, " max ", hi);
+  }
+  return t.to(at::kLong).contiguous();
+}
+
+inline void check_model_output(const char* name, const at::Tensor& mo, const at::Tensor& x) {
+  check_float(name, mo, &x);
+  TORCH_CHECK(mo.dim() == x.dim() && mo.size(0) == x.size(0) && mo.sizes().slice(2) == x.sizes().slice(2) &&
+                  (mo.size(1) == x.size(1) || mo.size(1) == 2 * x.size(1)),
+              name, " must have shape [N, C or 2C, ...] matching x ", x.sizes(), ", got ", mo.sizes());
+}
+
+inline void check_seed_offset(int64_t seed, int64_t offset) {
+  TORCH_CHECK(offset >= 0, "offset must be an int in [0, 2**63), got ", offset);
+  (void)seed;  // seed < 0 means "no in-kernel noise"
+}
+
+// Contiguous views and row lengths of a sampler step's arguments (ddim_step / ddpm_step).
+struct StepArgs {
+  at::Tensor x, mo, mou, coefs, t, noise;  // mou / noise undefined when absent
+  int64_t n, m, mo_row, mou_row;           // N, M = x[0].numel(), Mo = model_output[0].numel(), Mu likewise
+};
+
+inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
+                           const c10::optional<at::Tensor>& model_output_uncond, const at::Tensor& coefs,
+                           const at::Tensor& t, const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset) {
+  check_float("x", x);
+  TORCH_CHECK(x.dim() >= 2, "x must be [N, C, ...] with at least 2 dims, got shape ", x.sizes());
+  check_model_output("model_output", model_output, x);
+  StepArgs a;
+  if (model_output_uncond.has_value()) {
+    check_model_output("model_output_uncond", *model_output_uncond, x);
+    a.mou = model_output_uncond->contiguous();
+  }
+  if (noise.has_value()) {
+    check_float("noise", *noise, &x);
+    TORCH_CHECK(noise->sizes() == x.sizes(), "noise must have x's shape ", x.sizes(), ", got ", noise->sizes());
+    a.noise = noise->contiguous();
+  }
+  check_seed_offset(seed, offset);
+  a.t = check_coefs_t(x, coefs, t);
+  a.x = x.contiguous();
+  a.mo = model_output.contiguous();
+  a.coefs = coefs.contiguous();
+  a.n = x.size(0);
+  a.m = a.n > 0 ? x.numel() / a.n : 0;
+  a.mo_row = a.n > 0 ? a.mo.numel() / a.n : 0;
+  a.mou_row = a.mou.defined() && a.n > 0 ? a.mou.numel() / a.n : 0;
+  return a;
+}
+
+inline void check_learned_var(const StepArgs& a, int64_t var_type) {
+  TORCH_CHECK(var_type >= VAR_FIXED_SMALL && var_type <= VAR_LEARNED_RANGE,
+              "var_type must be 0 (fixed_small), 1 (fixed_large), 2 (learned) or 3 (learned_range), got ", var_type);
+  if (var_type >= VAR_LEARNED) {
+    TORCH_CHECK(a.mo.size(1) == 2 * a.x.size(1), "var_type=", var_type, " (learned) needs model_output with 2C = ",
+                2 * a.x.size(1), " channels (eps and variance), got ", a.mo.size(1));
+  }
+}
+
+inline void check_prediction(int64_t prediction) {
+  TORCH_CHECK(prediction >= PRED_EPS && prediction <= PRED_V,
+              "prediction must be 0 (epsilon), 1 (x0) or 2 (v), got ", prediction);
+}
+
+// q_sample / posterior_mean_variance: two tensors of one shape [N, ...] plus coefs and t.
+struct PairArgs {
+  at::Tensor a, b, coefs, t;
+  int64_t n, m;
+};
+
+inline PairArgs check_pair(const char* name_a, const at::Tensor& a, const char* name_b, const at::Tensor& b,
+                           const at::Tensor& coefs, const at::Tensor& t) {
+  check_float(name_a, a);
+  TORCH_CHECK(a.dim() >= 1, name_a, " must have a batch dimension, got a 0-dim tensor");
+  check_float(name_b, b, &a, name_a);
+  TORCH_CHECK(b.sizes() == a.sizes(), name_b, " must have ", name_a, "'s shape ", a.sizes(), ", got ", b.sizes());
+  PairArgs p;
+  p.t = check_coefs_t(a, coefs, t);
+  p.a = a.contiguous();
+  p.b = b.contiguous();
+  p.coefs = coefs.contiguous();
+  p.n = a.size(0);
+  p.m = p.n > 0 ? a.numel() / p.n : 0;
+  return p;
+}
+
+inline at::ScalarType acc_type(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
+
+}  // namespace fastdiff

@@ -1,0 +1,30 @@
+// Every fastdiff op schema, in one place (DESIGN §2). Kernels: csrc/cpu/<op>.cpp (CPU) and
+// csrc/cuda/<op>_torch.cpp (CUDA); fake kernels and autograd formulas: fastdiff/ops/_register.py.
+// The positional signature of each `reference` in fastdiff/ops/<op>.py is its schema.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastdiff, m) {
+  m.def(
+      "ddim_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, float eta, "
+      "int prediction, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, int offset, "
+      "bool return_x0) -> (Tensor, Tensor)");
+  m.def(
+      "ddpm_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, "
+      "int prediction, int var_type, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, "
+      "int offset, bool return_x0) -> (Tensor, Tensor)");
+  m.def("q_sample(Tensor x_start, Tensor noise, Tensor coefs, Tensor t) -> Tensor");
+  m.def("posterior_mean_variance(Tensor x_start, Tensor x_t, Tensor coefs, Tensor t) -> (Tensor, Tensor, Tensor)");
+  m.def("randn_like(Tensor x, int seed, int offset) -> Tensor");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastdiff fused kernels; the ops live in torch.ops.fastdiff";
+  m.def("cuda_built", []() {
+#ifdef FASTDIFF_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "True when this build carries the CUDA kernels.");
+}
