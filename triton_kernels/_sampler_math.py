@@ -42,12 +42,18 @@ def load_t(t_ptr, rows, row_mask):
 
 
 @triton.jit
-def coef(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
-    """coefs[t[n], COL] as an ACC [ROWS, 1] column (guided-diffusion's _extract_into_tensor).
+def coef_rows(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
+    """coefs[t[n], COL] for each row, ACC [ROWS].
 
     Unmasked: rows past N carry t = 0 (see load_t), a valid table row, so no garbage enters the math.
     """
-    return tl.load(coefs_ptr + t * K.NCOEF + COL).to(ACC)[:, None]
+    return tl.load(coefs_ptr + t * K.NCOEF + COL).to(ACC)
+
+
+@triton.jit
+def coef(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
+    """coefs[t[n], COL] as an ACC [ROWS, 1] column (guided-diffusion's _extract_into_tensor)."""
+    return coef_rows(coefs_ptr, t, COL, ACC)[:, None]
 
 
 @triton.jit
@@ -79,7 +85,8 @@ def predict_x0(x, out, coefs_ptr, t, PREDICTION: tl.constexpr, ACC: tl.constexpr
 def clip(x0, CLIP: tl.constexpr):
     """x̂0 clamped to [-1, 1] when CLIP (guided-diffusion's clip_denoised)."""
     if CLIP:
-        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+        # Comparisons rather than min/max: NaN stays NaN as in torch.clamp, in fp32 and fp64 alike.
+        x0 = tl.where(x0 < -1.0, -1.0, tl.where(x0 > 1.0, 1.0, x0))
     return x0
 
 
