@@ -44,7 +44,9 @@ def test_sampling_is_seeded():
     m = grid25()
     a = sample_with(SAMPLERS["ddim-10"], m, 64, seed, disable_progress=True)
     b = sample_with(SAMPLERS["ddim-10"], m, 64, seed, disable_progress=True)
-    c = sample_with(SAMPLERS["ddim-10"], m, 64, seed + 1, disable_progress=True)
+    threads = torch.get_num_threads()
+    c = sample_with(SAMPLERS["ddim-10"], m, 64, seed + 1, disable_progress=True, num_threads=1)
+    assert torch.get_num_threads() == threads  # restored
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -135,7 +135,8 @@ class GaussianMixture:
     def eps_posterior_mean(self, x: torch.Tensor, alpha_bar) -> torch.Tensor:
         """The Bayes-optimal ε-prediction E[ε | x_t = x] = (x − √ᾱ E[x0 | x]) / √(1 − ᾱ).
 
-        x: [N, D]; alpha_bar: a float or tensor [N] in (0, 1). Computed in float64; returns [N, D] in x's dtype.
+        x: [N, D]; alpha_bar: a float or tensor [N] in (0, 1). Computed in float64; returns [N, D] in x's
+        dtype.
         """
         ab = self._alpha_bar(alpha_bar, x)
         if not bool((ab < 1.0).all()):
@@ -157,7 +158,8 @@ class GaussianMixture:
         if ab.dim() == 0:
             ab = ab.expand(x.shape[0])
         if ab.shape != (x.shape[0],):
-            raise ValueError(f"alpha_bar must be a scalar or have shape [N] = [{x.shape[0]}], got {tuple(ab.shape)}")
+            raise ValueError(f"alpha_bar must be a scalar or have shape [N] = [{x.shape[0]}], "
+                             f"got {tuple(ab.shape)}")
         if ab.numel() and not bool(((ab > 0) & (ab <= 1)).all()):
             raise ValueError(f"alpha_bar must lie in (0, 1], got min {float(ab.min())} max {float(ab.max())}")
         return ab
@@ -192,7 +194,8 @@ class MixtureEpsModel:
         return self.mixture.eps_posterior_mean(x, ab)
 
 
-def grid25(spacing: float = GRID25_SPACING, std: float = GRID25_STD, scale: float = GRID25_SCALE) -> GaussianMixture:
+def grid25(spacing: float = GRID25_SPACING, std: float = GRID25_STD,
+           scale: float = GRID25_SCALE) -> GaussianMixture:
     """The 25-Gaussian grid of DDGAN / SIDDM (WGAN-GP's '25gaussians'), equal weights.
 
     Centres spacing·(i, j), i, j ∈ {−2, …, 2}, std `std`, everything multiplied by `scale` (1/2.828): centres
@@ -204,8 +207,9 @@ def grid25(spacing: float = GRID25_SPACING, std: float = GRID25_STD, scale: floa
     return GaussianMixture(means=means, std=std * scale, name="grid25")
 
 
-def ring8(radius: float = RING8_RADIUS, std: float = RING8_STD, scale: float = RING8_SCALE) -> GaussianMixture:
-    """8 equal-weight Gaussians on a ring (WGAN-GP's '8gaussians'): radius·scale = 1.414, std·scale = 0.0141."""
+def ring8(radius: float = RING8_RADIUS, std: float = RING8_STD,
+          scale: float = RING8_SCALE) -> GaussianMixture:
+    """8 equal-weight Gaussians on a ring (WGAN-GP's '8gaussians'): radius·scale = 1.414, std 0.0141."""
     ang = torch.arange(8, dtype=torch.float64) * (2.0 * math.pi / 8.0)
     means = torch.stack([ang.cos(), ang.sin()], dim=1) * radius * scale
     return GaussianMixture(means=means, std=std * scale, name="ring8")

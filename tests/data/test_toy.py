@@ -164,7 +164,8 @@ def test_near_t0_posterior_mean_is_the_input():
     grid = grid25()
     x0, lab = grid.sample(500, generator=g, return_labels=True)
     ab = float(AC[0])
-    xt = math.sqrt(ab) * x0.double() + math.sqrt(1 - ab) * torch.randn(500, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(500, 2, generator=g, dtype=torch.float64)
+    xt = math.sqrt(ab) * x0.double() + math.sqrt(1 - ab) * noise
     post = grid.x0_posterior_mean(xt, ab)
     c = grid.means[lab]
     assert ((post - c).norm(dim=1) <= (xt - c).norm(dim=1) + 1e-3).all(), seed

@@ -21,7 +21,8 @@ def test_exact_samples_cover_all_modes():
     s = mode_stats(m.sample(n, generator=g), m)
     assert s.modes_covered == 25 and s.n_modes == 25 and s.all_covered, seed
     share = 1 - math.exp(-4.5)  # P(|z| <= 3) for a 2-D standard normal
-    assert abs(s.high_quality_share - share) < 5 * math.sqrt(share * (1 - share) / n), (seed, s.high_quality_share)
+    sd = math.sqrt(share * (1 - share) / n)
+    assert abs(s.high_quality_share - share) < 5 * sd, (seed, s.high_quality_share)
     assert sum(s.counts) == round(s.high_quality_share * n) and s.min_counts == [math.ceil(0.1 * n / 25)] * 25
     json.dumps(s.to_dict())
 
@@ -57,7 +58,7 @@ def test_coverage_threshold_and_single_outlier():
     """A mode reached by fewer than min_share of its expected samples is not covered (one stray point)."""
     m = grid25()
     n_per = 100
-    x = m.means.repeat_interleave(n_per, 0)[: 24 * n_per]            # modes 0..23, 100 each, exactly on centres
+    x = m.means.repeat_interleave(n_per, 0)[: 24 * n_per]  # modes 0..23, 100 each, exactly on centres
     stray = m.means[24:25] + torch.tensor([[0.01, 0.0]], dtype=torch.float64)
     s = mode_stats(torch.cat([x, stray]).float(), m)
     # n = 2401, expected 96 per mode, threshold ceil(9.6) = 10: the single sample at mode 24 is not coverage
