@@ -1,0 +1,244 @@
+"""Shared pieces of fastdiff's benchmark suites (DESIGN §7): providers, cases, sizes, inputs and timing.
+
+The suites (`bench_sampler_step.py`, `bench_sampling_loop.py`) and the report script (`run.py`) import this
+module; it holds no pytest state. Timing: on CPU pytest-benchmark's wall clock (median of rounds); on CUDA
+`triton.testing.do_bench` (median, after warm-up, L2 flushed) or CUDA events, over inputs rotated so the
+working set exceeds the L2 cache.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fastdiff import ops
+from fastdiff.diffusion.schedules import get_named_beta_schedule
+
+PROVIDERS = ("reference", "compile", "cpu", "cuda", "triton")
+FUSED = ("cpu", "cuda", "triton")
+NUM_TIMESTEPS = 1000
+L2_BYTES_MIN = 50 * 2**20  # rotate inputs past this (H100: 50 MB L2), or past the device's L2 if larger
+BANDWIDTH_TENSOR_BYTES = 256 * 2**20  # the GPU-only size used for the bandwidth check: 256 MB per tensor
+
+# CPU defaults keep `make bench` near 10 minutes on 2 cores: the reference draws its Philox noise with ~100
+# int64 tensor ops, ~8 s per call at 16x3x256x256, so the largest size runs in fp32 only unless --bench-full.
+SIZES = ((2, 4, 64, 64), (8, 3, 128, 128), (16, 3, 256, 256))
+CPU_DEFAULT_DTYPES = ("float32", "float16")
+CPU_DEFAULT_LARGE_DTYPES = ("float32",)
+DTYPES = ("float32", "float16", "bfloat16")
+
+DDIM_REF = importlib.import_module("fastdiff.ops.ddim_step").reference
+DDPM_REF = importlib.import_module("fastdiff.ops.ddpm_step").reference
+
+
+def shape_str(shape) -> str:
+    """(8, 3, 128, 128) -> '8x3x128x128'."""
+    return "x".join(str(s) for s in shape)
+
+
+def bandwidth_shape(dtype: torch.dtype) -> tuple[int, ...]:
+    """[N, 4, 1024, 1024] with N chosen so one tensor of `dtype` is 256 MB."""
+    per_sample = 4 * 1024 * 1024 * torch.empty(0, dtype=dtype).element_size()
+    return (BANDWIDTH_TENSOR_BYTES // per_sample, 4, 1024, 1024)
+
+
+def dtype_supported(dtype: torch.dtype, device: str) -> tuple[bool, str]:
+    """Whether `device` handles `dtype` natively (bf16 needs Ampere or newer on CUDA)."""
+    if device == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return False, "this GPU has no bfloat16 support"
+    return True, ""
+
+
+def grid(device: str, full: bool, smoke: bool) -> list[tuple[tuple[int, ...] | str, str]]:
+    """(shape, dtype name) pairs to benchmark; shape "bw" is the 256 MB-per-tensor size (CUDA only)."""
+    sizes = SIZES[:1] if smoke and not full else SIZES
+    out = []
+    for shape in sizes:
+        if device == "cpu" and not full:
+            names = CPU_DEFAULT_LARGE_DTYPES if shape == SIZES[-1] else CPU_DEFAULT_DTYPES
+        else:
+            names = DTYPES
+        out += [(shape, name) for name in names]
+    if device == "cuda" and not smoke:
+        out += [("bw", name) for name in DTYPES]
+    return out
+
+
+@dataclass
+class Case:
+    """One benchmarked call: how to build its inputs, run each provider, and how many tensors it moves."""
+    name: str
+    op: str                # fastdiff.ops name; also the triton_kernels module
+    tensors_moved: int     # x-sized tensors read + written (each input read once, each output written once)
+    make_inputs: Callable  # (shape, dtype, device, generator) -> dict of tensors
+    public: Callable       # (inputs, backend) -> x_prev through the public op
+    reference: Callable    # the plain reference function compile wraps
+    reference_args: Callable  # inputs -> positional args of `reference`
+
+
+def _coefs(device) -> torch.Tensor:
+    return ops.step_table(get_named_beta_schedule("linear", NUM_TIMESTEPS), device=device)
+
+
+def _t(n: int, device, generator) -> torch.Tensor:
+    # Random timestep per sample; t = 0 is excluded so every sample takes the noise branch.
+    return torch.randint(1, NUM_TIMESTEPS, (n,), generator=generator, device=generator.device).to(device)
+
+
+def _randn(shape, dtype, device, generator) -> torch.Tensor:
+    # Drawn on the generator's device: 256 MB tensors would take seconds each through the CPU generator.
+    x = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
+    return x.to(device=device, dtype=dtype)
+
+
+def _ddim_cfg_noise_inputs(shape, dtype, device, generator):
+    return {"x": _randn(shape, dtype, device, generator), "eps": _randn(shape, dtype, device, generator),
+            "eps_u": _randn(shape, dtype, device, generator), "coefs": _coefs(device),
+            "t": _t(shape[0], device, generator)}
+
+
+def _ddim_inputs(shape, dtype, device, generator):
+    return {"x": _randn(shape, dtype, device, generator), "eps": _randn(shape, dtype, device, generator),
+            "coefs": _coefs(device), "t": _t(shape[0], device, generator)}
+
+
+def _ddpm_inputs(shape, dtype, device, generator):
+    doubled = (shape[0], 2 * shape[1], *shape[2:])
+    return {"x": _randn(shape, dtype, device, generator), "eps": _randn(doubled, dtype, device, generator),
+            "coefs": _coefs(device), "t": _t(shape[0], device, generator)}
+
+
+SEED, OFFSET = 1234, 7 << 32
+
+CASES = {
+    # The headline: DDIM η = 1 with classifier-free guidance (s = 3) and in-kernel Philox noise.
+    # Moves x, ε_c, ε_u (read) and x_{t-1} (written).
+    "ddim_cfg_noise": Case(
+        "ddim_cfg_noise", "ddim_step", 4, _ddim_cfg_noise_inputs,
+        lambda d, b: ops.ddim_step(d["x"], d["eps"], d["coefs"], d["t"], eta=1.0, model_output_uncond=d["eps_u"],
+                                   guidance_scale=3.0, seed=SEED, offset=OFFSET, return_x0=False, backend=b),
+        DDIM_REF,
+        lambda d: (d["x"], d["eps"], d["eps_u"], d["coefs"], d["t"], 1.0, 0, False, 3.0, None, SEED, OFFSET,
+                   False)),
+    # Deterministic DDIM (η = 0), no guidance: x, ε read, x_{t-1} written.
+    "ddim": Case(
+        "ddim", "ddim_step", 3, _ddim_inputs,
+        lambda d, b: ops.ddim_step(d["x"], d["eps"], d["coefs"], d["t"], eta=0.0, backend=b),
+        DDIM_REF,
+        lambda d: (d["x"], d["eps"], None, d["coefs"], d["t"], 0.0, 0, False, 1.0, None, -1, 0, False)),
+    # Improved-DDPM ancestral step with learned-range variance: x and the 2C-channel output read (3 tensors'
+    # worth), x_{t-1} written.
+    "ddpm_learned_range": Case(
+        "ddpm_learned_range", "ddpm_step", 4, _ddpm_inputs,
+        lambda d, b: ops.ddpm_step(d["x"], d["eps"], d["coefs"], d["t"], var_type="learned_range", seed=SEED,
+                                   offset=OFFSET, return_x0=False, backend=b),
+        DDPM_REF,
+        lambda d: (d["x"], d["eps"], None, d["coefs"], d["t"], 0, ops.VAR_TYPES["learned_range"], False, 1.0,
+                   None, SEED, OFFSET, False)),
+}
+
+
+def bytes_moved(case: Case, shape, dtype: torch.dtype) -> int:
+    """Bytes the step must move: each input read once, each output written once (t and the table ignored)."""
+    return case.tensors_moved * math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+
+
+def provider_unavailable(provider: str, device: str) -> str | None:
+    """Why `provider` cannot run on `device` (None when it can); never the Triton interpreter."""
+    if provider in ("reference", "compile"):
+        return None
+    if provider == "triton" and device != "cuda":
+        return "the triton backend is benchmarked on CUDA tensors only (never the interpreter)"
+    if provider == "cpu" and device != "cpu":
+        return "the cpu backend takes CPU tensors"
+    if provider == "cuda" and device != "cuda":
+        return "the cuda backend takes CUDA tensors"
+    status = ops.available_backends()[provider]
+    return None if status.available else status.reason
+
+
+def configure_dynamo() -> None:
+    """Allow one compiled graph per (case, dtype, shape class) without hitting Dynamo's recompile limit, which
+    would silently fall back to eager and make `compile` look like `reference`."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, 256)
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = 4096
+
+
+def compile_reference(fn: Callable, backend: str, dynamic: bool | None) -> Callable:
+    """torch.compile of a reference function (fullgraph, so a graph break cannot hide eager code).
+
+    dynamic=True (used on CUDA) compiles one graph per case and dtype instead of one per shape, which keeps
+    the ~20 s inductor compiles of the Philox graph within `make gpu-check`'s time.
+    """
+    configure_dynamo()
+    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=dynamic)
+
+
+def rotation_sets(first: dict, make: Callable[[], dict], set_bytes: int, l2_bytes: int) -> list[dict]:
+    """`first` plus enough fresh input sets that cycling through them touches more than twice the L2."""
+    count = max(1, min(1024, math.ceil(2 * l2_bytes / max(set_bytes, 1))))
+    return [first] + [make() for _ in range(count - 1)]
+
+
+def cuda_l2_bytes() -> int:
+    """The visible GPU's L2 size, at least 50 MB (what to rotate past)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return max(L2_BYTES_MIN, int(getattr(props, "L2_cache_size", 0) or 0))
+
+
+def cycling(fn: Callable, sets: list) -> Callable[[], object]:
+    """A no-argument callable running fn on the next input set each call."""
+    it = itertools.cycle(sets)
+    return lambda: fn(next(it))
+
+
+def gpu_median_seconds(call: Callable[[], object]) -> tuple[float, str]:
+    """Median time of `call` on the current CUDA stream: triton.testing.do_bench, else CUDA events."""
+    try:
+        from triton.testing import do_bench
+        return do_bench(call, warmup=25, rep=100, return_mode="median") / 1e3, "triton.testing.do_bench"
+    except ImportError:
+        pass
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(50):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return times[len(times) // 2], "cuda events"
+
+
+def synced(call: Callable[[], object], device: str) -> Callable[[], object]:
+    """`call` followed by a device synchronisation, so a wall clock measures the work and not the launch."""
+    if device != "cuda":
+        return call
+    def run():
+        out = call()
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
+def plan_rounds(call: Callable[[], object], target_s: float, min_rounds: int, max_rounds: int) -> tuple[int, int]:
+    """(rounds, iterations) so the timed part takes about target_s, from one warm call's duration."""
+    start = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - start, 1e-7)
+    iterations = max(1, min(100, int(1e-3 / once)))  # sub-millisecond calls: amortise the timer over a batch
+    rounds = int(target_s / (once * iterations))
+    return max(min_rounds, min(max_rounds, rounds)), iterations
