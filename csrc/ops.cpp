@@ -1,7 +1,7 @@
 // Every fastdiff op schema, in one place (DESIGN §2). Kernels: csrc/cpu/<op>.cpp (CPU) and
 // csrc/cuda/<op>_torch.cpp (CUDA); fake kernels and autograd formulas: fastdiff/ops/_register.py.
 // The positional signature of each `reference` in fastdiff/ops/<op>.py is its schema.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastdiff, m) {

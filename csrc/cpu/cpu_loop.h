@@ -2,8 +2,9 @@
 // and static dispatch of loop-invariant flags so each inner loop is branch-free and vectorises.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <type_traits>

@@ -8,9 +8,7 @@ namespace fastdiff {
 namespace {
 
 at::Tensor randn_like_cpu(const at::Tensor& x, int64_t seed, int64_t offset) {
-  check_float("x", x);
-  TORCH_CHECK(seed >= 0, "seed must be an int in [0, 2**63), got ", seed);
-  check_seed_offset(seed, offset);
+  check_randn_args(x, seed, offset);
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "randn_like_cpu", [&] {
     using T = scalar_t;

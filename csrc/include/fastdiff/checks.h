@@ -3,7 +3,9 @@
 // it from a .cu file.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Optional.h>
 
 #include "fastdiff/coefs.h"
@@ -51,9 +53,16 @@ inline void check_model_output(const char* name, const at::Tensor& mo, const at:
               name, " must have shape [N, C or 2C, ...] matching x ", x.sizes(), ", got ", mo.sizes());
 }
 
+// Sampler steps: seed < 0 means "no in-kernel noise"; the offset is a 63-bit counter base.
 inline void check_seed_offset(int64_t seed, int64_t offset) {
+  (void)seed;
   TORCH_CHECK(offset >= 0, "offset must be an int in [0, 2**63), got ", offset);
-  (void)seed;  // seed < 0 means "no in-kernel noise"
+}
+
+inline void check_randn_args(const at::Tensor& x, int64_t seed, int64_t offset) {
+  check_float("x", x);
+  TORCH_CHECK(seed >= 0, "seed must be an int in [0, 2**63), got ", seed);
+  check_seed_offset(seed, offset);
 }
 
 // Contiguous views and row lengths of a sampler step's arguments (ddim_step / ddpm_step).

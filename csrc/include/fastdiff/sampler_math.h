@@ -9,21 +9,25 @@
 
 namespace fastdiff {
 
-// torch.clamp(v, -1, 1): NaN stays NaN.
+// torch.clamp(v, lo, hi): NaN stays NaN. Branch-free selects, so CPU loops vectorise (a data-dependent branch
+// here cost ~9 ns/element from mispredictions).
 template <typename A>
-FASTDIFF_HD A clamp_pm1(A v) { return v < A(-1) ? A(-1) : (v > A(1) ? A(1) : v); }
+FASTDIFF_HD A clamp(A v, A lo, A hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
 
 // Classifier-free guidance ε = ε_u + s·(ε_c − ε_u) (Ho & Salimans eq. 6 with s = 1 + w).
 template <typename A>
 FASTDIFF_HD A guided(A cond, A uncond, A scale) { return uncond + scale * (cond - uncond); }
 
 // x̂0 from the model output: x̂0 = a·x_t − b·out with (a, b) = (1/√ᾱ, √(1/ᾱ − 1)) for ε (DDPM eq. 15 inverted)
-// or (√ᾱ, √(1 − ᾱ)) for v (Salimans & Ho), x̂0 = out for x0-prediction; optionally clipped to [-1, 1].
+// or (√ᾱ, √(1 − ᾱ)) for v (Salimans & Ho), x̂0 = out for x0-prediction; clipped to [lo, hi] = [-1, 1] when
+// clip_denoised, else to [-inf, inf] (the identity, NaN included), so there is no per-element branch on it.
 template <typename A>
 struct X0Coefs {
-  A a, b;
-  int prediction;
-  bool clip;
+  A a, b, lo, hi;
+  bool direct;  // x0-prediction
 };
 
 template <typename A, typename R>
@@ -32,15 +36,15 @@ FASTDIFF_HD X0Coefs<A> x0_coefs(const R* row, int prediction, bool clip) {
   const bool v = prediction == PRED_V;
   c.a = static_cast<A>(row[v ? coef::SQRT_AC : coef::SQRT_RECIP_AC]);
   c.b = static_cast<A>(row[v ? coef::SQRT_1M_AC : coef::SQRT_RECIPM1_AC]);
-  c.prediction = prediction;
-  c.clip = clip;
+  c.direct = prediction == PRED_X0;
+  c.lo = clip ? A(-1) : -static_cast<A>(INFINITY);
+  c.hi = clip ? A(1) : static_cast<A>(INFINITY);
   return c;
 }
 
 template <typename A>
 FASTDIFF_HD A predict_x0(const X0Coefs<A>& c, A x, A out) {
-  const A x0 = c.prediction == PRED_X0 ? out : c.a * x - c.b * out;
-  return c.clip ? clamp_pm1(x0) : x0;
+  return clamp(c.direct ? out : c.a * x - c.b * out, c.lo, c.hi);
 }
 
 // ---------------------------------------------------------------------------------------------- DDIM eq. 12

@@ -1,0 +1,84 @@
+// DDPM ancestral step (Ho et al. eq. 7 / Algorithm 2; learned variances: Improved DDPM eq. 15) with
+// classifier-free guidance, clipping and noise from a tensor or in-kernel Philox; per-element math in
+// fastdiff/sampler_math.h, shared with the CPU kernel.
+#include "device.cuh"
+#include "fastdiff/philox.h"
+#include "fastdiff/sampler_math.h"
+
+namespace fastdiff {
+namespace cuda {
+namespace {
+
+// One thread handles V consecutive elements of row n (16-byte loads for V > 1); grid-strided over rows and vectors.
+template <typename T, typename R, int V>
+__global__ void ddpm_step_kernel(Rows rows, TableArgs table, StepParams p) {
+  using A = acc_t<T>;
+  const T* x = static_cast<const T*>(p.x);
+  const T* mo = static_cast<const T*>(p.mo);
+  const T* mou = static_cast<const T*>(p.mou);
+  const T* noise = static_cast<const T*>(p.noise);
+  T* out = static_cast<T*>(p.out);
+  T* x0_out = static_cast<T*>(p.x0);
+  const int64_t m = rows.m, vecs = m / V;
+  const A scale = static_cast<A>(p.guidance_scale);
+  const bool learned = p.var_type >= VAR_LEARNED;
+  const bool noisy = noise != nullptr || p.seed >= 0;
+  for (int64_t n = blockIdx.y; n < rows.n; n += gridDim.y) {
+    R row[coef::NCOEF];
+    const int64_t tn = table.t[n];
+    load_row(static_cast<const R*>(table.coefs), table.table_len, tn, row);
+    const DdpmCoefs<A> c = ddpm_coefs<A>(row, tn != 0, p.prediction, p.var_type, p.clip);
+    for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < vecs;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t i = n * m + j * V;  // flat element index into x-shaped tensors
+      const T* mo_row = mo + n * p.mo_row + j * V;
+      const Pack<T, V> xv = load<T, V>(x + i);
+      const Pack<T, V> cond = load<T, V>(mo_row);
+      Pack<T, V> unc, var, z, res, x0v;
+      if (mou != nullptr) unc = load<T, V>(mou + n * p.mou_row + j * V);
+      if (noisy && learned) var = load<T, V>(mo_row + m);  // variance channels C..2C of the conditional output
+      if (noise != nullptr) z = load<T, V>(noise + i);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const A xa = to_acc(xv.v[k]);
+        A eps = to_acc(cond.v[k]);
+        if (mou != nullptr) eps = guided(eps, to_acc(unc.v[k]), scale);
+        const A x0 = predict_x0(c.x0, xa, eps);
+        A r = ddpm_mean(c, xa, x0);
+        if (noisy) {
+          const A std = learned ? ddpm_learned_std(c, to_acc(var.v[k])) : c.fixed_std;
+          const A zk = noise != nullptr
+                           ? to_acc(z.v[k])
+                           : static_cast<A>(philox::randn(p.seed, static_cast<uint64_t>(p.offset) +
+                                                                      static_cast<uint64_t>(i + k)));
+          r += std * zk;
+        }
+        res.v[k] = from_acc<T>(r);
+        x0v.v[k] = from_acc<T>(x0);
+      }
+      store<T, V>(out + i, res);
+      if (x0_out != nullptr) store<T, V>(x0_out + i, x0v);
+    }
+  }
+}
+
+}  // namespace
+
+void launch_ddpm_step(DType dtype, Rows rows, TableArgs table, const StepParams& p, cudaStream_t stream) {
+  if (rows.n == 0 || rows.m == 0) return;
+  dispatch_dtypes(dtype, table.coefs_dtype, [&](auto tt, auto rt) {
+    using T = typename decltype(tt)::type;
+    using R = typename decltype(rt)::type;
+    constexpr int V = 16 / sizeof(T);
+    const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
+                     aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
+    if (vec) {
+      ddpm_step_kernel<T, R, V><<<row_grid(rows.n, rows.m / V), kThreads, 0, stream>>>(rows, table, p);
+    } else {
+      ddpm_step_kernel<T, R, 1><<<row_grid(rows.n, rows.m), kThreads, 0, stream>>>(rows, table, p);
+    }
+  });
+}
+
+}  // namespace cuda
+}  // namespace fastdiff

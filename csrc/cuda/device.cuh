@@ -1,0 +1,94 @@
+// Device helpers shared by the CUDA kernels: storage <-> accumulation conversions, 16-byte packs, coefficient rows,
+// the row grid and dtype dispatch. No torch headers.
+#pragma once
+
+#include <assert.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "fastdiff/coefs.h"
+#include "launchers.h"
+
+namespace fastdiff {
+namespace cuda {
+
+// Accumulation type: float for fp16/bf16/fp32 storage, double for fp64 (DESIGN §2).
+template <typename T> struct AccT { using type = float; };
+template <> struct AccT<double> { using type = double; };
+template <typename T> using acc_t = typename AccT<T>::type;
+
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+
+template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v);
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+
+// V consecutive elements, loaded / stored as one access (16 bytes for V = 16 / sizeof(T)).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load(const T* p) { return *reinterpret_cast<const Pack<T, V>*>(p); }
+
+template <typename T, int V>
+__device__ __forceinline__ void store(T* p, const Pack<T, V>& v) { *reinterpret_cast<Pack<T, V>*>(p) = v; }
+
+// Row t of the coefficient table cast to R, or NaNs when t is out of range (never read out of bounds; asserts
+// in debug builds), so a bad timestep poisons its sample instead of reading garbage.
+template <typename R>
+__device__ __forceinline__ void load_row(const R* coefs, int64_t table_len, int64_t t, R (&row)[coef::NCOEF]) {
+  const bool ok = t >= 0 && t < table_len;
+  assert(ok && "fastdiff: t out of range [0, T)");
+#pragma unroll
+  for (int k = 0; k < coef::NCOEF; ++k) row[k] = ok ? coefs[t * coef::NCOEF + k] : R(NAN);
+}
+
+constexpr int kThreads = 256;
+
+// Grid over [N, M / V]: y strides samples, x strides vectors within a row (both grid-stride loops). At least one
+// block per row even when M = 0, so per-row outputs (posterior variance) are still written.
+inline dim3 row_grid(int64_t n, int64_t vecs_per_row) {
+  const int64_t bx = std::min<int64_t>(std::max<int64_t>((vecs_per_row + kThreads - 1) / kThreads, 1), 1024);
+  const int64_t by = std::min<int64_t>(std::max<int64_t>(n, 1), 65535);
+  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+}
+
+inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T> struct Tag { using type = T; };
+
+// f(Tag<T>{}) for the storage dtype: fp16, bf16, fp32 or fp64.
+template <typename F>
+void dispatch_dtype(DType dtype, const F& f) {
+  switch (dtype) {
+    case DType::kHalf: f(Tag<__half>{}); break;
+    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); break;
+    case DType::kFloat: f(Tag<float>{}); break;
+    case DType::kDouble: f(Tag<double>{}); break;
+  }
+}
+
+// f(Tag<T>{}, Tag<R>{}) for the storage dtype T and the coefficient table's dtype R (float or double).
+template <typename F>
+void dispatch_dtypes(DType dtype, DType coefs_dtype, const F& f) {
+  dispatch_dtype(dtype, [&](auto tt) {
+    if (coefs_dtype == DType::kDouble) {
+      f(tt, Tag<double>{});
+    } else {
+      f(tt, Tag<float>{});
+    }
+  });
+}
+
+}  // namespace cuda
+}  // namespace fastdiff
