@@ -18,6 +18,14 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def("randn_like(Tensor x, int seed, int offset) -> Tensor");
 }
 
+// The samplers' steps and the noise stream are not differentiable: autograd passes through them (outputs do not
+// require grad). q_sample and posterior_mean_variance get their formulas in fastdiff/ops/_register.py.
+TORCH_LIBRARY_IMPL(fastdiff, Autograd, m) {
+  m.impl("ddim_step", torch::CppFunction::makeFallthrough());
+  m.impl("ddpm_step", torch::CppFunction::makeFallthrough());
+  m.impl("randn_like", torch::CppFunction::makeFallthrough());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastdiff fused kernels; the ops live in torch.ops.fastdiff";
   m.def("cuda_built", []() {

@@ -43,17 +43,15 @@ std::vector<S> per_sample(const at::Tensor& coefs, const at::Tensor& t, const F&
   return out;
 }
 
-// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk: the Philox words in one vectorisable loop,
-// then Box-Muller (scalar logf/cosf calls) in a second.
+// u1[j], u2[j] = Triton's uniforms of the Philox words for counter + j, j < len (see philox_cpu.cpp).
+void philox_uniforms(float* u1, float* u2, int64_t len, uint64_t seed, uint64_t counter);
+
+// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk: vectorised Philox words, then Box-Muller (scalar
+// logf/cosf calls, ~45% of the time).
 template <typename A>
 void fill_randn(A* z, int64_t len, uint64_t seed, uint64_t counter) {
   float u1[kChunk], u2[kChunk];
-  for (int64_t j = 0; j < len; ++j) {
-    uint32_t w0, w1;
-    philox::philox_2words(seed, counter + static_cast<uint64_t>(j), &w0, &w1);
-    u1[j] = philox::uniform(w0);
-    u2[j] = philox::uniform(w1);
-  }
+  philox_uniforms(u1, u2, len, seed, counter);
   for (int64_t j = 0; j < len; ++j) z[j] = static_cast<A>(philox::box_muller(u1[j], u2[j]));
 }
 

@@ -45,7 +45,8 @@ __global__ void ddim_step_kernel(Rows rows, TableArgs table, StepParams p) {
         if (noise != nullptr) {
           r += c.noise_scale * to_acc(z.v[k]);
         } else if (philox_noise) {
-          r += c.noise_scale * static_cast<A>(philox::randn(p.seed, static_cast<uint64_t>(p.offset) + static_cast<uint64_t>(i + k)));
+          const uint64_t counter = static_cast<uint64_t>(p.offset) + static_cast<uint64_t>(i + k);
+          r += c.noise_scale * static_cast<A>(philox::randn(p.seed, counter));
         }
         res.v[k] = from_acc<T>(r);
         x0v.v[k] = from_acc<T>(x0);
@@ -67,9 +68,11 @@ void launch_ddim_step(DType dtype, Rows rows, TableArgs table, const StepParams&
     const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
                      aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
     if (vec) {
-      ddim_step_kernel<T, R, V><<<row_grid(rows.n, rows.m / V), kThreads, 0, stream>>>(rows, table, p);
+      const RowLaunch l = row_launch(rows.n, rows.m / V);
+      ddim_step_kernel<T, R, V><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
     } else {
-      ddim_step_kernel<T, R, 1><<<row_grid(rows.n, rows.m), kThreads, 0, stream>>>(rows, table, p);
+      const RowLaunch l = row_launch(rows.n, rows.m);
+      ddim_step_kernel<T, R, 1><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
     }
   });
 }

@@ -47,10 +47,8 @@ __global__ void ddpm_step_kernel(Rows rows, TableArgs table, StepParams p) {
         A r = ddpm_mean(c, xa, x0);
         if (noisy) {
           const A std = learned ? ddpm_learned_std(c, to_acc(var.v[k])) : c.fixed_std;
-          const A zk = noise != nullptr
-                           ? to_acc(z.v[k])
-                           : static_cast<A>(philox::randn(p.seed, static_cast<uint64_t>(p.offset) +
-                                                                      static_cast<uint64_t>(i + k)));
+          const uint64_t counter = static_cast<uint64_t>(p.offset) + static_cast<uint64_t>(i + k);
+          const A zk = noise != nullptr ? to_acc(z.v[k]) : static_cast<A>(philox::randn(p.seed, counter));
           r += std * zk;
         }
         res.v[k] = from_acc<T>(r);
@@ -73,9 +71,11 @@ void launch_ddpm_step(DType dtype, Rows rows, TableArgs table, const StepParams&
     const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
                      aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
     if (vec) {
-      ddpm_step_kernel<T, R, V><<<row_grid(rows.n, rows.m / V), kThreads, 0, stream>>>(rows, table, p);
+      const RowLaunch l = row_launch(rows.n, rows.m / V);
+      ddpm_step_kernel<T, R, V><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
     } else {
-      ddpm_step_kernel<T, R, 1><<<row_grid(rows.n, rows.m), kThreads, 0, stream>>>(rows, table, p);
+      const RowLaunch l = row_launch(rows.n, rows.m);
+      ddpm_step_kernel<T, R, 1><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
     }
   });
 }

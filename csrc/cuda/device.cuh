@@ -55,12 +55,19 @@ __device__ __forceinline__ void load_row(const R* coefs, int64_t table_len, int6
 
 constexpr int kThreads = 256;
 
-// Grid over [N, M / V]: y strides samples, x strides vectors within a row (both grid-stride loops). At least one
-// block per row even when M = 0, so per-row outputs (posterior variance) are still written.
-inline dim3 row_grid(int64_t n, int64_t vecs_per_row) {
-  const int64_t bx = std::min<int64_t>(std::max<int64_t>((vecs_per_row + kThreads - 1) / kThreads, 1), 1024);
+// Launch shape over [N, M / V]: grid y strides samples, grid x strides vectors within a row (both grid-stride loops).
+// 256 threads, or fewer (a multiple of 32) for short rows; at least one block per row even when M = 0, so per-row
+// outputs (the posterior variance) are still written.
+struct RowLaunch {
+  dim3 grid;
+  int threads;
+};
+
+inline RowLaunch row_launch(int64_t n, int64_t vecs_per_row) {
+  const int64_t threads = std::min<int64_t>(std::max<int64_t>((vecs_per_row + 31) / 32 * 32, 32), kThreads);
+  const int64_t bx = std::min<int64_t>(std::max<int64_t>((vecs_per_row + threads - 1) / threads, 1), 1024);
   const int64_t by = std::min<int64_t>(std::max<int64_t>(n, 1), 65535);
-  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+  return {dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), static_cast<int>(threads)};
 }
 
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }

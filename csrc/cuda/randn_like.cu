@@ -29,9 +29,11 @@ void launch_randn_like(DType dtype, int64_t numel, int64_t seed, int64_t offset,
     T* o = static_cast<T*>(out);
     const uint64_t s = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
     if (numel % V == 0 && aligned16(out)) {
-      randn_kernel<T, V><<<row_grid(1, numel / V).x, kThreads, 0, stream>>>(numel, s, off, o);
+      const RowLaunch l = row_launch(1, numel / V);
+      randn_kernel<T, V><<<l.grid.x, l.threads, 0, stream>>>(numel, s, off, o);
     } else {
-      randn_kernel<T, 1><<<row_grid(1, numel).x, kThreads, 0, stream>>>(numel, s, off, o);
+      const RowLaunch l = row_launch(1, numel);
+      randn_kernel<T, 1><<<l.grid.x, l.threads, 0, stream>>>(numel, s, off, o);
     }
   });
 }

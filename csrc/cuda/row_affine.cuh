@@ -47,11 +47,11 @@ void launch_row_affine(DType dtype, Rows rows, TableArgs table, const void* u, c
     T* op = static_cast<T*>(out);
     A *varp = static_cast<A*>(var), *lvp = static_cast<A*>(log_var);
     if (rows.m % V == 0 && aligned16(u) && aligned16(v) && aligned16(out)) {
-      row_affine_kernel<T, R, V, POSTERIOR>
-          <<<row_grid(rows.n, rows.m / V), kThreads, 0, stream>>>(rows, table, up, vp, op, varp, lvp);
+      const RowLaunch l = row_launch(rows.n, rows.m / V);
+      row_affine_kernel<T, R, V, POSTERIOR><<<l.grid, l.threads, 0, stream>>>(rows, table, up, vp, op, varp, lvp);
     } else {
-      row_affine_kernel<T, R, 1, POSTERIOR>
-          <<<row_grid(rows.n, rows.m), kThreads, 0, stream>>>(rows, table, up, vp, op, varp, lvp);
+      const RowLaunch l = row_launch(rows.n, rows.m);
+      row_affine_kernel<T, R, 1, POSTERIOR><<<l.grid, l.threads, 0, stream>>>(rows, table, up, vp, op, varp, lvp);
     }
   });
 }
