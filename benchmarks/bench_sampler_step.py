@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastdiff_bench as fb
-from conftest import smoke_mode
+from conftest import compile_backend, smoke_mode
 from fastdiff.ops import BackendUnavailableError
 
 
@@ -80,7 +80,7 @@ def test_sampler_step(benchmark, request, case, shape, dtype_name, provider):
                 bytes_moved=moved, bandwidth_size=bool(request.node.callspec.params["shape"] == "bw"))
 
     if provider == "compile":
-        fn = _compiled_call(spec, config.getoption("--compile-backend"), sample, info,
+        fn = _compiled_call(spec, compile_backend(config), sample, info,
                             dynamic=True if device == "cuda" else None)
     else:
         fn = lambda d: spec.public(d, provider)  # noqa: E731
