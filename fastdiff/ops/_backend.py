@@ -7,7 +7,6 @@ requested backend that cannot run raises `BackendUnavailableError`; it never fal
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import NamedTuple
@@ -75,12 +74,10 @@ def _triton_status() -> BackendStatus:
 
 def available_backends() -> dict[str, BackendStatus]:
     """What this install has, and why the rest is missing: {name: BackendStatus(available, reason)}."""
-    return dict(_status_table())
+    return dict(_STATUS)
 
 
-@functools.cache
 def _status_table() -> dict[str, BackendStatus]:
-    # Cached: it is consulted on every op call, and neither the build nor TRITON_INTERPRET changes in a process.
     cpu = BackendStatus(True, "fastdiff._C CPU kernels") if _ext.has_cpu_kernels() else BackendStatus(
         False, f"fastdiff._C did not load ({_ext.LOAD_ERROR})")
     if not _ext.has_cpu_kernels():
@@ -97,7 +94,7 @@ def _status_table() -> dict[str, BackendStatus]:
 
 
 def _runs_on(name: str, device: torch.device) -> tuple[bool, str]:
-    status = _status_table()[name]
+    status = _STATUS[name]
     if not status.available:
         return False, status.reason
     if name == "cpu" and device.type != "cpu":
@@ -108,6 +105,10 @@ def _runs_on(name: str, device: torch.device) -> tuple[bool, str]:
         return False, f"the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
     return True, ""
 
+
+# Computed once at import: it is consulted on every op call (also while torch.compile traces, which must not
+# call into the extension module), and neither the build nor TRITON_INTERPRET changes within a process.
+_STATUS = _status_table()
 
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
