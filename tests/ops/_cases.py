@@ -102,3 +102,25 @@ def call(fn, case: dict, **extra):
         kwargs["generator"] = torch.Generator().manual_seed(case["_generator_seed"])
     kwargs.update(extra)
     return fn(**kwargs)
+
+
+def affine_case(index, device):
+    rng = random.Random(RUN_SEED * 7 + index)
+    gen = torch.Generator().manual_seed(RUN_SEED * 7 + index)
+    n = rng.choice([1, 2, 3, 5])
+    shape = (n,) + rng.choice([(), (1,), (3,), (2, 7), (3, 5, 5), (1, 1023), (1, 1025)])
+    dtype = (torch.float32, torch.float16)[index % 2]
+    T = rng.choice([2, 10, 1000])
+    coefs = ops.step_table(schedule(rng, T), device=device)
+    t = torch.randint(0, T, (n,), generator=gen).to(device)
+    noncontig = rng.random() < 0.3
+    a, b = (rand(shape, dtype, device, gen, noncontig) for _ in range(2))
+    return dict(a=a, b=b, coefs=coefs, t=t, meta=dict(index=index, shape=shape, dtype=str(dtype), T=T))
+
+
+def grad_inputs(device, n=3):
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 50).double().numpy(), device=device, dtype=torch.float64)
+    t = torch.randint(0, 50, (n,)).to(device)
+    a = torch.randn(n, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(n, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    return a, b, coefs, t
