@@ -4,8 +4,8 @@ randn(seed, offset)[j] uses counter (lo32(offset+j), hi32(offset+j), 0, 0) and k
 (lo32(seed), hi32(seed)); the first two output words become uniforms
 u = float32(int32 word, negatives mapped by -x-1) · 4.6566127342e-10 and the normal is
 √(−2 log max(u1, 1e-7)) · cos(2π u2). The same steps live in csrc/include/fastdiff/philox.h;
-the Triton kernels call tl.randn itself (triton_kernels/_sampler_math.py). Here uint32 words are held in int64 tensors; products are
-split into 16-bit halves so no int64 multiply overflows.
+the Triton kernels call tl.randn itself (triton_kernels/_sampler_math.py). Here uint32 words are
+held in int64 tensors; products are split into 16-bit halves so no int64 multiply overflows.
 """
 from __future__ import annotations
 
