@@ -6,7 +6,7 @@ cannot link CUDA code). FASTDIFF_BUILD_CUDA=0|1 overrides. Sources are globbed.
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -47,11 +47,7 @@ def _extension():
 
 
 setup(
-    packages=[
-        "fastdiff", "fastdiff.ops", "fastdiff.diffusion", "fastdiff.samplers", "fastdiff.models",
-        "fastdiff.training", "fastdiff.adapters", "fastdiff.data", "fastdiff.metrics",
-        "fastdiff.triton_kernels",
-    ],
+    packages=find_packages(include=["fastdiff", "fastdiff.*"]) + ["fastdiff.triton_kernels"],
     package_dir={"fastdiff.triton_kernels": "triton_kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
