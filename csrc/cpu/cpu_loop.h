@@ -1,10 +1,13 @@
-// Loop helpers shared by the CPU kernels: parallel row chunks, per-sample coefficient gather, Philox fill,
-// and static dispatch of loop-invariant flags so each inner loop is branch-free and vectorises.
+// Loop helpers shared by the CPU kernels: parallel row chunks, chunk conversion from / to the storage type,
+// per-sample coefficient gather, Philox fill, and static dispatch of loop-invariant flags so each inner loop is
+// branch-free and vectorises.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -28,6 +31,53 @@ void for_each_row_chunk(int64_t rows, int64_t m, const F& f) {
       f(n, c * kChunk, std::min(m, (c + 1) * kChunk));
     }
   });
+}
+
+// dst[j] = static_cast<D>(src[j]) for j < len, bit for bit. The Half and BFloat16 <-> float overloads
+// (convert_cpu.cpp) convert whole chunks with vector instructions instead (see there for the numbers).
+void convert(const c10::Half* src, float* dst, int64_t len);
+void convert(const float* src, c10::Half* dst, int64_t len);
+void convert(const c10::BFloat16* src, float* dst, int64_t len);
+void convert(const float* src, c10::BFloat16* dst, int64_t len);
+
+template <typename S, typename D>
+void convert(const S* src, D* dst, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<D>(src[j]);
+}
+
+// Kernels compute on chunks of A values (float, or double for fp64) and store T, so the inner loops see only
+// A and vectorise. When T is A the chunk is the tensor's memory itself; otherwise a stack buffer of kChunk A
+// values (sized 1 when unused) converted in one pass.
+template <typename A, typename T>
+constexpr int64_t kBuf = std::is_same_v<A, T> ? 1 : kChunk;
+
+// len elements of src read as A: src itself, or buf holding the conversion; null stays null.
+template <typename A, typename T>
+const A* load(const T* src, A* buf, int64_t len) {
+  if constexpr (std::is_same_v<A, T>) {
+    return src;
+  } else {
+    if (src == nullptr) return nullptr;
+    convert(src, buf, len);
+    return buf;
+  }
+}
+
+// Where to write len results bound for dst: dst itself, or buf (then store(buf, dst, len)); null stays null.
+template <typename A, typename T>
+A* out_buf(T* dst, A* buf) {
+  if constexpr (std::is_same_v<A, T>) {
+    return dst;
+  } else {
+    return dst != nullptr ? buf : nullptr;
+  }
+}
+
+template <typename A, typename T>
+void store(const A* buf, T* dst, int64_t len) {
+  if constexpr (!std::is_same_v<A, T>) {
+    if (dst != nullptr) convert(buf, dst, len);
+  }
 }
 
 // out[n] = make(row, n) with row = &coefs[t[n], 0] (float or double), for every sample n.
@@ -68,17 +118,15 @@ void with_flags(const F& f, bool b, Rest... rest) {
   }
 }
 
-// The step's noise for row elements [b, e): the caller's tensor (converted) or Philox(seed, offset + n·M + i).
-// Returns false when there is no noise term for this chunk.
+// The step's noise for row elements [b, e): the caller's tensor (read as A, z unused when T is A) or
+// Philox(seed, offset + n·M + i) in z. Null when there is no noise term for this chunk.
 template <typename A, typename T>
-bool chunk_noise(A* z, const T* noise, int64_t seed, int64_t offset, int64_t n, int64_t m, int64_t b, int64_t e) {
-  if (noise != nullptr) {
-    for (int64_t i = b; i < e; ++i) z[i - b] = static_cast<A>(noise[n * m + i]);
-    return true;
-  }
-  if (seed < 0) return false;
+const A* chunk_noise(A* z, const T* noise, int64_t seed, int64_t offset, int64_t n, int64_t m, int64_t b,
+                     int64_t e) {
+  if (noise != nullptr) return load(noise + n * m + b, z, e - b);
+  if (seed < 0) return nullptr;
   fill_randn(z, e - b, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(n * m + b));
-  return true;
+  return z;
 }
 
 template <typename T>

@@ -37,27 +37,33 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::
     const int64_t m = a.m;
     cpu::for_each_row_chunk(a.n, m, [&](int64_t n, int64_t b, int64_t e) {
       const DdimCoefs<A> c = cs[n];
-      A z[cpu::kChunk];
+      const int64_t len = e - b;
+      A z[cpu::kChunk], xb[cpu::kBuf<A, T>], mob[cpu::kBuf<A, T>], mub[cpu::kBuf<A, T>];
+      A outb[cpu::kBuf<A, T>], x0b[cpu::kBuf<A, T>];
       // Philox normals are finite, so a zero noise scale (t = 0 or η = 0) adds exactly nothing: skip them.
-      const bool has_z = (noise_p != nullptr || c.noise_scale != A(0)) &&
-                         cpu::chunk_noise(z, noise_p, seed, offset, n, m, b, e);
-      const T* xr = xp + n * m;
-      const T* mo = mop + n * a.mo_row;
-      const T* mu = mup != nullptr ? mup + n * a.mou_row : nullptr;
-      T* out = outp + n * m;
-      T* x0r = x0p != nullptr ? x0p + n * m : nullptr;
+      const A* zs = noise_p != nullptr || c.noise_scale != A(0)
+                        ? cpu::chunk_noise(z, noise_p, seed, offset, n, m, b, e) : nullptr;
+      const A* xr = cpu::load(xp + n * m + b, xb, len);
+      const A* mo = cpu::load(mop + n * a.mo_row + b, mob, len);
+      const A* mu = cpu::load(mup != nullptr ? mup + n * a.mou_row + b : nullptr, mub, len);
+      T* out_t = outp + n * m + b;
+      T* x0_t = x0p != nullptr ? x0p + n * m + b : nullptr;
+      A* out = cpu::out_buf(out_t, outb);
+      A* x0r = cpu::out_buf(x0_t, x0b);
       cpu::with_flags([&](auto cfg, auto noisy, auto keep_x0) {
-        for (int64_t i = b; i < e; ++i) {
-          const A xv = static_cast<A>(xr[i]);
-          A eps = static_cast<A>(mo[i]);
-          if constexpr (cfg) eps = guided(eps, static_cast<A>(mu[i]), scale);
+        for (int64_t j = 0; j < len; ++j) {
+          const A xv = xr[j];
+          A eps = mo[j];
+          if constexpr (cfg) eps = guided(eps, mu[j], scale);
           const A x0 = predict_x0(c.x0, xv, eps);
           A r = ddim_mean(c, xv, x0);
-          if constexpr (noisy) r += c.noise_scale * z[i - b];
-          out[i] = static_cast<T>(r);
-          if constexpr (keep_x0) x0r[i] = static_cast<T>(x0);
+          if constexpr (noisy) r += c.noise_scale * zs[j];
+          out[j] = r;
+          if constexpr (keep_x0) x0r[j] = x0;
         }
-      }, mu != nullptr, has_z, x0r != nullptr);
+      }, mu != nullptr, zs != nullptr, x0r != nullptr);
+      cpu::store(out, out_t, len);
+      cpu::store(x0r, x0_t, len);
     });
   });
   return {x_prev, x0_out};

@@ -25,10 +25,13 @@ at::Tensor q_sample_cpu(const at::Tensor& x_start, const at::Tensor& noise, cons
     const int64_t m = p.m;
     cpu::for_each_row_chunk(p.n, m, [&](int64_t n, int64_t b, int64_t e) {
       const Affine2<A> c = cs[n];
-      const int64_t base = n * m;
-      for (int64_t i = base + b; i < base + e; ++i) {
-        y[i] = static_cast<T>(affine2(c, static_cast<A>(x0[i]), static_cast<A>(eps[i])));
-      }
+      const int64_t len = e - b, base = n * m + b;
+      A ub[cpu::kBuf<A, T>], vb[cpu::kBuf<A, T>], yb[cpu::kBuf<A, T>];
+      const A* u = cpu::load(x0 + base, ub, len);
+      const A* v = cpu::load(eps + base, vb, len);
+      A* r = cpu::out_buf(y + base, yb);
+      for (int64_t j = 0; j < len; ++j) r[j] = affine2(c, u[j], v[j]);
+      cpu::store(r, y + base, len);
     });
   });
   return out;

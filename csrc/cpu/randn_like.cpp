@@ -15,9 +15,10 @@ at::Tensor randn_like_cpu(const at::Tensor& x, int64_t seed, int64_t offset) {
     T* y = out.data_ptr<T>();
     // One row of numel elements: element j uses counter offset + j.
     cpu::for_each_row_chunk(1, out.numel(), [&](int64_t, int64_t b, int64_t e) {
-      float z[cpu::kChunk];
+      float zb[cpu::kBuf<float, T>];
+      float* z = cpu::out_buf(y + b, zb);
       cpu::fill_randn(z, e - b, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(b));
-      for (int64_t i = b; i < e; ++i) y[i] = static_cast<T>(z[i - b]);
+      cpu::store(z, y + b, e - b);
     });
   });
   return out;
