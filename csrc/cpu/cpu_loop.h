@@ -16,6 +16,13 @@
 #include "fastdiff/coefs.h"
 #include "fastdiff/philox.h"
 
+// Marks a plain loop to be compiled also for AVX2 and AVX-512 (x86-64-v3 / v4), the copy picked at load time.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTDIFF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTDIFF_CPU_CLONES
+#endif
+
 namespace fastdiff {
 namespace cpu {
 

@@ -3,12 +3,6 @@
 // wide instead of SSE2's 2; the words, and so the noise, are bit-identical on every clone.
 #include "cpu_loop.h"
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define FASTDIFF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTDIFF_CPU_CLONES
-#endif
-
 namespace fastdiff {
 namespace cpu {
 
