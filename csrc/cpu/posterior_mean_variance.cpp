@@ -1,12 +1,9 @@
 // Posterior q(x_{t-1} | x_t, x_0) mean and variance on CPU (DDPM eqs. 6-7); math in fastdiff/sampler_math.h.
-#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "cpu_loop.h"
-#include "fastdiff/checks.h"
-#include "fastdiff/sampler_math.h"
+#include "row_affine.h"
 
 namespace fastdiff {
 namespace {
@@ -21,27 +18,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> posterior_mean_variance_cpu(const
   const auto acc = acc_type(p.a.scalar_type());
   at::Tensor var = p.coefs.index_select(0, p.t).select(1, coef::POST_VAR).to(acc).contiguous();
   at::Tensor log_var = p.coefs.index_select(0, p.t).select(1, coef::POST_LOGVAR).to(acc).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.a.scalar_type(), "posterior_mean_variance_cpu", [&] {
-    using T = scalar_t;
-    using A = at::opmath_type<T>;
-    const auto cs = cpu::per_sample<Affine2<A>>(p.coefs, p.t, [](const auto* row, int64_t) {
-      return posterior_coefs<A>(row);
-    });
-    const T* x0 = p.a.data_ptr<T>();
-    const T* xt = p.b.data_ptr<T>();
-    T* y = mean.data_ptr<T>();
-    const int64_t m = p.m;
-    cpu::for_each_row_chunk(p.n, m, [&](int64_t n, int64_t b, int64_t e) {
-      const Affine2<A> c = cs[n];
-      const int64_t len = e - b, base = n * m + b;
-      A ub[cpu::kBuf<A, T>], vb[cpu::kBuf<A, T>], yb[cpu::kBuf<A, T>];
-      const A* u = cpu::load(x0 + base, ub, len);
-      const A* v = cpu::load(xt + base, vb, len);
-      A* r = cpu::out_buf(y + base, yb);
-      for (int64_t j = 0; j < len; ++j) r[j] = affine2(c, u[j], v[j]);
-      cpu::store(r, y + base, len);
-    });
-  });
+  cpu::row_affine(p, mean, [](auto a, const auto* row) { return posterior_coefs<decltype(a)>(row); });
   return {mean, var, log_var};
 }
 

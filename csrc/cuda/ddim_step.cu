@@ -64,16 +64,9 @@ void launch_ddim_step(DType dtype, Rows rows, TableArgs table, const StepParams&
   dispatch_dtypes(dtype, table.coefs_dtype, [&](auto tt, auto rt) {
     using T = typename decltype(tt)::type;
     using R = typename decltype(rt)::type;
-    constexpr int V = 16 / sizeof(T);
-    const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
-                     aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
-    if (vec) {
-      const RowLaunch l = row_launch(rows.n, rows.m / V);
-      ddim_step_kernel<T, R, V><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
-    } else {
-      const RowLaunch l = row_launch(rows.n, rows.m);
-      ddim_step_kernel<T, R, 1><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
-    }
+    launch_step_rows<T>(rows, p, [&](auto v, RowLaunch l) {
+      ddim_step_kernel<T, R, decltype(v)::value><<<l.grid, l.threads, 0, stream>>>(rows, table, p);
+    });
   });
 }
 

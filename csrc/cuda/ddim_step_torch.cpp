@@ -19,21 +19,9 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cuda(const at::Tensor& x, const at:
   const c10::cuda::CUDAGuard guard(a.x.device());
   at::Tensor x_prev = at::empty_like(a.x);
   at::Tensor x0_out = return_x0 ? at::empty_like(a.x) : at::empty({0}, a.x.options());
-  cuda::StepParams p;
-  p.x = a.x.data_ptr();
-  p.mo = a.mo.data_ptr();
-  p.mou = cuda::ptr_or_null(a.mou);
-  p.noise = cuda::ptr_or_null(a.noise);
-  p.out = x_prev.data_ptr();
-  p.x0 = return_x0 ? x0_out.data_ptr() : nullptr;
-  p.mo_row = a.mo_row;
-  p.mou_row = a.mou_row;
-  p.prediction = static_cast<int>(prediction);
-  p.clip = clip_denoised;
+  cuda::StepParams p = cuda::step_params(a, x_prev, x0_out, return_x0, prediction, clip_denoised,
+                                         guidance_scale, seed, offset);
   p.eta = eta;
-  p.guidance_scale = guidance_scale;
-  p.seed = seed;
-  p.offset = offset;
   cuda::launch_ddim_step(cuda::dtype_of(a.x), {a.n, a.m}, cuda::table_args(a.coefs, a.t), p, cuda::current_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {x_prev, x0_out};

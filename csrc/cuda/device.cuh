@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "fastdiff/coefs.h"
 #include "launchers.h"
@@ -95,6 +96,20 @@ void dispatch_dtypes(DType dtype, DType coefs_dtype, const F& f) {
       f(tt, Tag<float>{});
     }
   });
+}
+
+// launch(std::integral_constant<int, V>, RowLaunch) for a step kernel: V = 16 / sizeof(T) elements per thread when
+// every row length and pointer allows 16-byte accesses, else V = 1 (scalar fallback).
+template <typename T, typename F>
+void launch_step_rows(const Rows& rows, const StepParams& p, const F& launch) {
+  constexpr int V = 16 / sizeof(T);
+  const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
+                   aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
+  if (vec) {
+    launch(std::integral_constant<int, V>{}, row_launch(rows.n, rows.m / V));
+  } else {
+    launch(std::integral_constant<int, 1>{}, row_launch(rows.n, rows.m));
+  }
 }
 
 }  // namespace cuda
