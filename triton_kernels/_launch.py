@@ -60,3 +60,29 @@ def noise_mode(noise, seed: int) -> int:
     if seed >= 0:
         return 2
     return 1 if noise is not None else 0
+
+
+class StepLaunch:
+    """What the DDIM and DDPM step launchers share: outputs, row views and the noise mode.
+
+    `inputs` are the kernels' leading arguments (x, x_stride, mo, mo_stride, mu, mu_stride, noise, noise_stride);
+    `outputs` their (out, x0) pointers (x0 aliases out when not stored). `empty` means nothing to launch.
+    """
+
+    def __init__(self, x, model_output, model_output_uncond, noise, seed: int, return_x0: bool):
+        self.n = x.shape[0]
+        self.m = x[0].numel() if self.n else 0
+        self.x_prev = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        self.x0 = torch.empty(x.shape, dtype=x.dtype, device=x.device) if return_x0 else x.new_empty(0)
+        self.empty = self.n == 0 or self.m == 0
+        if self.empty:
+            return
+        xr, x_stride = rows(x)
+        mo, mo_stride = rows(model_output)
+        mu, mu_stride = rows(model_output_uncond) if model_output_uncond is not None else (mo, mo_stride)
+        self.noise_mode = noise_mode(noise, seed)
+        nz, nz_stride = rows(noise) if self.noise_mode == 1 else (xr, x_stride)
+        self.inputs = (xr, x_stride, mo, mo_stride, mu, mu_stride, nz, nz_stride)
+        self.outputs = (self.x_prev, self.x0 if return_x0 else self.x_prev)
+        self.tiling = Tiling(self.n, self.m)
+        self.acc = acc_dtype(x.dtype)

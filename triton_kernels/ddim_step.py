@@ -1,7 +1,6 @@
 """Fused DDIM step (Song et al. eq. 12) with classifier-free guidance, x̂0 clipping and noise, in one pass."""
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -10,7 +9,7 @@ from . import _sampler_math as sm
 
 
 @triton.jit(do_not_specialize=["eta_hi", "eta_lo", "scale_hi", "scale_lo", "seed", "offset"])
-def _ddim_step_kernel(x_ptr, mo_ptr, mo_stride, mu_ptr, mu_stride, noise_ptr, noise_stride, x_stride,
+def _ddim_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noise_ptr, noise_stride,
                       coefs_ptr, t_ptr, out_ptr, x0_ptr, N, M,
                       eta_hi, eta_lo, scale_hi, scale_lo, seed, offset,
                       PREDICTION: tl.constexpr, CLIP: tl.constexpr, HAS_UNCOND: tl.constexpr,
@@ -47,25 +46,15 @@ def ddim_step(x, model_output, model_output_uncond, coefs, t, eta, prediction, c
     x: [N, C, ...]; model_output(_uncond): [N, C or 2C, ...]; coefs: [T, NCOEF]; t: int64 [N].
     Returns (x_{t-1} [N, C, ...], x̂0 [N, C, ...] or empty [0]).
     """
-    n = x.shape[0]
-    m = x[0].numel() if n else 0
-    x_prev = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    x0 = torch.empty(x.shape, dtype=x.dtype, device=x.device) if return_x0 else x.new_empty(0)
-    if n == 0 or m == 0:
-        return x_prev, x0
-    x, x_stride = _launch.rows(x)
-    mo, mo_stride = _launch.rows(model_output)
-    mu, mu_stride = _launch.rows(model_output_uncond) if model_output_uncond is not None else (mo, mo_stride)
-    mode = _launch.noise_mode(noise, seed)
-    nz, nz_stride = _launch.rows(noise) if mode == 1 else (x, x_stride)
-    tiling = _launch.Tiling(n, m)
+    s = _launch.StepLaunch(x, model_output, model_output_uncond, noise, seed, return_x0)
+    if s.empty:
+        return s.x_prev, s.x0
     eta_hi, eta_lo = _launch.split_float(eta)
     scale_hi, scale_lo = _launch.split_float(guidance_scale)
-    _ddim_step_kernel[tiling.grid](
-        x, mo, mo_stride, mu, mu_stride, nz, nz_stride, x_stride, coefs.contiguous(), t.contiguous(),
-        x_prev, x0 if return_x0 else x_prev, n, m,
+    _ddim_step_kernel[s.tiling.grid](
+        *s.inputs, coefs.contiguous(), t.contiguous(), *s.outputs, s.n, s.m,
         eta_hi, eta_lo, scale_hi, scale_lo, max(seed, 0), offset,
         PREDICTION=prediction, CLIP=bool(clip_denoised), HAS_UNCOND=model_output_uncond is not None,
-        NOISE=mode, STORE_X0=bool(return_x0), ACC=_launch.acc_dtype(x.dtype),
-        ROWS=tiling.rows, BLOCK_M=tiling.block_m, num_warps=tiling.num_warps)
-    return x_prev, x0
+        NOISE=s.noise_mode, STORE_X0=bool(return_x0), ACC=s.acc,
+        ROWS=s.tiling.rows, BLOCK_M=s.tiling.block_m, num_warps=s.tiling.num_warps)
+    return s.x_prev, s.x0
