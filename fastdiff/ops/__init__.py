@@ -9,6 +9,7 @@ from fastdiff.ops.ddim_step import ddim_step
 from fastdiff.ops.ddpm_step import ddpm_step
 from fastdiff.ops.posterior_mean_variance import posterior_mean_variance
 from fastdiff.ops.q_sample import q_sample
+from fastdiff.ops.qkv_attention import qkv_attention
 from fastdiff.ops.randn_like import randn_like
 
 _register.register()
@@ -16,5 +17,5 @@ _register.register()
 __all__ = [
     "BACKENDS", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "PREDICTIONS", "VAR_TYPES", "NCOEF", "betas_for_timesteps", "schedule_coefficients", "step_table",
-    "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "randn_like",
+    "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
 ]

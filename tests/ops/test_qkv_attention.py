@@ -1,0 +1,139 @@
+"""qkv_attention: every backend against guided-diffusion's einsum attention (forward and backward), both head
+orders, odd T (not a multiple of the Triton block, T = 1), head dims 8..64, batch 1, non-contiguous and empty
+inputs, fp32/fp16; errors; fp64 gradcheck; torch.compile. Shapes stay small: the Triton interpreter is slow."""
+import importlib
+import math
+import random
+
+import pytest
+import torch
+
+import fastdiff.ops as ops
+qa = importlib.import_module("fastdiff.ops.qkv_attention")
+from tests.ops._cases import RUN_SEED, backend_device, rand
+
+BACKENDS = ["cpu", "triton"]
+BACKENDS = [b for b in BACKENDS if b in qa.SUPPORTED]
+# (N, H, C, T): T = 1, T at a 16-block edge, T not a power of two, head dims 8/16/32/64, batch 1.
+SHAPES = [(1, 1, 8, 1), (2, 3, 8, 17), (1, 2, 16, 16), (1, 1, 32, 33), (2, 1, 64, 15), (1, 4, 16, 5), (3, 2, 8, 31)]
+
+
+def _case(index, device, dtype):
+    rng = random.Random(RUN_SEED * 31 + index)
+    gen = torch.Generator().manual_seed(RUN_SEED * 31 + index)
+    n, h, c, t = SHAPES[index % len(SHAPES)]
+    noncontig = index % 3 == 2
+    qkv = rand((n, 3 * h * c, t), dtype, device, gen, noncontig)
+    if index % 5 == 4:  # a transposed layout: T is not the fastest axis
+        qkv = qkv.transpose(1, 2).contiguous().transpose(1, 2)
+    return qkv, h, rng.random() < 0.5, dict(index=index, shape=(n, h, c, t), dtype=str(dtype), noncontig=noncontig,
+                                            seed=RUN_SEED)
+
+
+def _max_err(a, b):
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _check(out, ref, exact, dtype, what, meta):
+    """fp32: close to the reference; fp16/bf16: error vs the fp64 result at most 2x the reference's own."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (what, meta)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=lambda m: f"{what} {meta}: {m}")
+        return
+    own = _max_err(ref, exact)
+    err = _max_err(out, exact)
+    assert err <= 2 * own + 1e-3, f"{what} {meta}: error {err:.3g} vs the reference's own {own:.3g}"
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("index", range(len(SHAPES) * 2))
+def test_qkv_attention_matches_reference(name, dtype, index):
+    device = backend_device(name)
+    qkv, heads, legacy, meta = _case(index, device, dtype)
+    meta["legacy"] = legacy
+    grad = torch.randn(qkv.shape[0], qkv.shape[1] // 3, qkv.shape[2], device=device, dtype=dtype)
+
+    def run(x, backend):
+        x = x.detach().requires_grad_()
+        out = ops.qkv_attention(x, heads, legacy=legacy, backend=backend)
+        out.backward(grad.to(x.dtype))
+        return out.detach(), x.grad
+
+    out, dx = run(qkv, name)
+    ref, dref = run(qkv, "reference")
+    exact, dexact = run(qkv.double(), "reference")
+    _check(out, ref, exact, dtype, "forward", meta)
+    _check(dx, dref, dexact, dtype, "qkv gradient", meta)
+
+
+def test_reference_matches_guided_diffusion_formula():
+    """The two head orders as guided-diffusion writes them: legacy reshapes [N·H, 3C, T]; new chunks q, k, v."""
+    n, h, c, t = 2, 3, 8, 10
+    qkv = torch.randn(n, 3 * h * c, t, dtype=torch.float64)
+    scale = 1 / math.sqrt(math.sqrt(c))
+
+    def attend(q, k, v):
+        w = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
+        return torch.einsum("bts,bcs->bct", w, v).reshape(n, -1, t)
+
+    q, k, v = qkv.reshape(n * h, 3 * c, t).split(c, dim=1)
+    torch.testing.assert_close(ops.qkv_attention(qkv, h, legacy=True, backend="reference"), attend(q, k, v))
+    q, k, v = (x.reshape(n * h, c, t) for x in qkv.chunk(3, dim=1))
+    torch.testing.assert_close(ops.qkv_attention(qkv, h, legacy=False, backend="reference"), attend(q, k, v))
+    # The orders differ (a test that could fail): same qkv, different outputs.
+    assert not torch.allclose(ops.qkv_attention(qkv, h, legacy=True), ops.qkv_attention(qkv, h, legacy=False))
+
+
+@pytest.mark.parametrize("name", ["reference"] + BACKENDS)
+def test_qkv_attention_empty(name):
+    device = backend_device(name)
+    for shape in [(0, 12, 5), (2, 12, 0)]:
+        qkv = torch.empty(shape, device=device)
+        out = ops.qkv_attention(qkv, 2, backend=name)
+        assert out.shape == (shape[0], 4, shape[2])
+
+
+@pytest.mark.parametrize("name", ["reference"] + BACKENDS)
+def test_qkv_attention_errors(name):
+    qkv = torch.randn(2, 24, 5)
+    with pytest.raises(ValueError, match=r"qkv width \(dim 1\) must be a positive multiple of 3\*num_heads = 9"):
+        ops.qkv_attention(qkv, 3, backend=name)
+    with pytest.raises(ValueError, match=r"qkv must be \[N, 3\*H\*C, T\]"):
+        ops.qkv_attention(qkv[0], 2, backend=name)
+    with pytest.raises(TypeError, match="qkv must be float16"):
+        ops.qkv_attention(qkv.to(torch.int32), 2, backend=name)
+    with pytest.raises(ValueError, match="num_heads must be a positive int"):
+        ops.qkv_attention(qkv, 0, backend=name)
+    with pytest.raises(TypeError, match="legacy must be a bool"):
+        ops.qkv_attention(qkv, 2, legacy="yes", backend=name)
+
+
+def test_unsupported_backend_raises():
+    missing = [b for b in ("cuda", "triton") if b not in qa.SUPPORTED]
+    for name in missing:
+        with pytest.raises(ops.BackendUnavailableError, match="qkv_attention"):
+            ops.qkv_attention(torch.randn(1, 6, 3), 1, backend=name)
+
+
+@pytest.mark.parametrize("name", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("legacy", [True, False])
+def test_gradcheck_qkv_attention(name, legacy):
+    qkv = torch.randn(2, 3 * 2 * 4, 5, dtype=torch.float64, device=backend_device(name), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ops.qkv_attention(x, 2, legacy=legacy, backend=name), (qkv,))
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu"])
+def test_compile_fullgraph_qkv_attention(name):
+    qkv = torch.randn(2, 3 * 2 * 8, 7)
+
+    def loss(x):
+        return ops.qkv_attention(x, 2, legacy=False, backend=name).square().sum()
+
+    x0 = qkv.clone().requires_grad_()
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x0), loss(qkv))
+    compiled(x0).backward()
+    x1 = qkv.clone().requires_grad_()
+    loss(x1).backward()
+    torch.testing.assert_close(x0.grad, x1.grad)
