@@ -5,6 +5,7 @@ from fastdiff.ops._backend import (BACKENDS, BackendStatus, BackendUnavailableEr
                                    get_backend, use_backend)
 from fastdiff.ops._common import PREDICTIONS, VAR_TYPES
 from fastdiff.ops._table import NCOEF, betas_for_timesteps, schedule_coefficients, step_table
+from fastdiff.ops.adagn import adagn
 from fastdiff.ops.ddim_step import ddim_step
 from fastdiff.ops.ddpm_step import ddpm_step
 from fastdiff.ops.posterior_mean_variance import posterior_mean_variance
@@ -17,5 +18,5 @@ _register.register()
 __all__ = [
     "BACKENDS", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "PREDICTIONS", "VAR_TYPES", "NCOEF", "betas_for_timesteps", "schedule_coefficients", "step_table",
-    "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
+    "adagn", "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
 ]

@@ -1,0 +1,130 @@
+"""Adaptive group normalisation, AdaGN (Dhariwal & Nichol, "Diffusion Models Beat GANs", ADM §3); differentiable.
+
+    out = act(GroupNorm(x; G, ε, γ, β) · (1 + scale) + shift),   act ∈ {none, silu}
+
+x: [N, C, *spatial]; γ, β: [C]; scale, shift: optional [N, C] (one value per sample and channel, ADM's
+`use_scale_shift_norm` with the timestep embedding split in two). Statistics (mean and biased variance over each
+group's C/G channels and all spatial positions) in fp32 whatever the storage dtype (fp64 computes in fp64).
+
+Every backend returns (out, mean, rstd) with mean, rstd: [N, G] in the accumulation dtype; the public `adagn`
+returns out. The fused kernels fold the whole op into one affine map per (sample, channel),
+out = act(A·x + B) with A = rstd·γ·(1 + scale), B = (β − mean·rstd·γ)(1 + scale) + shift (groupnorm.h).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fastdiff.ops import _backend, _common as C
+
+ACTS = ("none", "silu")
+SUPPORTED = ("reference",)
+
+
+def reference(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool):
+    """AdaGN in plain PyTorch: F.group_norm in the accumulation dtype, then (1 + scale), shift and SiLU.
+
+    Returns (out [x's shape and dtype], mean [N, G], rstd [N, G]) with rstd = 1/√(Var + ε).
+    """
+    acc = C.acc_dtype(x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    xa = x.to(acc)
+    group_size = math.prod(x.shape[1:]) // num_groups
+    with torch.no_grad():
+        var, mean = torch.var_mean(xa.detach().reshape(n, num_groups, group_size), dim=-1, unbiased=False)
+    if group_size > 1:
+        h = F.group_norm(xa, num_groups, weight.to(acc), bias.to(acc), eps)
+    else:  # one value per group (C/G = 1, H·W = 1): x̂ = 0, which F.group_norm refuses to compute
+        h = (xa - xa) * weight.to(acc).reshape((1, c) + (1,) * (x.dim() - 2))
+        h = h + bias.to(acc).reshape((1, c) + (1,) * (x.dim() - 2))
+    bshape = (n, c) + (1,) * (x.dim() - 2)
+    if scale is not None:
+        h = h * (1 + scale.to(acc).reshape(bshape))
+    if shift is not None:
+        h = h + shift.to(acc).reshape(bshape)
+    if silu:
+        h = F.silu(h)
+    return h.to(x.dtype), mean, torch.rsqrt(var + eps)
+
+
+def backward_reference(grad_out, x, weight, bias, scale, shift, mean, rstd, num_groups: int, silu: bool):
+    """Gradients (x, γ, β, scale, shift) of AdaGN from the saved statistics, in plain PyTorch (any device).
+
+    With z = y·(1 + scale) + shift, y = x̂γ + β, x̂ = (x − mean)·rstd and dz = grad·act'(z):
+    ∂scale = Σ_s dz·y, ∂shift = Σ_s dz, ∂γ = Σ_{n,s} dz(1 + scale)x̂, ∂β = Σ_{n,s} dz(1 + scale),
+    ∂x = rstd·(dx̂ − mean_g(dx̂) − x̂·mean_g(dx̂·x̂)) with dx̂ = dz(1 + scale)γ. Returns all five ([N, C] for
+    scale / shift even when absent) in the dtypes of x, weight, bias, and x for scale / shift.
+    """
+    acc = C.acc_dtype(x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    g = num_groups
+    xa = x.to(acc).reshape(n, g, c // g, -1)
+    w = weight.to(acc).reshape(1, g, c // g, 1)
+    b = bias.to(acc).reshape(1, g, c // g, 1)
+    s1 = (1 + scale.to(acc)).reshape(n, g, c // g, 1) if scale is not None else torch.ones(
+        (n, g, c // g, 1), dtype=acc, device=x.device)
+    sh = shift.to(acc).reshape(n, g, c // g, 1) if shift is not None else 0
+    m, r = mean.to(acc).reshape(n, g, 1, 1), rstd.to(acc).reshape(n, g, 1, 1)
+    xhat = (xa - m) * r
+    y = xhat * w + b
+    dz = grad_out.to(acc).reshape(n, g, c // g, -1)
+    if silu:
+        z = y * s1 + sh
+        sig = torch.sigmoid(z)
+        dz = dz * sig * (1 + z * (1 - sig))
+    d_scale = (dz * y).sum(-1).reshape(n, c)
+    d_shift = dz.sum(-1).reshape(n, c)
+    dy = dz * s1
+    d_w = (dy * xhat).sum((0, 3)).reshape(c)
+    d_b = dy.sum((0, 3)).reshape(c)
+    dxhat = dy * w
+    dx = r * (dxhat - dxhat.mean((2, 3), keepdim=True) - xhat * (dxhat * xhat).mean((2, 3), keepdim=True))
+    return (dx.reshape(x.shape).to(x.dtype), d_w.to(weight.dtype), d_b.to(bias.dtype), d_scale.to(x.dtype),
+            d_shift.to(x.dtype))
+
+
+def _check(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
+    C.check_float("x", x)
+    if x.dim() < 2:
+        raise ValueError(f"x must be [N, C, *spatial] with at least 2 dims, got shape {tuple(x.shape)}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+    c = x.shape[1]
+    if c % num_groups != 0:
+        raise ValueError(f"the channel count C = {c} of x (shape {tuple(x.shape)}) is not divisible by "
+                         f"num_groups = {num_groups}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        C.check_float(name, p, like=x)
+        if p.shape != (c,):
+            raise ValueError(f"{name} must have shape [C] = [{c}], got {tuple(p.shape)}")
+    for name, p in (("scale", scale), ("shift", shift)):
+        if p is None:
+            continue
+        C.check_float(name, p, like=x)
+        if p.shape != (x.shape[0], c):
+            raise ValueError(f"{name} must have shape [N, C] = [{x.shape[0]}, {c}] (one value per sample and "
+                             f"channel), got {tuple(p.shape)}")
+    if not float(eps) > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    return act == "silu"
+
+
+def _grad_or_none(needs, *grads):
+    return tuple(g if need else None for need, g in zip(needs, grads))
+
+
+def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float = 1e-5,
+          scale: torch.Tensor | None = None, shift: torch.Tensor | None = None, act: str = "silu",
+          backend: str | None = None) -> torch.Tensor:
+    """AdaGN: act(GroupNorm(x; num_groups, eps, weight, bias) · (1 + scale) + shift) for x: [N, C, *spatial]
+    (any layout, channels_last included), weight / bias: [C], scale / shift: optional [N, C]; act "silu" or "none"."""
+    silu = _check(x, weight, bias, num_groups, eps, scale, shift, act)
+    name = _backend.resolve("adagn", x.device, supported=SUPPORTED, backend=backend)
+    args = (x, weight, bias, scale, shift, num_groups, float(eps), silu)
+    if name == "reference":
+        return reference(*args)[0]
+    return torch.ops.fastdiff.adagn(*args)[0]

@@ -1,0 +1,182 @@
+"""adagn (AdaGN, ADM §3): every registered backend against an fp64 oracle, forward and backward.
+
+Tolerance (DESIGN §6, norms): a backend's error against the fp64 reference is at most 2x the reference's own
+error in that dtype, plus a small floor for the (near-exact) fp32 cases.
+"""
+import importlib
+import random
+
+import pytest
+import torch
+
+import fastdiff.ops as ops
+adagn_mod = importlib.import_module("fastdiff.ops.adagn")
+from tests.ops._cases import RUN_SEED, backend_device
+
+FUSED = [b for b in ("cpu", "triton") if b in adagn_mod.SUPPORTED]
+if "cuda" in adagn_mod.SUPPORTED:
+    FUSED.append(pytest.param("cuda", marks=pytest.mark.gpu))
+
+_GROUPS = [(1, 1), (4, 2), (6, 3), (8, 8), (12, 4), (32, 8), (5, 1)]  # (C, G): C/G = 1 and single-group included
+_SPATIAL = [(), (1, 1), (1,), (5, 7), (7,), (11, 13), (4, 4), (3, 2, 5)]  # H·W = 1 and primes
+N_CASES = {"cpu": 48, "triton": 16, "cuda": 48, "reference": 16}
+_FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def adagn_case(index: int, device: str, dtypes=(torch.float32, torch.float16)) -> dict:
+    rng = random.Random(RUN_SEED * 31 + index)
+    gen = torch.Generator().manual_seed(RUN_SEED * 31 + index)
+    n = rng.choice([1, 2, 3])
+    c, g = rng.choice(_GROUPS)
+    spatial = rng.choice(_SPATIAL)
+    dtype = dtypes[index % len(dtypes)]
+    layout = rng.choice(["contiguous", "strided", "channels_last"] if len(spatial) == 2 else ["contiguous", "strided"])
+    shape = (n, c) + spatial
+
+    def r(shp, mult=1.0, off=0.0):
+        return (torch.randn(shp, generator=gen) * mult + off).to(device=device, dtype=dtype)
+
+    x = r(shape, rng.choice([1.0, 3.0]), rng.choice([0.0, 2.0]))
+    if layout == "strided":
+        x = torch.cat([x, x], dim=-1)[..., ::2] if spatial else torch.stack([x, x], -1)[..., 0]
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = dict(x=x, weight=r((c,), 0.5, 1.0), bias=r((c,), 0.5), num_groups=g, eps=rng.choice([1e-5, 1e-6, 1e-3]),
+                act=rng.choice(["silu", "none"]))
+    if rng.random() < 0.7:
+        args["scale"] = r((n, c), 0.5)
+    if rng.random() < 0.7:
+        args["shift"] = r((n, c), 0.5)
+    meta = dict(index=index, run_seed=RUN_SEED, shape=shape, groups=g, dtype=str(dtype), layout=layout,
+                act=args["act"], scale="scale" in args, shift="shift" in args)
+    return dict(args=args, meta=meta, dtype=dtype)
+
+
+def _double(args):
+    return {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+
+
+def _check(actual, ref, oracle, dtype, what, meta):
+    assert actual.shape == oracle.shape and actual.dtype == ref.dtype, (what, actual.shape, actual.dtype, meta)
+    if oracle.numel() == 0:
+        return
+    mag = max(1.0, float(oracle.abs().max()))
+    ref_err = float((ref.double() - oracle).abs().max())
+    err = float((actual.double() - oracle).abs().max())
+    assert err <= 2 * ref_err + _FLOOR[dtype] * mag, (
+        f"{what}: error {err:.3g} vs the fp64 oracle exceeds 2x the reference's {ref_err:.3g} (+floor); {meta}")
+
+
+def _grads(args, grad_out, backend):
+    args = {k: (v.detach().requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    out = ops.adagn(**args, backend=backend)
+    names = [k for k in ("x", "weight", "bias", "scale", "shift") if k in args]
+    grads = torch.autograd.grad(out, [args[k] for k in names], grad_out)
+    return out, dict(zip(names, grads))
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adagn_matches_oracle(backend):
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    for index in range(N_CASES[backend]):
+        case = adagn_case(index, device)
+        args, meta, dtype = case["args"], case["meta"], case["dtype"]
+        oracle = ops.adagn(**_double(args), backend="reference")
+        ref = ops.adagn(**args, backend="reference")
+        out = ops.adagn(**args, backend=backend)
+        _check(out, ref, oracle, dtype, "forward", meta)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adagn_backward_matches_oracle(backend):
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    for index in range(N_CASES[backend] // 2):
+        case = adagn_case(1000 + index, device)
+        args, meta, dtype = case["args"], case["meta"], case["dtype"]
+        grad_out = torch.randn(args["x"].shape, generator=torch.Generator().manual_seed(index)).to(device, dtype)
+        _, oracle = _grads(_double(args), grad_out.double(), "reference")
+        _, ref = _grads(args, grad_out, "reference")
+        _, got = _grads(args, grad_out, backend)
+        for k in oracle:
+            _check(got[k], ref[k], oracle[k], dtype, f"grad {k}", meta)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+@pytest.mark.parametrize("act", ["silu", "none"])
+def test_adagn_gradcheck(backend, act):
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    gen = torch.Generator().manual_seed(RUN_SEED)
+    d = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_()  # noqa: E731
+    x, w, b, s, sh = d(2, 6, 3, 2), d(6), d(6), d(2, 6), d(2, 6)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, s, sh: ops.adagn(x, w, b, 3, 1e-5, s, sh, act=act, backend=backend), (x, w, b, s, sh))
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.adagn(x, w, b, 2, act=act, backend=backend), (x, w, b))
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adagn_empty(backend):
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    for shape in [(0, 4, 3, 3), (2, 4, 0)]:
+        x = torch.randn(shape, device=device)
+        w, b = torch.ones(4, device=device), torch.zeros(4, device=device)
+        out = ops.adagn(x, w, b, 2, backend=backend)
+        assert out.shape == x.shape
+
+
+def test_adagn_matches_torch_modules():
+    """act(GroupNorm(x)·(1+s)+b) with torch.nn modules: the reference is what ADM's ResBlock computes."""
+    x = torch.randn(2, 8, 5, 5)
+    gn = torch.nn.GroupNorm(4, 8)
+    torch.nn.init.normal_(gn.weight)
+    torch.nn.init.normal_(gn.bias)
+    s, sh = torch.randn(2, 8), torch.randn(2, 8)
+    expect = torch.nn.functional.silu(gn(x) * (1 + s[..., None, None]) + sh[..., None, None])
+    torch.testing.assert_close(ops.adagn(x, gn.weight, gn.bias, 4, gn.eps, s, sh), expect)
+
+
+def test_adagn_errors():
+    x, w = torch.randn(2, 6, 4), torch.randn(6)
+    with pytest.raises(ValueError, match="C = 6 .* not divisible by num_groups = 4"):
+        ops.adagn(x, w, w, 4)
+    with pytest.raises(TypeError, match="weight has dtype torch.float16"):
+        ops.adagn(x, w.half(), w, 3)
+    with pytest.raises(ValueError, match=r"scale must have shape \[N, C\] = \[2, 6\]"):
+        ops.adagn(x, w, w, 3, scale=torch.randn(2, 6, 1))
+    with pytest.raises(ValueError, match=r"shift must have shape \[N, C\] = \[2, 6\]"):
+        ops.adagn(x, w, w, 3, shift=torch.randn(1, 6))
+    with pytest.raises(ValueError, match=r"bias must have shape \[C\] = \[6\]"):
+        ops.adagn(x, w, torch.randn(5), 3)
+    with pytest.raises(ValueError, match="act must be one of"):
+        ops.adagn(x, w, w, 3, act="gelu")
+    with pytest.raises(ValueError, match="num_groups must be a positive int"):
+        ops.adagn(x, w, w, 0)
+    with pytest.raises(ops.BackendUnavailableError, match="cuda"):
+        ops.adagn(x, w, w, 3, backend="cuda")  # CPU tensors (or no cuda backend for adagn)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adagn_opcheck(dtype):
+    if "cpu" not in adagn_mod.SUPPORTED:
+        pytest.skip("adagn has no C++ op in this build")
+    x = torch.randn(2, 6, 3, 5, dtype=dtype, requires_grad=True)
+    p = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
+    torch.library.opcheck(torch.ops.fastdiff.adagn.default, (x, p(6), p(6), p(2, 6), p(2, 6), 3, 1e-5, True))
+    torch.library.opcheck(torch.ops.fastdiff.adagn.default, (x, p(6), p(6), None, None, 2, 1e-5, False))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_adagn_compile_fullgraph(backend):
+    if backend not in adagn_mod.SUPPORTED:
+        pytest.skip(f"adagn has no {backend} backend")
+    x = torch.randn(2, 8, 5, 3)
+    w, b, s, sh = torch.randn(8), torch.randn(8), torch.randn(2, 8), torch.randn(2, 8)
+
+    def f(x, w, b, s, sh):
+        return ops.adagn(x, w, b, 4, 1e-5, s, sh, backend=backend).square().sum()
+
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, s, sh)]
+    torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves).backward()
+    expect = [t.clone().requires_grad_() for t in (x, w, b, s, sh)]
+    f(*expect).backward()
+    for a, e in zip(leaves, expect):
+        torch.testing.assert_close(a.grad, e.grad)
