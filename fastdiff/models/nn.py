@@ -70,7 +70,10 @@ def adagn(h: torch.Tensor, norm: nn.GroupNorm, scale: Optional[torch.Tensor] = N
         raise ValueError(f"adagn: h has shape {tuple(h.shape)}, expected [N, {norm.num_channels}, ...]")
     weight = norm.weight.float() if norm.weight is not None else None
     bias = norm.bias.float() if norm.bias is not None else None
-    out = F.group_norm(h.float(), norm.num_groups, weight, bias, norm.eps).to(h.dtype)
+    # torch.group_norm, not F.group_norm: the latter refuses one value per group (C/G = 1, H·W = 1),
+    # where the normalised value is simply 0 and the output is β.
+    out = torch.group_norm(h.float(), norm.num_groups, weight, bias, norm.eps,
+                           torch.backends.cudnn.enabled).to(h.dtype)
     if scale is not None:
         out = out * (1 + _broadcast_per_channel(scale, h, "scale"))
     if shift is not None:
