@@ -12,6 +12,7 @@ logits afterwards):  W = softmax_s((s·q)ᵀ(s·k)) in fp32, then cast to the st
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from fastdiff.ops import _backend, _common as C
 
-SUPPORTED = ("reference", "cpu")
+SUPPORTED = ("reference", "cpu", "triton")
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int, legacy: bool):
@@ -55,6 +56,24 @@ def cpu(qkv: torch.Tensor, num_heads: int, legacy: bool = True) -> torch.Tensor:
     return out.transpose(-1, -2).reshape(n, num_heads * ch, length)
 
 
+class _TritonQKVAttention(torch.autograd.Function):
+    """Flash-attention forward (saves the row log-sum-exp) and backward (recomputes P from it)."""
+
+    @staticmethod
+    def forward(ctx, qkv, num_heads, legacy):
+        kernels = importlib.import_module("fastdiff.triton_kernels.qkv_attention")
+        out, lse = kernels.attention_forward(qkv, num_heads, legacy)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.num_heads, ctx.legacy = num_heads, legacy
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernels = importlib.import_module("fastdiff.triton_kernels.qkv_attention")
+        qkv, out, lse = ctx.saved_tensors
+        return kernels.attention_backward(qkv, out, lse, grad, ctx.num_heads, ctx.legacy), None, None
+
+
 def check_args(qkv, num_heads, legacy) -> int:
     """Validate the arguments; returns the head dimension C."""
     C.check_float("qkv", qkv)
@@ -77,6 +96,8 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool = True, backen
     name = _backend.resolve("qkv_attention", qkv.device, supported=SUPPORTED, backend=backend)
     if qkv.numel() == 0:
         return reference(qkv, num_heads, legacy)
+    if name == "triton":
+        return _TritonQKVAttention.apply(qkv, num_heads, legacy)
     if name == "cpu":
         return cpu(qkv, num_heads, legacy)
     return reference(qkv, num_heads, legacy)

@@ -1,0 +1,244 @@
+"""ADM's multi-head attention as a flash-attention kernel on guided-diffusion's qkv layout.
+
+q, k, v are read straight out of qkv: [N, 3·H·C, T] through [N, H, C, T] strided views (legacy or new head order,
+any strides), the output is written as [N, H·C, T]. Forward: online softmax in fp32 over key blocks, never a
+T×T matrix in memory; it saves the row log-sum-exp. Backward (FlashAttention-2): δ = rowsum(dO ∘ O), then one
+kernel per key block for dK, dV and one per query block for dQ, both recomputing P from the log-sum-exp.
+Logits use s = C^(-1/2) in fp32 (guided-diffusion's C^(-1/4) on q and on k) and exp2 with log2(e) folded in.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tile_ptrs(base, b, h, H, sN, sH, sC, sT, offs_t, offs_d):
+    """Pointers to a [len(offs_t), len(offs_d)] tile (rows: positions, columns: channels) of head (b, h)."""
+    head = base + b.to(tl.int64) * sN + h.to(tl.int64) * sH
+    return head + offs_t[:, None].to(tl.int64) * sT + offs_d[None, :].to(tl.int64) * sC
+
+
+@triton.jit
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk_scale,
+                IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < T
+    d_mask = offs_d < D
+    q = tl.load(_tile_ptrs(q_ptr, b, h, H, sN, sH, sC, sT, offs_m, offs_d), mask=m_mask[:, None] & d_mask[None, :],
+                other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        cols = start + offs_n
+        n_mask = cols < T
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(_tile_ptrs(k_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
+        v = tl.load(_tile_ptrs(v_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # log2 domain
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    # Output [N, H, C, T] contiguous (= [N, H·C, T]).
+    o_base = o_ptr + bh.to(tl.int64) * D * T
+    tl.store(o_base + offs_m[:, None] + offs_d[None, :].to(tl.int64) * T, acc.to(o_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(lse_ptr + bh.to(tl.int64) * T + offs_m, m_i + tl.log2(l_i), mask=m_mask)
+
+
+@triton.jit
+def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """δ = rowsum(dO ∘ O) per query position; o, do: [N·H, C, T] contiguous."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < T)[:, None] & (offs_d < D)[None, :]
+    off = bh.to(tl.int64) * D * T + offs_m[:, None] + offs_d[None, :].to(tl.int64) * T
+    o = tl.load(o_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, sN, sH, sC, sT,
+                     gN, gH, gC, gT, H, T, D, qk_scale, sm_scale,
+                     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dV = Pᵀ dO, dK = s·dSᵀ Q over all query blocks for one key block; gX: strides of the gradient views."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_mask = offs_n < T
+    d_mask = offs_d < D
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(_tile_ptrs(k_ptr, b, h, H, sN, sH, sC, sT, offs_n, offs_d), mask=kv_mask, other=0.0)
+    v = tl.load(_tile_ptrs(v_ptr, b, h, H, sN, sH, sC, sT, offs_n, offs_d), mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    row_base = bh.to(tl.int64) * T
+    do_base = do_ptr + bh.to(tl.int64) * D * T
+    for start in range(0, T, BLOCK_M):
+        rows = start + offs_m
+        m_mask = rows < T
+        q_mask = m_mask[:, None] & d_mask[None, :]
+        q = tl.load(_tile_ptrs(q_ptr, b, h, H, sN, sH, sC, sT, rows, offs_d), mask=q_mask, other=0.0)
+        do = tl.load(do_base + rows[:, None] + offs_d[None, :].to(tl.int64) * T, mask=q_mask, other=0.0)
+        lse = tl.load(lse_ptr + row_base + rows, mask=m_mask, other=0.0)
+        delta = tl.load(delta_ptr + row_base + rows, mask=m_mask, other=0.0)
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale  # [M, N], log2 domain
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(m_mask[:, None] & n_mask[None, :], p, 0.0)
+        dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
+        dp = _dot(do, tl.trans(v), IEEE)
+        ds = p * (dp - delta[:, None])
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+    dk = dk * sm_scale
+    tl.store(_tile_ptrs(dk_ptr, b, h, H, gN, gH, gC, gT, offs_n, offs_d), dk.to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(_tile_ptrs(dv_ptr, b, h, H, gN, gH, gC, gT, offs_n, offs_d), dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, sN, sH, sC, sT,
+                   gN, gH, gC, gT, H, T, D, qk_scale, sm_scale,
+                   IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dQ = s·dS K over all key blocks for one query block."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < T
+    d_mask = offs_d < D
+    q_mask = m_mask[:, None] & d_mask[None, :]
+    q = tl.load(_tile_ptrs(q_ptr, b, h, H, sN, sH, sC, sT, offs_m, offs_d), mask=q_mask, other=0.0)
+    do = tl.load(do_ptr + bh.to(tl.int64) * D * T + offs_m[:, None] + offs_d[None, :].to(tl.int64) * T,
+                 mask=q_mask, other=0.0)
+    lse = tl.load(lse_ptr + bh.to(tl.int64) * T + offs_m, mask=m_mask, other=0.0)
+    delta = tl.load(delta_ptr + bh.to(tl.int64) * T + offs_m, mask=m_mask, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        cols = start + offs_n
+        n_mask = cols < T
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(_tile_ptrs(k_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
+        v = tl.load(_tile_ptrs(v_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(m_mask[:, None] & n_mask[None, :], p, 0.0)
+        dp = _dot(do, tl.trans(v), IEEE)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, IEEE)
+    dq = dq * sm_scale
+    tl.store(_tile_ptrs(dq_ptr, b, h, H, gN, gH, gC, gT, offs_m, offs_d), dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+def _split(qkv, num_heads, legacy):
+    from fastdiff.ops.qkv_attention import split_heads
+    return split_heads(qkv, num_heads, legacy)
+
+
+def _config(t: int, d: int, device: torch.device):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). Small blocks in the interpreter (CPU tensors)."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if device.type != "cuda":
+        return 16, 16, block_d, 4, 1
+    if block_d <= 64:
+        return 128, 64, block_d, 4, 3
+    return 64, 64, block_d, 4, 2
+
+
+def _length(t: int, device: torch.device):
+    """T as the kernels take it. The interpreter (CPU tensors) hands runtime ints to kernels as 1-element arrays
+    that numpy 2 will not turn into a `range` bound, so there T goes in as a constexpr (a kernel per T, which
+    costs nothing without compilation); on the GPU it stays a runtime argument (one compiled kernel for all T)."""
+    return t if device.type == "cuda" else tl.constexpr(t)
+
+
+def _scales(d: int):
+    sm_scale = 1.0 / math.sqrt(d)
+    return sm_scale * _LOG2E, sm_scale
+
+
+def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
+    """(out [N, H·C, T], lse [N·H, T] fp32 in log2 units) for qkv [N, 3·H·C, T]; as qkv_attention.reference."""
+    n, width, t = qkv.shape
+    d = width // (3 * num_heads)
+    q, k, v = _split(qkv, num_heads, legacy)
+    out = torch.empty((n, num_heads * d, t), dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty((n * num_heads, t), dtype=torch.float32, device=qkv.device)
+    if out.numel() == 0:
+        return out, lse
+    bm, bn, bd, warps, stages = _config(t, d, qkv.device)
+    qk_scale, _ = _scales(d)
+    grid = (triton.cdiv(t, bm), n * num_heads)
+    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _length(t, qkv.device), d, qk_scale,
+                      IEEE=qkv.dtype in (torch.float32, torch.float64), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                      num_warps=warps, num_stages=stages)
+    return out, lse
+
+
+def attention_backward(qkv, out, lse, grad, num_heads: int, legacy: bool):
+    """∂loss/∂qkv [N, 3·H·C, T] (contiguous) from the output gradient, recomputing P from the log-sum-exp."""
+    n, width, t = qkv.shape
+    d = width // (3 * num_heads)
+    q, k, v = _split(qkv, num_heads, legacy)
+    dqkv = torch.empty((n, width, t), dtype=qkv.dtype, device=qkv.device)
+    if dqkv.numel() == 0:
+        return dqkv.zero_()
+    dq, dk, dv = _split(dqkv, num_heads, legacy)
+    do = grad.contiguous()
+    bm, bn, bd, warps, stages = _config(t, d, qkv.device)
+    qk_scale, sm_scale = _scales(d)
+    ieee = qkv.dtype in (torch.float32, torch.float64)
+    delta = torch.empty_like(lse)
+    _delta_kernel[(triton.cdiv(t, bm), n * num_heads)](out, do, delta, _length(t, qkv.device), d, BLOCK_M=bm, BLOCK_D=bd,
+                                                       num_warps=warps)
+    args = (*q.stride(), *dq.stride(), num_heads, _length(t, qkv.device), d, qk_scale, sm_scale)
+    _bwd_dkdv_kernel[(triton.cdiv(t, bn), n * num_heads)](
+        q, k, v, do, lse, delta, dk, dv, *args, IEEE=ieee, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+        num_warps=warps, num_stages=stages)
+    _bwd_dq_kernel[(triton.cdiv(t, bm), n * num_heads)](
+        q, k, v, do, lse, delta, dq, *args, IEEE=ieee, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+        num_warps=warps, num_stages=stages)
+    return dqkv
+
+
+def qkv_attention(qkv, num_heads, legacy=True):
+    """The forward output alone, with the positional arguments of fastdiff.ops.qkv_attention.reference."""
+    return attention_forward(qkv, num_heads, legacy)[0]
