@@ -1,9 +1,20 @@
 """ADM models ("Diffusion Models Beat GANs"): `UNetModel` and `EncoderUNetModel` with guided-diffusion's
 constructor arguments and state-dict keys, built on `fastdiff.models.nn.adagn` / `qkv_attention`."""
 from fastdiff.models.nn import GroupNorm32, adagn, normalization, qkv_attention, timestep_embedding
-from fastdiff.models.unet import (AttentionBlock, AttentionPool2d, Downsample, EncoderUNetModel, QKVAttention,
-                                  QKVAttentionLegacy, ResBlock, TimestepBlock, TimestepEmbedSequential, UNetModel,
-                                  Upsample, parse_attention_resolutions)
+from fastdiff.models.unet import (
+                                  AttentionBlock,
+                                  AttentionPool2d,
+                                  Downsample,
+                                  EncoderUNetModel,
+                                  QKVAttention,
+                                  QKVAttentionLegacy,
+                                  ResBlock,
+                                  TimestepBlock,
+                                  TimestepEmbedSequential,
+                                  UNetModel,
+                                  Upsample,
+                                  parse_attention_resolutions,
+)
 
 __all__ = [
     "AttentionBlock", "AttentionPool2d", "Downsample", "EncoderUNetModel", "GroupNorm32", "QKVAttention",

@@ -11,11 +11,11 @@ Both are plain PyTorch for now. Module layouts (and hence state-dict keys) follo
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 #: ADM normalises every feature map with GroupNorm over 32 groups.
@@ -49,7 +49,8 @@ def _broadcast_per_channel(v: torch.Tensor, h: torch.Tensor, name: str) -> torch
     """v: [N, C] or already broadcastable [N, C, 1, ...] -> [N, C, 1, ...] matching h: [N, C, *spatial]."""
     if v.dim() == 2:
         if v.shape != h.shape[:2]:
-            raise ValueError(f"adagn: {name} has shape {tuple(v.shape)}, expected [N, C] = {tuple(h.shape[:2])}")
+            raise ValueError(
+                f"adagn: {name} has shape {tuple(v.shape)}, expected [N, C] = {tuple(h.shape[:2])}")
         return v.reshape(*v.shape, *([1] * (h.dim() - 2)))
     if v.dim() != h.dim() or v.shape[:2] != h.shape[:2] or any(s != 1 for s in v.shape[2:]):
         raise ValueError(f"adagn: {name} has shape {tuple(v.shape)}, expected [N, C] or [N, C, 1, ...] "
@@ -57,8 +58,8 @@ def _broadcast_per_channel(v: torch.Tensor, h: torch.Tensor, name: str) -> torch
     return v
 
 
-def adagn(h: torch.Tensor, norm: nn.GroupNorm, scale: Optional[torch.Tensor] = None,
-          shift: Optional[torch.Tensor] = None, silu: bool = True) -> torch.Tensor:
+def adagn(h: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor | None = None,
+          shift: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
     """AdaGN (ADM §3): act(GroupNorm(h; γ, β) · (1 + y_s) + y_b), GroupNorm statistics in fp32.
 
     h: [N, C, *spatial] (or [N, C]); norm: the GroupNorm holding γ, β: [C], its group count and eps;

@@ -7,16 +7,26 @@ through `fastdiff.models.nn.adagn`; attention goes through `fastdiff.models.nn.q
 """
 from __future__ import annotations
 
-import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from fastdiff.models.nn import (NUM_GROUPS, adagn, avg_pool_nd, checkpoint, conv_nd, convert_module_to_f16,
-                                convert_module_to_f32, linear, normalization, qkv_attention,
-                                timestep_embedding, zero_module)
+from fastdiff.models.nn import (
+    NUM_GROUPS,
+    adagn,
+    avg_pool_nd,
+    checkpoint,
+    conv_nd,
+    convert_module_to_f16,
+    convert_module_to_f32,
+    linear,
+    normalization,
+    qkv_attention,
+    timestep_embedding,
+    zero_module,
+)
 
 POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
@@ -43,7 +53,7 @@ class Upsample(nn.Module):
     x: [N, C, *spatial] -> [N, C_out, *2·spatial] (for dims=3 only the inner two dims are doubled).
     """
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None):
+    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -52,11 +62,13 @@ class Upsample(nn.Module):
         if use_conv:
             self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=1)
         elif self.out_channels != channels:
-            raise ValueError(f"Upsample without a conv cannot change channels ({channels} -> {self.out_channels})")
+            raise ValueError(
+                f"Upsample without a conv cannot change channels ({channels} -> {self.out_channels})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
-            raise ValueError(f"Upsample: expected {self.channels} channels, got input of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"Upsample: expected {self.channels} channels, got input of shape {tuple(x.shape)}")
         if self.dims == 3:
             x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
         else:
@@ -70,7 +82,7 @@ class Downsample(nn.Module):
     x: [N, C, *spatial] -> [N, C_out, *spatial/2] (for dims=3 only the inner two dims are halved).
     """
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None):
+    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -87,7 +99,8 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
-            raise ValueError(f"Downsample: expected {self.channels} channels, got input of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"Downsample: expected {self.channels} channels, got input of shape {tuple(x.shape)}")
         return self.op(x)
 
 
@@ -100,7 +113,7 @@ class ResBlock(TimestepBlock):
     out = skip(x) + h.    x: [N, C, *spatial], emb: [N, E] -> [N, C_out, *spatial'].
     """
 
-    def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: Optional[int] = None,
+    def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int | None = None,
                  use_conv: bool = False, use_scale_shift_norm: bool = False, dims: int = 2,
                  use_checkpoint: bool = False, up: bool = False, down: bool = False):
         super().__init__()
@@ -127,7 +140,8 @@ class ResBlock(TimestepBlock):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
+            nn.SiLU(),
+            linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
         self.out_layers = nn.Sequential(
             normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
             zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)))
@@ -181,7 +195,7 @@ class QKVAttention(nn.Module):
 
 
 def _attention_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
-    """Number of heads for `channels`: channels // num_head_channels if that is set (!= -1), else num_heads."""
+    """Heads for `channels`: channels // num_head_channels when that is set (!= -1), else num_heads."""
     if num_head_channels == -1:
         if num_heads < 1 or channels % num_heads != 0:
             raise ValueError(f"attention: channels {channels} are not divisible by num_heads {num_heads}")
@@ -207,7 +221,8 @@ class AttentionBlock(nn.Module):
         self.norm = normalization(channels)
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         # New order splits q/k/v before heads; legacy splits heads first (the order of the checkpoints).
-        self.attention = QKVAttention(self.num_heads) if use_new_attention_order else QKVAttentionLegacy(self.num_heads)
+        attention_cls = QKVAttention if use_new_attention_order else QKVAttentionLegacy
+        self.attention = attention_cls(self.num_heads)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,9 +241,11 @@ class AttentionPool2d(nn.Module):
     x: [N, C, H, W] with H = W = spacial_dim -> [N, output_dim].
     """
 
-    def __init__(self, spacial_dim: int, embed_dim: int, num_heads_channels: int, output_dim: Optional[int] = None):
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads_channels: int,
+                 output_dim: int | None = None):
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(embed_dim, spacial_dim ** 2 + 1) / embed_dim ** 0.5)
+        self.positional_embedding = nn.Parameter(
+            torch.randn(embed_dim, spacial_dim ** 2 + 1) / embed_dim ** 0.5)
         self.qkv_proj = conv_nd(1, embed_dim, 3 * embed_dim, 1)
         self.c_proj = conv_nd(1, embed_dim, output_dim or embed_dim, 1)
         self.num_heads = _attention_heads(embed_dim, 1, num_heads_channels)
@@ -258,11 +275,12 @@ def _check_config(model_channels: int, channel_mult: Sequence[float], attention_
     for i, mult in enumerate(channel_mult):
         ch = int(mult * model_channels)
         if ch <= 0 or ch % NUM_GROUPS != 0:
-            raise ValueError(f"model_channels * channel_mult[{i}] = {model_channels} * {mult} = {ch} is not a "
-                             f"positive multiple of the {NUM_GROUPS} GroupNorm groups")
+            raise ValueError(f"model_channels * channel_mult[{i}] = {model_channels} * {mult} = {ch} is "
+                             f"not a positive multiple of the {NUM_GROUPS} GroupNorm groups")
     if isinstance(attention_resolutions, str):
-        raise ValueError(f"attention_resolutions must be downsample rates (ints such as (2, 4, 8)), got the "
-                         f"string {attention_resolutions!r}; use parse_attention_resolutions(s, image_size)")
+        raise ValueError(  # noqa: TRY004 - a wrong value for the argument, as guided-diffusion users pass it
+            f"attention_resolutions must be downsample rates (ints such as (2, 4, 8)), got the "
+            f"string {attention_resolutions!r}; use parse_attention_resolutions(s, image_size)")
     rates = tuple(attention_resolutions)
     reachable = [2 ** i for i in range(len(channel_mult))]
     for r in rates:
@@ -273,7 +291,7 @@ def _check_config(model_channels: int, channel_mult: Sequence[float], attention_
 
 
 def parse_attention_resolutions(resolutions: str, image_size: int) -> tuple:
-    """'32,16,8' (feature-map sizes, as guided-diffusion's scripts take them) -> downsample rates (2, 4, 8)."""
+    """'32,16,8' (feature-map sizes, as guided-diffusion's scripts take them) -> rates (2, 4, 8)."""
     rates = []
     for part in resolutions.split(","):
         res = int(part)
@@ -287,8 +305,8 @@ class _UNetTorso(nn.Module):
     """time_embed, input_blocks and middle_block shared by UNetModel and EncoderUNetModel."""
 
     def _build_torso(self, in_channels, model_channels, num_res_blocks, dropout, channel_mult, conv_resample,
-                     dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm, resblock_updown,
-                     use_new_attention_order):
+                     dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,
+                     resblock_updown, use_new_attention_order):
         attention_rates = self.attention_resolutions
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
@@ -305,7 +323,8 @@ class _UNetTorso(nn.Module):
 
         self._resblock, self._attention = resblock, attention
         ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
         self._feature_size = ch
         input_block_chans = [ch]
         ds = 1
@@ -325,15 +344,18 @@ class _UNetTorso(nn.Module):
                 input_block_chans.append(ch)
                 ds *= 2
                 self._feature_size += ch
-        self.middle_block = TimestepEmbedSequential(resblock(ch, None), attention(ch, num_heads), resblock(ch, None))
+        self.middle_block = TimestepEmbedSequential(
+            resblock(ch, None), attention(ch, num_heads), resblock(ch, None))
         self._feature_size += ch
         return ch, ds, input_block_chans
 
     def _input_dtype_check(self, x: torch.Tensor) -> None:
         conv = self.input_blocks[0][0]
         if conv.weight.dtype != self.dtype:
-            raise ValueError(f"the model computes in {self.dtype} (use_fp16) but its convolutions hold "
-                             f"{conv.weight.dtype}; call model.convert_to_fp16() (or convert_to_fp32())")
+            raise ValueError(f"the model's torso computes in {self.dtype} but its convolutions hold "
+                             f"{conv.weight.dtype}: switch precision with model.convert_to_fp16() / "
+                             f"convert_to_fp32() (after loading a checkpoint), not with .half() or "
+                             f".to(dtype)")
 
     def _time_emb(self, timesteps: torch.Tensor, n: int) -> torch.Tensor:
         """timesteps: [N] or a scalar -> emb: [N, 4·model_channels] (fp32)."""
@@ -420,7 +442,8 @@ class UNetModel(_UNetTorso):
 
     convert_to_float32 = convert_to_fp32
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         """x: [N, C_in, *spatial], timesteps: [N], y: [N] -> [N, C_out, *spatial] in x's dtype."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y if and only if the model is class-conditional "
@@ -453,7 +476,8 @@ class EncoderUNetModel(_UNetTorso):
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
                  attention_resolutions, dropout=0, channel_mult=(1, 2, 4, 8), conv_resample=True, dims=2,
-                 use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1, num_heads_upsample=-1,
+                 use_checkpoint=False, use_fp16=False, num_heads=1, num_head_channels=-1,
+                 num_heads_upsample=-1,
                  use_scale_shift_norm=False, resblock_updown=False, use_new_attention_order=False,
                  pool="adaptive"):
         super().__init__()

@@ -6,7 +6,7 @@ builds it (Sequential indices included), so a checkpoint loads with strict=True.
 
 
 def resblock(p, cin, cout, emb, scale_shift, dims=2):
-    """ResBlock: in_layers = [GN, SiLU, conv3], emb_layers = [SiLU, Linear], out_layers = [GN, SiLU, Dropout, conv3]."""
+    """ResBlock: in_layers [GN, SiLU, conv], emb_layers [SiLU, Linear], out_layers [GN, SiLU, Dropout, conv]."""
     k = (3,) * dims
     d = {
         f"{p}.in_layers.0.weight": (cin,), f"{p}.in_layers.0.bias": (cin,),

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdiff.models.nn import GroupNorm32, adagn, normalization, qkv_attention, timestep_embedding
+from fastdiff.models.nn import adagn, normalization, qkv_attention, timestep_embedding
 
 
 def _norm(c):
@@ -37,7 +37,8 @@ def test_adagn_matches_written_out_formula(shape):
     torch.testing.assert_close(adagn(h, norm, scale, shift).double(), F.silu(ref), rtol=1e-5, atol=atol)
     torch.testing.assert_close(adagn(h, norm, silu=False).double(), _manual_gn(h, norm), rtol=1e-5, atol=atol)
     # [N, C, 1, 1] scale/shift broadcast the same as [N, C].
-    torch.testing.assert_close(adagn(h, norm, scale.reshape(bc), shift.reshape(bc)), adagn(h, norm, scale, shift))
+    torch.testing.assert_close(adagn(h, norm, scale.reshape(bc), shift.reshape(bc)),
+                               adagn(h, norm, scale, shift))
 
 
 def test_adagn_fp16_statistics_in_fp32():

@@ -1,4 +1,4 @@
-"""UNetModel / EncoderUNetModel behaviour: shapes, attention orders, fp16, checkpointing, round trips, errors."""
+"""UNetModel / EncoderUNetModel: shapes, attention orders, fp16, checkpointing, round trips, errors."""
 import io
 import time
 
@@ -8,12 +8,15 @@ import torch
 from fastdiff.models import EncoderUNetModel, UNetModel, parse_attention_resolutions
 from tests.models.conftest import randomize_
 
+SMALL = {
+    "image_size": 16, "in_channels": 3, "model_channels": 32, "out_channels": 6, "num_res_blocks": 1,
+    "attention_resolutions": (2, 4), "channel_mult": (1, 2, 2), "num_head_channels": 16,
+    "use_scale_shift_norm": True, "resblock_updown": True, "num_classes": 5,
+}
+
 
 def _small(**kw):
-    cfg = dict(image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
-               attention_resolutions=(2, 4), channel_mult=(1, 2, 2), num_head_channels=16,
-               use_scale_shift_norm=True, resblock_updown=True, num_classes=5)
-    cfg.update(kw)
+    cfg = {**SMALL, **kw}
     return randomize_(UNetModel(**cfg)).eval()
 
 
@@ -25,7 +28,7 @@ def _inputs(n=2, c=3, size=16, num_classes=5):
 
 
 def _fill_fast_(model):
-    """Random weights for a large model in ~0.5 s: slices of one fresh 2^20-value pool, scaled by 1/sqrt(fan_in).
+    """Random weights for a large model in ~0.5 s: slices of one fresh pool, scaled by 1/sqrt(fan_in).
 
     (Drawing 296M fresh values takes ~7 s on 2 cores; a finiteness/shape check does not need them.)"""
     pool = torch.rand(2 ** 21) * 2 - 1
@@ -45,8 +48,9 @@ def _fill_fast_(model):
 def test_imagenet64_adm_forward_batch1():
     start = time.perf_counter()
     with torch.device("meta"):  # skip the default init of 296M parameters (7 s on 2 cores)
-        model = UNetModel(64, 3, 192, 6, 3, parse_attention_resolutions("32,16,8", 64), channel_mult=(1, 2, 3, 4),
-                          num_classes=1000, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True)
+        model = UNetModel(64, 3, 192, 6, 3, parse_attention_resolutions("32,16,8", 64),
+                          channel_mult=(1, 2, 3, 4), num_classes=1000, num_head_channels=64,
+                          use_scale_shift_norm=True, resblock_updown=True)
     model = _fill_fast_(model.to_empty(device="cpu")).eval()
     assert model.attention_resolutions == (2, 4, 8)
     x = torch.randn(1, 3, 64, 64)
@@ -59,10 +63,11 @@ def test_imagenet64_adm_forward_batch1():
 
 
 @pytest.mark.parametrize("kw", [
-    dict(),
-    dict(use_scale_shift_norm=False, resblock_updown=False, num_classes=None, num_head_channels=-1, num_heads=2),
-    dict(conv_resample=False, resblock_updown=False, use_new_attention_order=True),
-    dict(channel_mult=(1, 2), attention_resolutions=(), num_res_blocks=2, dropout=0.1),
+    {},
+    {"use_scale_shift_norm": False, "resblock_updown": False, "num_classes": None, "num_head_channels": -1,
+     "num_heads": 2},
+    {"conv_resample": False, "resblock_updown": False, "use_new_attention_order": True},
+    {"channel_mult": (1, 2), "attention_resolutions": (), "num_res_blocks": 2, "dropout": 0.1},
 ])
 def test_unet_forward_shapes(kw):
     model = _small(**kw)
@@ -104,10 +109,7 @@ def _permute_legacy_to_new(qkv_weight, heads):
 
 def test_legacy_vs_new_attention_order():
     legacy = _small()
-    new = UNetModel(**{**dict(image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
-                              attention_resolutions=(2, 4), channel_mult=(1, 2, 2), num_head_channels=16,
-                              use_scale_shift_norm=True, resblock_updown=True, num_classes=5),
-                        "use_new_attention_order": True}).eval()
+    new = UNetModel(**SMALL, use_new_attention_order=True).eval()
     state = legacy.state_dict()
     new.load_state_dict(state, strict=True)
     x, t, y = _inputs()
@@ -117,12 +119,13 @@ def test_legacy_vs_new_attention_order():
     permuted = {}
     n_attn = 0
     for k, v in state.items():
-        if k.endswith(".qkv.weight") or k.endswith(".qkv.bias"):
+        if k.endswith((".qkv.weight", ".qkv.bias")):
             heads = v.shape[1] // 16 if v.dim() > 1 else v.shape[0] // 48
             v = _permute_legacy_to_new(v, heads)
             n_attn += 1
         permuted[k] = v
-    # 7 attention blocks (weight and bias each): one input and two output blocks at each of ds 2 and 4, and middle.
+    # 7 attention blocks (weight and bias each): at each of ds 2 and 4 one input and two output blocks;
+    # and the middle block.
     assert n_attn == 2 * 7
     new.load_state_dict(permuted, strict=True)
     torch.testing.assert_close(new(x, t, y), ref, rtol=1e-5, atol=1e-5)
@@ -157,13 +160,16 @@ def test_use_fp16_without_conversion_is_a_clear_error():
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_gradient_checkpointing_same_gradients(dropout):
     plain = _small(dropout=dropout).train()
-    ckpt = UNetModel(16, 3, 32, 6, 1, (2, 4), channel_mult=(1, 2, 2), num_head_channels=16,
-                     use_scale_shift_norm=True, resblock_updown=True, num_classes=5, dropout=dropout,
-                     use_checkpoint=True).train()
+    ckpt = UNetModel(**{**SMALL, "dropout": dropout}, use_checkpoint=True).train()
     ckpt.load_state_dict(plain.state_dict(), strict=True)
     x, t, y = _inputs()
-    grads = []
+    grads, calls = [], []
     for model in (plain, ckpt):
+        # Count runs of a conv inside a ResBlock and of one inside an AttentionBlock.
+        counts = [0, 0]
+        for i, conv in enumerate((model.input_blocks[1][0].in_layers[2], model.middle_block[1].qkv)):
+            conv.register_forward_hook(lambda *_, i=i, c=counts: c.__setitem__(i, c[i] + 1))
+        calls.append(counts)
         xi = x.clone().requires_grad_(True)
         torch.manual_seed(1234)  # same dropout masks in both runs
         loss = (model(xi, t, y) ** 2).mean()
@@ -172,6 +178,7 @@ def test_gradient_checkpointing_same_gradients(dropout):
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert grads[0][0].abs().sum() > 0
+    assert calls == [[1, 1], [2, 2]]  # checkpointed blocks ran again in backward
 
 
 def test_state_dict_round_trip():
@@ -188,8 +195,8 @@ def test_state_dict_round_trip():
 
 @pytest.mark.parametrize("pool", ["adaptive", "attention", "spatial", "spatial_v2"])
 def test_encoder_forward_and_round_trip(pool):
-    kw = dict(channel_mult=(1, 2, 2), num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True,
-              pool=pool)
+    kw = {"channel_mult": (1, 2, 2), "num_head_channels": 32, "use_scale_shift_norm": True,
+          "resblock_updown": True, "pool": pool}
     model = randomize_(EncoderUNetModel(16, 3, 32, 7, 1, (2, 4), **kw)).eval()
     x, t, _ = _inputs(num_classes=None)
     out = model(x, t)
@@ -203,18 +210,18 @@ def test_encoder_forward_and_round_trip(pool):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(model_channels=48), "multiple of the 32 GroupNorm groups"),
-    (dict(channel_mult=(1, 1.5)), "32 \\* 1.5 = 48"),
-    (dict(num_head_channels=48), "not divisible by num_head_channels 48"),
-    (dict(num_head_channels=-1, num_heads=3), "not divisible by num_heads 3"),
-    (dict(attention_resolutions=(3,)), "3 is not one of the rates"),
-    (dict(attention_resolutions=(8,)), "8 is not one of the rates \\[1, 2, 4\\]"),
-    (dict(attention_resolutions="16,8"), "parse_attention_resolutions"),
-    (dict(dims=4), "dims must be 1, 2 or 3"),
+    ({"model_channels": 48}, "multiple of the 32 GroupNorm groups"),
+    ({"channel_mult": (1, 1.5)}, "32 \\* 1.5 = 48"),
+    ({"num_head_channels": 48}, "not divisible by num_head_channels 48"),
+    ({"num_head_channels": -1, "num_heads": 3}, "not divisible by num_heads 3"),
+    ({"attention_resolutions": (3,)}, "3 is not one of the rates"),
+    ({"attention_resolutions": (8,)}, "8 is not one of the rates \\[1, 2, 4\\]"),
+    ({"attention_resolutions": "16,8"}, "parse_attention_resolutions"),
+    ({"dims": 4}, "dims must be 1, 2 or 3"),
 ])
 def test_unet_config_errors(kw, match):
-    cfg = dict(image_size=16, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
-               attention_resolutions=(2,), channel_mult=(1, 2, 2), num_head_channels=32)
+    cfg = {"image_size": 16, "in_channels": 3, "model_channels": 32, "out_channels": 3, "num_res_blocks": 1,
+               "attention_resolutions": (2,), "channel_mult": (1, 2, 2), "num_head_channels": 32}
     cfg.update(kw)
     with pytest.raises(ValueError, match=match):
         UNetModel(**cfg)

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from fastdiff.models import EncoderUNetModel, UNetModel
-
 from tests.models import _spec
 
 
@@ -53,9 +52,11 @@ def test_tiny_unet_keys_in_order():
     assert len(TINY) == 128
 
 
-IMAGENET64 = dict(image_size=64, in_channels=3, model_channels=192, out_channels=6, num_res_blocks=3,
-                  attention_resolutions=(2, 4, 8), channel_mult=(1, 2, 3, 4), num_classes=1000,
-                  num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True)
+IMAGENET64 = {
+    "image_size": 64, "in_channels": 3, "model_channels": 192, "out_channels": 6, "num_res_blocks": 3,
+    "attention_resolutions": (2, 4, 8), "channel_mult": (1, 2, 3, 4), "num_classes": 1000,
+    "num_head_channels": 64, "use_scale_shift_norm": True, "resblock_updown": True,
+}
 
 
 def test_imagenet64_adm_keys():
@@ -83,17 +84,19 @@ def test_imagenet64_adm_keys():
 
 
 @pytest.mark.parametrize("cfg", [
-    dict(in_ch=3, mc=64, out_ch=6, nrb=2, attn=(2, 4), mult=(1, 2, 2), ss=True, updown=True, num_classes=10),
-    dict(in_ch=1, mc=64, out_ch=1, nrb=1, attn=(), mult=(1, 1.5, 2), conv_resample=False),
-    dict(in_ch=3, mc=128, out_ch=3, nrb=2, attn=(4,), mult=(0.5, 1, 1, 2)),
-    dict(in_ch=2, mc=32, out_ch=4, nrb=1, attn=(2,), mult=(1, 2), dims=1),
-    dict(in_ch=2, mc=32, out_ch=2, nrb=1, attn=(2,), mult=(1, 2), dims=3, ss=True),
+    {"in_ch": 3, "mc": 64, "out_ch": 6, "nrb": 2, "attn": (2, 4), "mult": (1, 2, 2), "ss": True,
+     "updown": True, "num_classes": 10},
+    {"in_ch": 1, "mc": 64, "out_ch": 1, "nrb": 1, "attn": (), "mult": (1, 1.5, 2), "conv_resample": False},
+    {"in_ch": 3, "mc": 128, "out_ch": 3, "nrb": 2, "attn": (4,), "mult": (0.5, 1, 1, 2)},
+    {"in_ch": 2, "mc": 32, "out_ch": 4, "nrb": 1, "attn": (2,), "mult": (1, 2), "dims": 1},
+    {"in_ch": 2, "mc": 32, "out_ch": 2, "nrb": 1, "attn": (2,), "mult": (1, 2), "dims": 3, "ss": True},
 ])
 def test_unet_keys(cfg):
     c = dict(cfg)
-    kwargs = dict(channel_mult=c["mult"], use_scale_shift_norm=c.get("ss", False),
-                  resblock_updown=c.get("updown", False), num_classes=c.get("num_classes"),
-                  conv_resample=c.get("conv_resample", True), dims=c.get("dims", 2), num_head_channels=32)
+    kwargs = {"channel_mult": c["mult"], "use_scale_shift_norm": c.get("ss", False),
+              "resblock_updown": c.get("updown", False), "num_classes": c.get("num_classes"),
+              "conv_resample": c.get("conv_resample", True), "dims": c.get("dims", 2),
+              "num_head_channels": 32}
     with torch.device("meta"):
         model = UNetModel(32, c["in_ch"], c["mc"], c["out_ch"], c["nrb"], c["attn"], **kwargs)
     assert _shapes(model) == _spec.unet(**cfg)
@@ -102,7 +105,8 @@ def test_unet_keys(cfg):
 def test_classifier_attention_pool_keys():
     # guided-diffusion's 64x64 noisy classifier shape, narrowed: width 64, depth 2, attention 32/16/8.
     with torch.device("meta"):
-        model = EncoderUNetModel(64, 3, 64, 1000, 2, (2, 4, 8), channel_mult=(1, 2, 3, 4), num_head_channels=64,
+        model = EncoderUNetModel(64, 3, 64, 1000, 2, (2, 4, 8), channel_mult=(1, 2, 3, 4),
+                                 num_head_channels=64,
                                  use_scale_shift_norm=True, resblock_updown=True, pool="attention")
     got = _shapes(model)
     assert got == _spec.encoder(64, 3, 64, 1000, 2, (2, 4, 8), (1, 2, 3, 4), ss=True, updown=True,
@@ -110,7 +114,7 @@ def test_classifier_attention_pool_keys():
     assert got["out.2.positional_embedding"] == (256, 8 * 8 + 1)
     assert got["out.2.qkv_proj.weight"] == (768, 256, 1)
     assert got["out.2.c_proj.weight"] == (1000, 256, 1)
-    assert not any(k.startswith("output_blocks") or k.startswith("label_emb") for k in got)
+    assert not any(k.startswith(("output_blocks", "label_emb")) for k in got)
 
 
 @pytest.mark.parametrize("pool", ["adaptive", "spatial", "spatial_v2"])
