@@ -51,7 +51,8 @@ def cpu(qkv: torch.Tensor, num_heads: int, legacy: bool = True) -> torch.Tensor:
     """The same attention through torch's scaled_dot_product_attention on [N, H, T, C] views (autograd-capable)."""
     n, width, length = qkv.shape
     ch = width // (3 * num_heads)
-    q, k, v = (x.transpose(-1, -2) for x in split_heads(qkv, num_heads, legacy))
+    # Contiguous [N, H, T, C] copies: on strided views SDPA leaves its fused CPU kernel (~30x slower at T = 256).
+    q, k, v = (x.transpose(-1, -2).contiguous() for x in split_heads(qkv, num_heads, legacy))
     out = F.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(ch))  # [N, H, T, C]
     return out.transpose(-1, -2).reshape(n, num_heads * ch, length)
 
