@@ -209,7 +209,8 @@ def _attention_heads(channels: int, num_heads: int, num_head_channels: int) -> i
 class AttentionBlock(nn.Module):
     """Residual self-attention over all spatial positions: x + proj_out(attn(qkv(GN(x)))).
 
-    x: [N, C, *spatial] -> same shape; T = prod(spatial) positions.
+    x: [N, C, *spatial] -> same shape; T = prod(spatial) positions. Recomputed in backward only when
+    use_checkpoint is set (guided-diffusion checkpoints attention always; the outputs are the same).
     """
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
