@@ -140,3 +140,27 @@ def test_compile_fullgraph_qkv_attention(name):
     x1 = qkv.clone().requires_grad_()
     loss(x1).backward()
     torch.testing.assert_close(x0.grad, x1.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 4, 64, 1000), (1, 8, 64, 4096), (3, 2, 48, 257), (1, 2, 128, 129)])
+def test_qkv_attention_triton_gpu(dtype, shape):
+    """The compiled kernels (GPU block sizes, bf16) on ADM-sized problems, forward and backward."""
+    n, h, c, t = shape
+    gen = torch.Generator().manual_seed(RUN_SEED)
+    qkv = torch.randn(n, 3 * h * c, t, generator=gen).to("cuda", dtype)
+    grad = torch.randn(n, h * c, t, generator=gen).to("cuda", dtype)
+    meta = dict(shape=shape, dtype=str(dtype), seed=RUN_SEED)
+    for legacy in (True, False):
+        def run(x, backend):
+            x = x.detach().requires_grad_()
+            out = ops.qkv_attention(x, h, legacy=legacy, backend=backend)
+            out.backward(grad.to(x.dtype))
+            return out.detach(), x.grad
+
+        out, dx = run(qkv, "triton")
+        ref, dref = run(qkv, "reference")
+        exact, dexact = run(qkv.double(), "reference")
+        _check(out, ref, exact, dtype, "forward", dict(meta, legacy=legacy))
+        _check(dx, dref, dexact, dtype, "qkv gradient", dict(meta, legacy=legacy))
