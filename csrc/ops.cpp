@@ -16,6 +16,10 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def("q_sample(Tensor x_start, Tensor noise, Tensor coefs, Tensor t) -> Tensor");
   m.def("posterior_mean_variance(Tensor x_start, Tensor x_t, Tensor coefs, Tensor t) -> (Tensor, Tensor, Tensor)");
   m.def("randn_like(Tensor x, int seed, int offset) -> Tensor");
+  m.def("adagn(Tensor x, Tensor weight, Tensor bias, Tensor? scale, Tensor? shift, int num_groups, float eps, "
+        "bool silu) -> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def("adagn_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor? scale, Tensor? shift, "
+        "Tensor mean, Tensor rstd, int num_groups, bool silu) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The samplers' steps and the noise stream are not differentiable: autograd passes through them (outputs do not

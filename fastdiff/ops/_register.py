@@ -5,6 +5,7 @@ import torch
 
 from fastdiff import _ext
 from fastdiff.ops import _common as C
+from fastdiff.ops import adagn as _adagn
 from fastdiff.ops import posterior_mean_variance as _pmv
 from fastdiff.ops import q_sample as _qs
 
@@ -55,3 +56,6 @@ def register() -> None:
     torch.library.register_autograd("fastdiff::q_sample", _q_sample_backward, setup_context=_q_sample_setup)
     torch.library.register_autograd("fastdiff::posterior_mean_variance", _posterior_backward,
                                     setup_context=_q_sample_setup)
+    torch.library.register_fake("fastdiff::adagn")(_adagn.fake)
+    torch.library.register_fake("fastdiff::adagn_backward")(_adagn.backward_fake)
+    torch.library.register_autograd("fastdiff::adagn", _adagn.backward, setup_context=_adagn.setup_context)

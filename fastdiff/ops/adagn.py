@@ -12,6 +12,7 @@ out = act(A·x + B) with A = rstd·γ·(1 + scale), B = (β − mean·rstd·γ)(
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from fastdiff.ops import _backend, _common as C
 
 ACTS = ("none", "silu")
-SUPPORTED = ("reference",)
+SUPPORTED = ("reference", "cpu")
 
 
 def reference(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool):
@@ -113,8 +114,63 @@ def _check(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
     return act == "silu"
 
 
-def _grad_or_none(needs, *grads):
-    return tuple(g if need else None for need, g in zip(needs, grads))
+# ----------------------------------------------------------------------------- torch.library registrations
+# (fake kernels and the autograd formula of the C++ ops fastdiff::adagn / adagn_backward; see _register.py)
+
+
+def fake(x, weight, bias, scale, shift, num_groups, eps, silu):
+    stats = lambda: x.new_empty((x.shape[0], num_groups), dtype=C.acc_dtype(x.dtype))  # noqa: E731
+    return torch.empty_like(x, memory_format=torch.contiguous_format), stats(), stats()
+
+
+def backward_fake(grad_out, x, weight, bias, scale, shift, mean, rstd, num_groups, silu):
+    n, c = x.shape[0], x.shape[1]
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+            torch.empty_like(bias), x.new_empty((n, c)), x.new_empty((n, c)))
+
+
+def setup_context(ctx, inputs, output):
+    x, weight, bias, scale, shift, num_groups, _eps, silu = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
+    ctx.num_groups, ctx.silu = num_groups, silu
+
+
+def _backward_fn(device: torch.device):
+    """The backward kernel for `device`: C++ on CPU; on CUDA the Triton kernels where Triton runs, else the plain
+    PyTorch formula."""
+    if device.type == "cpu":
+        return torch.ops.fastdiff.adagn_backward
+    if _backend.available_backends()["triton"].available:
+        return importlib.import_module("fastdiff.triton_kernels.adagn").adagn_backward
+    return backward_reference
+
+
+class _TritonAdaGN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, num_groups, eps, silu):
+        out, mean, rstd = _backend.implementation("adagn", "triton", reference)(
+            x, weight, bias, scale, shift, num_groups, eps, silu)
+        ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
+        ctx.num_groups, ctx.silu = num_groups, silu
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+        grads = importlib.import_module("fastdiff.triton_kernels.adagn").adagn_backward(grad_out, x, weight, bias, scale, shift, mean, rstd, ctx.num_groups, ctx.silu)
+        needs = ctx.needs_input_grad
+        present = (True, True, True, scale is not None, shift is not None)
+        return tuple(g if need and ok else None for g, need, ok in zip(grads, needs, present)) + (None, None, None)
+
+
+def backward(ctx, grad_out, _grad_mean, _grad_rstd):
+    x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+    grads = _backward_fn(x.device)(grad_out.contiguous(), x, weight, bias, scale, shift, mean, rstd,
+                                   ctx.num_groups, ctx.silu)
+    needs = ctx.needs_input_grad
+    present = (True, True, True, scale is not None, shift is not None)
+    return tuple(g if need and ok else None for g, need, ok in zip(grads, needs, present)) + (None, None, None)
 
 
 def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float = 1e-5,
@@ -127,4 +183,6 @@ def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups:
     args = (x, weight, bias, scale, shift, num_groups, float(eps), silu)
     if name == "reference":
         return reference(*args)[0]
+    if name == "triton":
+        return _TritonAdaGN.apply(*args)
     return torch.ops.fastdiff.adagn(*args)[0]
