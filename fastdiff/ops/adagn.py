@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fastdiff.ops import _backend, _common as C
 
 ACTS = ("none", "silu")
-SUPPORTED = ("reference", "cpu")
+SUPPORTED = ("reference", "cpu", "cuda", "triton")
 
 
 def reference(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool):

@@ -19,7 +19,7 @@ if "cuda" in adagn_mod.SUPPORTED:
 
 _GROUPS = [(1, 1), (4, 2), (6, 3), (8, 8), (12, 4), (32, 8), (5, 1)]  # (C, G): C/G = 1 and single-group included
 _SPATIAL = [(), (1, 1), (1,), (5, 7), (7,), (11, 13), (4, 4), (3, 2, 5)]  # H·W = 1 and primes
-N_CASES = {"cpu": 48, "triton": 16, "cuda": 48, "reference": 16}
+N_CASES = {"cpu": 48, "triton": 12, "cuda": 48, "reference": 16}
 _FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
@@ -107,10 +107,14 @@ def test_adagn_gradcheck(backend, act):
     device = backend_device(backend) if backend != "reference" else "cpu"
     gen = torch.Generator().manual_seed(RUN_SEED)
     d = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_()  # noqa: E731
-    x, w, b, s, sh = d(2, 6, 3, 2), d(6), d(6), d(2, 6), d(2, 6)
+    fast = backend == "triton"  # the interpreter runs ~1000x slower: fewer values and gradcheck's fast mode
+    x, w, b, s, sh = (d(2, 4, 3), d(4), d(4), d(2, 4), d(2, 4)) if fast else (d(2, 6, 3, 2), d(6), d(6), d(2, 6), d(2, 6))
+    groups = 2 if fast else 3
     assert torch.autograd.gradcheck(
-        lambda x, w, b, s, sh: ops.adagn(x, w, b, 3, 1e-5, s, sh, act=act, backend=backend), (x, w, b, s, sh))
-    assert torch.autograd.gradcheck(lambda x, w, b: ops.adagn(x, w, b, 2, act=act, backend=backend), (x, w, b))
+        lambda x, w, b, s, sh: ops.adagn(x, w, b, groups, 1e-5, s, sh, act=act, backend=backend), (x, w, b, s, sh),
+        fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.adagn(x, w, b, 2, act=act, backend=backend), (x, w, b),
+                                    fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", FUSED + ["reference"])
