@@ -1,0 +1,124 @@
+"""AdaGN (ADM §3): out = SiLU(GroupNorm(x)·(1 + scale) + shift) with 32 groups, forward and forward + backward,
+for every provider: `reference` is ADM's eager sequence (F.group_norm in fp32, ·(1 + scale), + shift, F.silu),
+`compile` its torch.compile, and the fused cpu / cuda / triton backends of fastdiff.ops.adagn.
+
+Run through `benchmarks/run.py`-style options (--benchmark-enable, --bench-device, --bench-full), or as a quick
+check: `python -m pytest benchmarks/bench_adagn.py --benchmark-disable -q` (each benchmark once, smallest size).
+"""
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastdiff_bench as fb
+from conftest import compile_backend, smoke_mode
+from fastdiff import ops
+from fastdiff.ops import BackendUnavailableError
+
+GROUPS = 32
+EPS = 1e-5
+DIRECTIONS = ("fwd", "fwdbwd")
+CPU_POINTS = (((8, 256, 32, 32), "float32"), ((2, 128, 16, 16), "float32"), ((2, 128, 16, 16), "float16"))
+# The GPU criterion's grid (issue 3): B in {1, 8, 32}, C in {128, 256, 512}, H·W in {8², 16², 32², 64²}, fp16/bf16.
+# By default one C per B; --bench-full runs all of it.
+GPU_FULL = [((b, c, hw, hw), dt) for b, c, hw, dt in itertools.product((1, 8, 32), (128, 256, 512), (8, 16, 32, 64),
+                                                                      ("float16", "bfloat16"))]
+GPU_DEFAULT = [p for p in GPU_FULL if (p[0][0], p[0][1]) in ((1, 512), (8, 256), (32, 128))]
+
+
+def eager_adagn(x, weight, bias, scale, shift):
+    """ADM's ResBlock sequence with use_scale_shift_norm: GroupNorm32 (fp32), then scale/shift and SiLU."""
+    h = F.group_norm(x.float(), GROUPS, weight.float(), bias.float(), EPS)
+    h = h * (1 + scale.float()[:, :, None, None]) + shift.float()[:, :, None, None]
+    return F.silu(h).to(x.dtype)
+
+
+def pytest_generate_tests(metafunc):
+    if "provider" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    device = config.getoption("--bench-device")
+    if device == "cuda":
+        points = GPU_FULL if config.getoption("--bench-full") else GPU_DEFAULT
+    else:
+        points = list(CPU_POINTS)
+    if smoke_mode(config) and not config.getoption("--bench-full"):
+        points = points[-1:]
+    params, ids = [], []
+    for (shape, dtype), direction, provider in itertools.product(points, DIRECTIONS, fb.PROVIDERS):
+        params.append((shape, dtype, direction, provider))
+        ids.append(f"adagn-{fb.shape_str(shape)}-{dtype}-{direction}-{provider}")
+    metafunc.parametrize("shape,dtype_name,direction,provider", params, ids=ids)
+
+
+def _inputs(shape, dtype, device, generator):
+    n, c = shape[:2]
+    return {"x": fb._randn(shape, dtype, device, generator), "w": fb._randn((c,), dtype, device, generator),
+            "b": fb._randn((c,), dtype, device, generator), "s": fb._randn((n, c), dtype, device, generator),
+            "sh": fb._randn((n, c), dtype, device, generator), "g": fb._randn(shape, dtype, device, generator)}
+
+
+def _forward(provider, config, info):
+    if provider == "reference":
+        return eager_adagn
+    if provider == "compile":
+        backend = compile_backend(config)
+        info["compile_backend"] = backend
+        return fb.compile_reference(eager_adagn, backend, dynamic=None)
+    return lambda x, w, b, s, sh: ops.adagn(x, w, b, GROUPS, EPS, s, sh, act="silu", backend=provider)
+
+
+def test_adagn(benchmark, request, shape, dtype_name, direction, provider):
+    """Time AdaGN+SiLU for (shape, dtype, direction) with `provider`."""
+    config = request.config
+    device = config.getoption("--bench-device")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--bench-device cuda but no CUDA device is visible")
+    why = fb.provider_unavailable(provider, device)
+    if why:
+        pytest.skip(f"{provider}: {why}")
+    dtype = getattr(torch, dtype_name)
+    ok, why = fb.dtype_supported(dtype, device)
+    if not ok:
+        pytest.skip(why)
+    label = fb.shape_str(shape)
+    generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"adagn/{label}/{dtype_name}".encode()))
+    make = lambda: _inputs(shape, dtype, device, generator)  # noqa: E731
+    sample = make()
+    elems = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
+    moved = 2 * elems if direction == "fwd" else 5 * elems  # fwd: x in, out; fwd+bwd adds x, grad in, dx out
+    benchmark.group = f"adagn | {label} | {dtype_name} | {direction}"
+    info = benchmark.extra_info
+    info.update(suite="adagn", provider=provider, case=f"adagn_{direction}", shape=label, dtype=dtype_name,
+                device=device, bytes_moved=moved)
+    fwd = _forward(provider, config, info)
+
+    def run(d):
+        if direction == "fwd":
+            with torch.no_grad():
+                return fwd(d["x"], d["w"], d["b"], d["s"], d["sh"])
+        leaves = [d[k].detach().requires_grad_() for k in ("x", "w", "b", "s", "sh")]
+        return torch.autograd.grad(fwd(*leaves), leaves, d["g"])
+
+    try:
+        run(sample)
+    except (BackendUnavailableError, ModuleNotFoundError) as exc:
+        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
+    if smoke_mode(config):
+        benchmark(run, sample)
+        return
+    if device == "cuda":
+        sets = fb.rotation_sets(sample, make, moved, fb.cuda_l2_bytes())
+        call = fb.cycling(run, sets)
+        median, timer = fb.gpu_median_seconds(call)
+        info.update(median_s=median, timer=timer, rotation_sets=len(sets), bandwidth_GBps=moved / median / 1e9)
+        benchmark.pedantic(fb.synced(call, device), rounds=3, iterations=1, warmup_rounds=1)
+        return
+    call = lambda: run(sample)  # noqa: E731
+    rounds, iterations = fb.plan_rounds(call, target_s=1.0, min_rounds=3, max_rounds=50)
+    info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
+    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1)
