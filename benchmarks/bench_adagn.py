@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import zlib
 
+import fastdiff_bench as fb
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fastdiff_bench as fb
 from conftest import compile_backend, smoke_mode
+
 from fastdiff import ops
 from fastdiff.ops import BackendUnavailableError
 
@@ -87,7 +87,7 @@ def test_adagn(benchmark, request, shape, dtype_name, direction, provider):
         pytest.skip(why)
     label = fb.shape_str(shape)
     generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"adagn/{label}/{dtype_name}".encode()))
-    make = lambda: _inputs(shape, dtype, device, generator)  # noqa: E731
+    make = lambda: _inputs(shape, dtype, device, generator)
     sample = make()
     elems = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
     moved = 2 * elems if direction == "fwd" else 5 * elems  # fwd: x in, out; fwd+bwd adds x, grad in, dx out
@@ -118,7 +118,7 @@ def test_adagn(benchmark, request, shape, dtype_name, direction, provider):
         info.update(median_s=median, timer=timer, rotation_sets=len(sets), bandwidth_GBps=moved / median / 1e9)
         benchmark.pedantic(fb.synced(call, device), rounds=3, iterations=1, warmup_rounds=1)
         return
-    call = lambda: run(sample)  # noqa: E731
+    call = lambda: run(sample)
     rounds, iterations = fb.plan_rounds(call, target_s=1.0, min_rounds=3, max_rounds=50)
     info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
     benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1)

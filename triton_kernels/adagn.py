@@ -216,8 +216,8 @@ def adagn_backward(grad_out, x, weight, bias, scale, shift, mean, rstd, num_grou
     block, warps = _block(spatial)
     nblk = triton.cdiv(spatial, block)
     tacc = _launch.acc_dtype(x.dtype)
-    flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=bool(silu), BLOCK=block, ACC=tacc,
-                 num_warps=warps)
+    flags = {"HAS_SCALE": scale is not None, "HAS_SHIFT": shift is not None, "SILU": bool(silu), "BLOCK": block,
+             "ACC": tacc, "num_warps": warps}
     part = torch.empty((n * c, nblk, 2), dtype=acc, device=x.device)
     _bwd_sums_kernel[(n * c, nblk)](go, xc, mean, rstd, w, b, s, sh, part, c, spatial, c // g, g, nblk, **flags)
     sums = part.sum(1).reshape(n, c, 2)

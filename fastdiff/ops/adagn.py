@@ -18,7 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastdiff.ops import _backend, _common as C
+from fastdiff.ops import _backend
+from fastdiff.ops import _common as C
 
 ACTS = ("none", "silu")
 SUPPORTED = ("reference", "cpu", "cuda", "triton")
@@ -119,7 +120,7 @@ def _check(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
 
 
 def fake(x, weight, bias, scale, shift, num_groups, eps, silu):
-    stats = lambda: x.new_empty((x.shape[0], num_groups), dtype=C.acc_dtype(x.dtype))  # noqa: E731
+    stats = lambda: x.new_empty((x.shape[0], num_groups), dtype=C.acc_dtype(x.dtype))
     return torch.empty_like(x, memory_format=torch.contiguous_format), stats(), stats()
 
 

@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-import fastdiff.ops as ops
+from fastdiff import ops
+
 adagn_mod = importlib.import_module("fastdiff.ops.adagn")
 from tests.ops._cases import RUN_SEED, backend_device
 
@@ -41,15 +42,15 @@ def adagn_case(index: int, device: str, dtypes=(torch.float32, torch.float16)) -
         x = torch.cat([x, x], dim=-1)[..., ::2] if spatial else torch.stack([x, x], -1)[..., 0]
     elif layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    args = dict(x=x, weight=r((c,), 0.5, 1.0), bias=r((c,), 0.5), num_groups=g, eps=rng.choice([1e-5, 1e-6, 1e-3]),
-                act=rng.choice(["silu", "none"]))
+    args = {"x": x, "weight": r((c,), 0.5, 1.0), "bias": r((c,), 0.5), "num_groups": g, "eps": rng.choice([1e-5, 1e-6, 1e-3]),
+                "act": rng.choice(["silu", "none"])}
     if rng.random() < 0.7:
         args["scale"] = r((n, c), 0.5)
     if rng.random() < 0.7:
         args["shift"] = r((n, c), 0.5)
-    meta = dict(index=index, run_seed=RUN_SEED, shape=shape, groups=g, dtype=str(dtype), layout=layout,
-                act=args["act"], scale="scale" in args, shift="shift" in args)
-    return dict(args=args, meta=meta, dtype=dtype)
+    meta = {"index": index, "run_seed": RUN_SEED, "shape": shape, "groups": g, "dtype": str(dtype), "layout": layout,
+                "act": args["act"], "scale": "scale" in args, "shift": "shift" in args}
+    return {"args": args, "meta": meta, "dtype": dtype}
 
 
 def _double(args):
@@ -106,7 +107,7 @@ def test_adagn_backward_matches_oracle(backend):
 def test_adagn_gradcheck(backend, act):
     device = backend_device(backend) if backend != "reference" else "cpu"
     gen = torch.Generator().manual_seed(RUN_SEED)
-    d = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_()  # noqa: E731
+    d = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_()
     fast = backend == "triton"  # the interpreter runs ~1000x slower: fewer values and gradcheck's fast mode
     x, w, b, s, sh = (d(2, 4, 3), d(4), d(4), d(2, 4), d(2, 4)) if fast else (d(2, 6, 3, 2), d(6), d(6), d(2, 6), d(2, 6))
     groups = 2 if fast else 3
@@ -163,7 +164,7 @@ def test_adagn_opcheck(dtype):
     if "cpu" not in adagn_mod.SUPPORTED:
         pytest.skip("adagn has no C++ op in this build")
     x = torch.randn(2, 6, 3, 5, dtype=dtype, requires_grad=True)
-    p = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
+    p = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)
     torch.library.opcheck(torch.ops.fastdiff.adagn.default, (x, p(6), p(6), p(2, 6), p(2, 6), 3, 1e-5, True))
     torch.library.opcheck(torch.ops.fastdiff.adagn.default, (x, p(6), p(6), None, None, 2, 1e-5, False))
 
@@ -184,3 +185,17 @@ def test_adagn_compile_fullgraph(backend):
     f(*expect).backward()
     for a, e in zip(leaves, expect):
         torch.testing.assert_close(a.grad, e.grad)
+
+
+@pytest.mark.parametrize("act", ["silu", "none"])
+def test_adagn_backward_reference_formula(act):
+    """backward_reference (the CUDA fallback without Triton) equals autograd through the reference, in fp64."""
+    gen = torch.Generator().manual_seed(RUN_SEED)
+    d = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)
+    x, w, b, s, sh, g = d(3, 8, 5, 3), d(8), d(8), d(3, 8), d(3, 8), d(3, 8, 5, 3)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, s, sh)]
+    out, mean, rstd = adagn_mod.reference(*leaves, 4, 1e-5, act == "silu")
+    expect = torch.autograd.grad(out, leaves, g)
+    got = adagn_mod.backward_reference(g, x, w, b, s, sh, mean, rstd, 4, act == "silu")
+    for e, a in zip(expect, got):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
