@@ -6,6 +6,8 @@
 // forward 2.02 ms vs 13.3 ms for the reference eager sequence (F.group_norm, ·(1 + scale), + shift, F.silu): 6.6x;
 // forward + backward 6.4 ms vs 35.6 ms through the reference's autograd: 5.5x. SiLU's exp is the polynomial
 // below so the loops vectorise (with libm's expf the forward took 8.4 ms).
+// benchmarks/bench_adagn.py (pytest-benchmark medians, no_grad forward, same machine, other jobs running): cpu
+// 1.87 ms vs reference eager 7.83 ms (4.2x); forward + backward 5.12 ms vs 7.79 ms (1.5x).
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
