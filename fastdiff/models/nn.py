@@ -6,7 +6,8 @@ them to fused kernels in one place:
 - `adagn`: GroupNorm (statistics in fp32) + optional AdaGN scale/shift (ADM §3) + optional SiLU;
 - `qkv_attention`: multi-head self-attention on ADM's packed `[N, 3·H·C, T]` qkv layout.
 
-Both are plain PyTorch for now. Module layouts (and hence state-dict keys) follow guided-diffusion.
+Both call fastdiff's fused ops through the backend registry (plain PyTorch with the `reference` backend).
+Module layouts (and hence state-dict keys) follow guided-diffusion.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
+
+from fastdiff import ops
 
 #: ADM normalises every feature map with GroupNorm over 32 groups.
 NUM_GROUPS = 32
@@ -60,56 +62,32 @@ def _broadcast_per_channel(v: torch.Tensor, h: torch.Tensor, name: str) -> torch
 
 def adagn(h: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor | None = None,
           shift: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
-    """AdaGN (ADM §3): act(GroupNorm(h; γ, β) · (1 + y_s) + y_b), GroupNorm statistics in fp32.
+    """AdaGN (ADM §3): act(GroupNorm(h; γ, β) · (1 + y_s) + y_b) through the fused `fastdiff.ops.adagn`.
 
     h: [N, C, *spatial] (or [N, C]); norm: the GroupNorm holding γ, β: [C], its group count and eps;
     scale (y_s), shift (y_b): [N, C] or [N, C, 1, ...], optional; silu: apply SiLU (else identity).
-    Returns [N, C, *spatial] in h's dtype. The normalised value is rounded to h's dtype before the
-    scale/shift, as guided-diffusion's GroupNorm32 does, so fp16 models give its outputs.
+    Returns [N, C, *spatial] in h's dtype. Statistics and the whole affine run in fp32 (fp64 for fp64) and are
+    rounded once at the end; in fp32 this is guided-diffusion's GroupNorm32 exactly, in fp16 it skips its
+    intermediate rounding of the normalised value. γ, β (kept fp32 by convert_to_fp16) are cast to h's dtype.
     """
     if h.dim() < 2 or h.shape[1] != norm.num_channels:
         raise ValueError(f"adagn: h has shape {tuple(h.shape)}, expected [N, {norm.num_channels}, ...]")
-    weight = norm.weight.float() if norm.weight is not None else None
-    bias = norm.bias.float() if norm.bias is not None else None
-    # torch.group_norm, not F.group_norm: the latter refuses one value per group (C/G = 1, H·W = 1),
-    # where the normalised value is simply 0 and the output is β.
-    out = torch.group_norm(h.float(), norm.num_groups, weight, bias, norm.eps,
-                           torch.backends.cudnn.enabled).to(h.dtype)
-    if scale is not None:
-        out = out * (1 + _broadcast_per_channel(scale, h, "scale"))
-    if shift is not None:
-        out = out + _broadcast_per_channel(shift, h, "shift")
-    if silu:
-        out = F.silu(out)
-    return out
+    if norm.weight is None or norm.bias is None:
+        raise ValueError("adagn: the GroupNorm must be affine (ADM's normalization() layers are)")
+    per_channel = lambda v, name: None if v is None else _broadcast_per_channel(v, h, name).reshape(h.shape[:2])  # noqa: E731
+    return ops.adagn(h, norm.weight.to(h.dtype), norm.bias.to(h.dtype), norm.num_groups, norm.eps,
+                     scale=per_channel(scale, "scale"), shift=per_channel(shift, "shift"),
+                     act="silu" if silu else "none")
 
 
 def qkv_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.Tensor:
-    """ADM multi-head self-attention, softmax(q·kᵀ / √C) v per head, on the packed qkv layout.
+    """ADM multi-head self-attention, softmax(q·kᵀ / √C) v per head, on the packed qkv layout, through the fused
+    `fastdiff.ops.qkv_attention` (guided-diffusion's scaling: q and k each by 1/√√C; softmax in fp32).
 
-    qkv: [N, 3·H·C, T]. legacy=True: heads are split before q/k/v, i.e. channels ordered
-    (head, {q,k,v}, c) (guided-diffusion's QKVAttentionLegacy); legacy=False: q/k/v split first,
-    channels ordered ({q,k,v}, head, c) (its QKVAttention). Returns [N, H·C, T] ordered (head, c).
-    q and k are each scaled by 1/√√C before the product (steadier in fp16 than dividing afterwards);
-    the softmax runs in fp32 and is cast back to qkv's dtype.
+    qkv: [N, 3·H·C, T]. legacy=True: heads are split before q/k/v (QKVAttentionLegacy); legacy=False: q/k/v
+    split first (QKVAttention). Returns [N, H·C, T] ordered (head, c).
     """
-    if qkv.dim() != 3:
-        raise ValueError(f"qkv_attention: qkv must be [N, 3*H*C, T], got shape {tuple(qkv.shape)}")
-    if n_heads < 1:
-        raise ValueError(f"qkv_attention: n_heads must be >= 1, got {n_heads}")
-    n, width, length = qkv.shape
-    if width % (3 * n_heads) != 0:
-        raise ValueError(f"qkv_attention: qkv width {width} is not divisible by 3 * n_heads = {3 * n_heads}")
-    ch = width // (3 * n_heads)
-    if legacy:
-        q, k, v = qkv.reshape(n * n_heads, 3 * ch, length).split(ch, dim=1)
-    else:
-        q, k, v = (t.reshape(n * n_heads, ch, length) for t in qkv.chunk(3, dim=1))
-    scale = 1.0 / math.sqrt(math.sqrt(ch))
-    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)  # [N·H, T, T]
-    weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
-    out = torch.einsum("bts,bcs->bct", weight, v)  # [N·H, C, T]
-    return out.reshape(n, -1, length)
+    return ops.qkv_attention(qkv, n_heads, legacy=legacy)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

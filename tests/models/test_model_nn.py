@@ -97,7 +97,7 @@ def test_qkv_attention_orders_differ_and_fp16():
 
 
 def test_qkv_attention_errors():
-    with pytest.raises(ValueError, match="not divisible by 3 \\* n_heads = 12"):
+    with pytest.raises(ValueError, match="multiple of 3\\*num_heads = 12"):
         qkv_attention(torch.randn(1, 3 * 10, 5), 4, True)
     with pytest.raises(ValueError, match="\\[N, 3\\*H\\*C, T\\]"):
         qkv_attention(torch.randn(3 * 8, 5), 1, False)
