@@ -5,6 +5,7 @@ missing: `fastdiff.ops.available_backends()` says what this install has and why
 the rest is missing.
 """
 from fastdiff import ops
+from fastdiff.patch import is_patched, patch, unpatch  # noqa: F401  (fastdiff.patch(model) / unpatch)
 
 __version__ = "0.1.0"
 __all__ = ["ops", "__version__"]

@@ -307,11 +307,15 @@ class _UNetTorso(nn.Module):
 
     def _build_torso(self, in_channels, model_channels, num_res_blocks, dropout, channel_mult, conv_resample,
                      dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,
-                     resblock_updown, use_new_attention_order):
+                     resblock_updown, use_new_attention_order, num_classes=None):
         attention_rates = self.attention_resolutions
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
             linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim))
+        if num_classes is not None:
+            # Registered here, between time_embed and input_blocks, as in guided-diffusion: the state dict
+            # and parameters() then come in its order (its EMA and optimiser checkpoints are by position).
+            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
         def resblock(ch, out_ch, **kw):
             return ResBlock(ch, time_embed_dim, dropout, out_channels=out_ch, dims=dims,
@@ -405,9 +409,7 @@ class UNetModel(_UNetTorso):
         ch, ds, input_block_chans = self._build_torso(
             in_channels, model_channels, num_res_blocks, dropout, channel_mult, conv_resample, dims,
             use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm, resblock_updown,
-            use_new_attention_order)
-        if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, model_channels * 4)
+            use_new_attention_order, num_classes=num_classes)
 
         resblock, attention = self._resblock, self._attention
         self.output_blocks = nn.ModuleList([])

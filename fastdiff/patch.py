@@ -1,0 +1,255 @@
+"""Patch existing models in place so their GroupNorm (+ SiLU, + AdaGN scale/shift) runs through `fastdiff.ops.adagn`.
+
+`patch(model)` replaces, in place and reversibly, the forward of the modules that compute a GroupNorm (and, where
+it is followed by SiLU or by ADM's time scale/shift, those too) with one fused `fastdiff.ops.adagn` call;
+`unpatch(model)` restores the original forwards exactly. Module objects, parameters, buffers and state-dict keys
+never change: only instance-level `forward` attributes are set (and removed again), so a patched model saves,
+loads, moves between devices and deep-copies like the original.
+
+Sites (each counts once per GroupNorm whose work is now done by `adagn`):
+
+- diffusers `ResnetBlock2D` (`UNet2DModel`, and any model built from these blocks): the block's forward becomes
+  a copy of diffusers' `ResnetBlock2D.forward` in which norm1 → nonlinearity and norm2 (→ time scale/shift when
+  `time_embedding_norm == "scale_shift"`) → nonlinearity are each one `adagn` call (act "silu" when the block's
+  nonlinearity is `nn.SiLU`, else act "none" followed by the block's own nonlinearity): 2 sites per block.
+- A GroupNorm followed by SiLU held as `conv_norm_out` / `conv_act` (diffusers' `UNet2DModel` output head): the
+  norm's forward becomes `adagn(..., act="silu")` and the SiLU's forward the identity: 1 site.
+- guided-diffusion / improved-diffusion `GroupNorm32` modules (any `nn.GroupNorm` subclass named GroupNorm32 that
+  is not fastdiff's own): forward `adagn(x.float(), ..., act="none").type(x.dtype)`, the same computation as
+  their `super().forward(x.float()).type(x.dtype)`: 1 site each.
+
+fastdiff's own models (`fastdiff.models`) already call the fused ops, so patching them replaces nothing and returns
+0. Numerics: fp32 outputs equal the original within the rounding of a different reduction order (~1e-6 relative);
+under autocast the fused norm computes and returns fp32, as `F.group_norm` does under autocast.
+
+diffusers' attention processors are not replaced by this version.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from collections import Counter
+
+import torch
+from torch import nn
+
+from fastdiff import ops
+
+__all__ = ["is_patched", "patch", "unpatch"]
+
+#: Name of the instance attribute that marks a patched module; it holds the module's own `forward` attribute from
+#: before patching (or `_NO_FORWARD` when it had none, i.e. it used its class's forward).
+_MARK = "_fastdiff_patch_saved_forward"
+_NO_FORWARD = "<class forward>"
+
+
+# ----------------------------------------------------------------------------------------------- fused helpers
+
+
+def _norm_act(norm: nn.GroupNorm, x: torch.Tensor, act: str, scale: torch.Tensor | None = None,
+              shift: torch.Tensor | None = None) -> torch.Tensor:
+    """act(norm(x) · (1 + scale) + shift) through `fastdiff.ops.adagn`.
+
+    norm: an affine nn.GroupNorm (γ, β: [C], its group count and eps); x: [N, C, *spatial]; scale, shift: optional,
+    any shape holding one value per (sample, channel) ([N, C], [N, C, 1, 1], or batch 1 broadcast over N).
+    Under autocast x is computed in fp32 and the result is fp32 (what `F.group_norm` does under autocast);
+    otherwise the result has x's dtype and γ, β, scale, shift are cast to it.
+    """
+    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        x = x.float()
+    n, c = x.shape[0], x.shape[1]
+
+    def per_channel(v):
+        if v is None:
+            return None
+        return v.to(x.dtype).reshape(v.shape[0], c).expand(n, c)
+
+    return ops.adagn(x, norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.num_groups, norm.eps,
+                     scale=per_channel(scale), shift=per_channel(shift), act=act)
+
+
+def _fusable_norm(m) -> bool:
+    """True when m is an affine nn.GroupNorm whose forward is nn.GroupNorm's own (no subclass override)."""
+    return (isinstance(m, nn.GroupNorm) and type(m).forward is nn.GroupNorm.forward and m.affine
+            and m.weight is not None and m.bias is not None)
+
+
+def _is_silu(m) -> bool:
+    """True when m is a plain nn.SiLU module (not patched, not a subclass overriding forward)."""
+    return isinstance(m, nn.SiLU) and type(m).forward is nn.SiLU.forward and _MARK not in m.__dict__
+
+
+# ----------------------------------------------------------------------------------------------- diffusers
+
+
+def _diffusers_resnet_block_2d():
+    """diffusers' ResnetBlock2D class, or None when diffusers is not imported (then no model can contain one)."""
+    if "diffusers" not in sys.modules:
+        return None
+    try:
+        from diffusers.models.resnet import ResnetBlock2D
+    except ImportError:  # a diffusers without this module layout: nothing of it to patch
+        return None
+    return ResnetBlock2D
+
+
+def _resnet_block_2d_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """diffusers' `ResnetBlock2D.forward` with norm1 → nonlinearity and norm2 (→ scale/shift) → nonlinearity fused
+    into `fastdiff.ops.adagn` calls; every other step is the same, in the same order."""
+    if len(args) > 0 or kwargs.get("scale", None) is not None:
+        from diffusers.utils import deprecate
+
+        deprecation_message = "The `scale` argument is deprecated and will be ignored. Please remove it, as passing it will raise an error in the future. `scale` should directly be passed while calling the underlying pipeline component i.e., via `cross_attention_kwargs`."
+        deprecate("scale", "1.0.0", deprecation_message)
+
+    silu = _is_silu(self.nonlinearity)
+    act = "silu" if silu else "none"
+
+    def finish(h):
+        return h if silu else self.nonlinearity(h)
+
+    hidden_states = input_tensor
+
+    hidden_states = finish(_norm_act(self.norm1, hidden_states, act))
+
+    if self.upsample is not None:
+        # upsample_nearest_nhwc fails with large batch sizes (diffusers issue 984)
+        if hidden_states.shape[0] >= 64:
+            input_tensor = input_tensor.contiguous()
+            hidden_states = hidden_states.contiguous()
+        input_tensor = self.upsample(input_tensor)
+        hidden_states = self.upsample(hidden_states)
+    elif self.downsample is not None:
+        input_tensor = self.downsample(input_tensor)
+        hidden_states = self.downsample(hidden_states)
+
+    hidden_states = self.conv1(hidden_states)
+
+    if self.time_emb_proj is not None:
+        if not self.skip_time_act:
+            temb = self.nonlinearity(temb)
+        temb = self.time_emb_proj(temb)[:, :, None, None]
+
+    if self.time_embedding_norm == "default":
+        if temb is not None:
+            hidden_states = hidden_states + temb
+        hidden_states = _norm_act(self.norm2, hidden_states, act)
+    elif self.time_embedding_norm == "scale_shift":
+        if temb is None:
+            raise ValueError(f" `temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
+        time_scale, time_shift = torch.chunk(temb, 2, dim=1)
+        hidden_states = _norm_act(self.norm2, hidden_states, act, scale=time_scale, shift=time_shift)
+    else:
+        hidden_states = _norm_act(self.norm2, hidden_states, act)
+
+    hidden_states = finish(hidden_states)
+
+    hidden_states = self.dropout(hidden_states)
+    hidden_states = self.conv2(hidden_states)
+
+    if self.conv_shortcut is not None:
+        # contiguous() only while training (DDP gradient stride warning), as diffusers does
+        if self.training:
+            input_tensor = input_tensor.contiguous()
+        input_tensor = self.conv_shortcut(input_tensor)
+
+    output_tensor = (input_tensor + hidden_states) / self.output_scale_factor
+
+    return output_tensor
+
+
+def _norm_silu_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm + SiLU in one `adagn` call (the following SiLU module is made the identity)."""
+    return _norm_act(self, x, "silu")
+
+
+def _identity_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The identity: this SiLU's work is done by the fused norm before it."""
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- guided-diffusion
+
+
+def _is_foreign_groupnorm32(m) -> bool:
+    """True for guided-diffusion / improved-diffusion's GroupNorm32 (by class name), not fastdiff's own, which
+    already runs the fused op."""
+    cls = type(m)
+    return (isinstance(m, nn.GroupNorm) and cls.__name__ == "GroupNorm32"
+            and not cls.__module__.startswith("fastdiff.") and m.affine
+            and m.weight is not None and m.bias is not None)
+
+
+def _groupnorm32_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """guided-diffusion's `GroupNorm32.forward`, `super().forward(x.float()).type(x.dtype)`, through `adagn`."""
+    return _norm_act(self, x.float(), "none").type(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- patch / unpatch
+
+
+def _set_forward(module: nn.Module, fn) -> None:
+    """Give `module` the instance forward `fn`, remembering what it had so `unpatch` can restore it."""
+    saved = module.__dict__.get("forward", _NO_FORWARD)
+    module.__dict__[_MARK] = saved
+    module.__dict__["forward"] = types.MethodType(fn, module)
+
+
+def is_patched(module: nn.Module) -> bool:
+    """True when `module` itself (not its children) has a forward installed by `fastdiff.patch`."""
+    return _MARK in module.__dict__
+
+
+def patch(model: nn.Module) -> int:
+    """Swap, in place, the GroupNorm (+ SiLU, + time scale/shift) of `model` for fused `fastdiff.ops.adagn` calls.
+
+    Handles diffusers `ResnetBlock2D` blocks (norm1 → act and norm2 → scale/shift → act), a `conv_norm_out` GroupNorm
+    followed by a `conv_act` SiLU (diffusers' `UNet2DModel` head) and guided-diffusion / improved-diffusion
+    `GroupNorm32` modules; see the module docstring. Outputs equal the original within fp32 rounding. Idempotent:
+    sites already patched are left alone. Reversed exactly by `unpatch(model)`.
+
+    Returns the number of GroupNorm sites newly replaced (0 when there is nothing to patch, e.g. fastdiff's own
+    models, or when `model` is already patched).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch: model must be a torch.nn.Module, got {type(model).__name__}")
+    resnet_cls = _diffusers_resnet_block_2d()
+    # How many times each module object occurs in the tree: a shared SiLU cannot become the identity.
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    count = 0
+    for m in list(model.modules()):
+        if is_patched(m):
+            continue
+        if (resnet_cls is not None and type(m) is resnet_cls and "forward" not in m.__dict__
+                and _fusable_norm(m.norm1) and _fusable_norm(m.norm2)):
+            _set_forward(m, _resnet_block_2d_forward)
+            count += 2
+        elif _is_foreign_groupnorm32(m) and "forward" not in m.__dict__:
+            _set_forward(m, _groupnorm32_forward)
+            count += 1
+        norm, act = getattr(m, "conv_norm_out", None), getattr(m, "conv_act", None)
+        if (isinstance(norm, nn.Module) and isinstance(act, nn.Module) and _fusable_norm(norm)
+                and not is_patched(norm) and "forward" not in norm.__dict__ and _is_silu(act)
+                and "forward" not in act.__dict__ and uses[id(norm)] == 1 and uses[id(act)] == 1):
+            _set_forward(norm, _norm_silu_forward)
+            _set_forward(act, _identity_forward)
+            count += 1
+    return count
+
+
+def unpatch(model: nn.Module) -> int:
+    """Undo `patch(model)`: every module patched by fastdiff gets back exactly the forward it had before (its class's
+    forward, or its own earlier instance attribute). Returns the number of modules restored (0 if none was patched)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"unpatch: model must be a torch.nn.Module, got {type(model).__name__}")
+    restored = 0
+    for m in model.modules():
+        if not is_patched(m):
+            continue
+        saved = m.__dict__.pop(_MARK)
+        if isinstance(saved, str) and saved == _NO_FORWARD:
+            m.__dict__.pop("forward", None)
+        else:
+            m.__dict__["forward"] = saved
+        restored += 1
+    return restored
