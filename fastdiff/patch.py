@@ -14,6 +14,11 @@ Sites (each counts once per GroupNorm whose work is now done by `adagn`):
   nonlinearity is `nn.SiLU`, else act "none" followed by the block's own nonlinearity): 2 sites per block.
 - A GroupNorm followed by SiLU held as `conv_norm_out` / `conv_act` (diffusers' `UNet2DModel` output head): the
   norm's forward becomes `adagn(..., act="silu")` and the SiLU's forward the identity: 1 site.
+- diffusers `Attention` modules whose processor is `AttnProcessor2_0` (the default; `UNet2DModel`'s attention
+  blocks): the processor is swapped for one that runs the self-attention as one `fastdiff.ops.qkv_attention` call
+  on the packed [N, 3·H·C, T] layout (new head order, scale 1/√C like SDPA's default) and the block's group norm
+  through `adagn`; calls it does not cover (cross-attention, attention masks, spatial norm, q/k norms, the
+  deprecated `scale` argument) go to the original processor unchanged: 1 site each (`attention=False` skips them).
 - guided-diffusion / improved-diffusion `GroupNorm32` modules (any `nn.GroupNorm` subclass named GroupNorm32 that
   is not fastdiff's own): forward `adagn(x.float(), ..., act="none").type(x.dtype)`, the same computation as
   their `super().forward(x.float()).type(x.dtype)`: 1 site each.
@@ -22,7 +27,7 @@ fastdiff's own models (`fastdiff.models`) already call the fused ops, so patchin
 0. Numerics: fp32 outputs equal the original within the rounding of a different reduction order (~1e-6 relative);
 under autocast the fused norm computes and returns fp32, as `F.group_norm` does under autocast.
 
-diffusers' attention processors are not replaced by this version.
+Other diffusers attention processors (xformers, sliced, IP-adapter, ...) are left alone.
 """
 from __future__ import annotations
 
@@ -35,12 +40,14 @@ from torch import nn
 
 from fastdiff import ops
 
-__all__ = ["is_patched", "patch", "unpatch"]
+__all__ = ["FusedAttnProcessor", "is_patched", "patch", "unpatch"]
 
 #: Name of the instance attribute that marks a patched module; it holds the module's own `forward` attribute from
 #: before patching (or `_NO_FORWARD` when it had none, i.e. it used its class's forward).
 _MARK = "_fastdiff_patch_saved_forward"
 _NO_FORWARD = "<class forward>"
+#: Instance attribute of a diffusers Attention whose processor fastdiff replaced; it holds the original processor.
+_ATTN_MARK = "_fastdiff_patch_saved_processor"
 
 
 # ----------------------------------------------------------------------------------------------- fused helpers
@@ -168,6 +175,80 @@ def _identity_forward(self, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _diffusers_attention():
+    """(diffusers' Attention, AttnProcessor2_0), or None when diffusers is not imported or lacks them."""
+    if "diffusers" not in sys.modules:
+        return None
+    try:
+        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+    except ImportError:
+        return None
+    return Attention, AttnProcessor2_0
+
+
+class FusedAttnProcessor:
+    """A diffusers attention processor equal to `AttnProcessor2_0` for self-attention without a mask, computed with
+    `fastdiff.ops.qkv_attention` (and `adagn` for the group norm); every other call goes to `original`.
+
+    q, k, v: [B, T, H·D] from to_q / to_k / to_v are packed as qkv = [B, 3·H·D, T] in the new head order (q, k, v
+    first, then heads: channel h·D + d, diffusers' head split), attention softmax(q·kᵀ/√D)·v per head, output
+    [B, H·D, T] in the same (head, d) order, then to_out, residual and rescale as diffusers does.
+    """
+
+    def __init__(self, original):
+        self.original = original
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args,
+                 **kwargs) -> torch.Tensor:
+        if (encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None
+                or attn.norm_q is not None or attn.norm_k is not None or len(args) > 0 or kwargs
+                or hidden_states.ndim not in (3, 4)):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size = hidden_states.shape[0]
+
+        if attn.group_norm is not None:
+            if _fusable_norm(attn.group_norm):
+                hidden_states = _norm_act(attn.group_norm, hidden_states.transpose(1, 2), "none").transpose(1, 2)
+            else:
+                hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        if not (query.shape == key.shape == value.shape and query.shape[-1] % attn.heads == 0):
+            raise ValueError(f"fastdiff FusedAttnProcessor: q, k, v shapes {tuple(query.shape)}, {tuple(key.shape)}, "
+                             f"{tuple(value.shape)} do not split into {attn.heads} equal heads")
+        qkv = torch.cat([query, key, value], dim=-1).transpose(1, 2)  # [B, 3·H·D, T]
+        hidden_states = ops.qkv_attention(qkv, attn.heads, legacy=False).transpose(1, 2)  # [B, T, H·D]
+        hidden_states = hidden_states.to(query.dtype)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states
+
+
+def _fusable_attention(m, classes) -> bool:
+    """True for a diffusers Attention running the default AttnProcessor2_0 with q, k, v projections of one width."""
+    attention_cls, processor_cls = classes
+    if not isinstance(m, attention_cls) or type(getattr(m, "processor", None)) is not processor_cls:
+        return False
+    lin = (m.to_q, m.to_k, m.to_v)
+    return (all(isinstance(p, nn.Linear) for p in lin) and len({p.out_features for p in lin}) == 1
+            and lin[0].out_features % m.heads == 0)
+
+
 # ----------------------------------------------------------------------------------------------- guided-diffusion
 
 
@@ -196,24 +277,27 @@ def _set_forward(module: nn.Module, fn) -> None:
 
 
 def is_patched(module: nn.Module) -> bool:
-    """True when `module` itself (not its children) has a forward installed by `fastdiff.patch`."""
-    return _MARK in module.__dict__
+    """True when `module` itself (not its children) has a forward or attention processor installed by
+    `fastdiff.patch`."""
+    return _MARK in module.__dict__ or _ATTN_MARK in module.__dict__
 
 
-def patch(model: nn.Module) -> int:
+def patch(model: nn.Module, attention: bool = True) -> int:
     """Swap, in place, the GroupNorm (+ SiLU, + time scale/shift) of `model` for fused `fastdiff.ops.adagn` calls.
 
     Handles diffusers `ResnetBlock2D` blocks (norm1 → act and norm2 → scale/shift → act), a `conv_norm_out` GroupNorm
     followed by a `conv_act` SiLU (diffusers' `UNet2DModel` head) and guided-diffusion / improved-diffusion
-    `GroupNorm32` modules; see the module docstring. Outputs equal the original within fp32 rounding. Idempotent:
+    `GroupNorm32` modules, and (unless `attention=False`) diffusers `Attention` modules on the default
+    `AttnProcessor2_0`; see the module docstring. Outputs equal the original within fp32 rounding. Idempotent:
     sites already patched are left alone. Reversed exactly by `unpatch(model)`.
 
-    Returns the number of GroupNorm sites newly replaced (0 when there is nothing to patch, e.g. fastdiff's own
-    models, or when `model` is already patched).
+    Returns the number of sites newly replaced (GroupNorms, plus one per attention; 0 when there is nothing to
+    patch, e.g. fastdiff's own models, or when `model` is already patched).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch: model must be a torch.nn.Module, got {type(model).__name__}")
     resnet_cls = _diffusers_resnet_block_2d()
+    attention_classes = _diffusers_attention() if attention else None
     # How many times each module object occurs in the tree: a shared SiLU cannot become the identity.
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     count = 0
@@ -224,6 +308,10 @@ def patch(model: nn.Module) -> int:
                 and _fusable_norm(m.norm1) and _fusable_norm(m.norm2)):
             _set_forward(m, _resnet_block_2d_forward)
             count += 2
+        elif attention_classes is not None and _fusable_attention(m, attention_classes):
+            m.__dict__[_ATTN_MARK] = m.processor
+            m.processor = FusedAttnProcessor(m.processor)
+            count += 1
         elif _is_foreign_groupnorm32(m) and "forward" not in m.__dict__:
             _set_forward(m, _groupnorm32_forward)
             count += 1
@@ -239,12 +327,16 @@ def patch(model: nn.Module) -> int:
 
 def unpatch(model: nn.Module) -> int:
     """Undo `patch(model)`: every module patched by fastdiff gets back exactly the forward it had before (its class's
-    forward, or its own earlier instance attribute). Returns the number of modules restored (0 if none was patched)."""
+    forward, or its own earlier instance attribute), and every patched diffusers Attention its original processor
+    object. Returns the number of modules restored (0 if none was patched)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"unpatch: model must be a torch.nn.Module, got {type(model).__name__}")
     restored = 0
     for m in model.modules():
-        if not is_patched(m):
+        if _ATTN_MARK in m.__dict__:
+            m.processor = m.__dict__.pop(_ATTN_MARK)
+            restored += 1
+        if _MARK not in m.__dict__:
             continue
         saved = m.__dict__.pop(_MARK)
         if isinstance(saved, str) and saved == _NO_FORWARD:

@@ -8,9 +8,11 @@ from torch import nn
 
 import fastdiff
 from fastdiff import ops
+from fastdiff.patch import FusedAttnProcessor
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 
 
@@ -51,6 +53,24 @@ def _n_resnets(model: nn.Module) -> int:
     return sum(isinstance(m, ResnetBlock2D) for m in model.modules())
 
 
+def _n_attn(model: nn.Module) -> int:
+    return sum(isinstance(m, Attention) for m in model.modules())
+
+
+def _sites(model: nn.Module) -> int:
+    """norm1 and norm2 of every ResnetBlock2D, conv_norm_out + conv_act, and every attention."""
+    return 2 * _n_resnets(model) + 1 + _n_attn(model)
+
+
+def _restored(model: nn.Module) -> int:
+    """Modules unpatch restores: each ResnetBlock2D, the head's norm and SiLU, each attention."""
+    return _n_resnets(model) + 2 + _n_attn(model)
+
+
+def _processors(model: nn.Module) -> dict:
+    return {name: m.processor for name, m in model.named_modules() if isinstance(m, Attention)}
+
+
 @pytest.mark.parametrize("scale_shift", [False, True], ids=["default", "scale_shift"])
 def test_diffusers_unet2d_patched_equals_unpatched(scale_shift):
     model = _unet(scale_shift)
@@ -58,25 +78,36 @@ def test_diffusers_unet2d_patched_equals_unpatched(scale_shift):
     with torch.no_grad():
         ref = model(x, t).sample
     n = fastdiff.patch(model)
-    assert n == 2 * _n_resnets(model) + 1  # norm1 and norm2 of every ResnetBlock2D, plus conv_norm_out + conv_act
+    assert _n_attn(model) == 4 and n == _sites(model)
     assert all(fastdiff.is_patched(m) for m in model.modules() if isinstance(m, ResnetBlock2D))
     with torch.no_grad():
         out = model(x, t).sample
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
-def test_patched_block_runs_adagn(monkeypatch):
-    """The patched forward really goes through fastdiff.ops.adagn (not the original GroupNorm)."""
+def test_patched_model_runs_fused_ops(monkeypatch):
+    """The patched model really goes through fastdiff.ops.adagn / qkv_attention: no nn.GroupNorm forward and no
+    scaled_dot_product_attention is left."""
     model = _unet(True)
     fastdiff.patch(model)
-    calls = []
-    real = ops.adagn
+    calls, attn_calls, proc_calls = [], [], []
+    real, real_attn, real_proc = ops.adagn, ops.qkv_attention, AttnProcessor2_0.__call__
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("act"))
         return real(*args, **kwargs)
 
+    def spy_attn(*args, **kwargs):
+        attn_calls.append(kwargs.get("legacy"))
+        return real_attn(*args, **kwargs)
+
+    def spy_proc(*args, **kwargs):
+        proc_calls.append(1)
+        return real_proc(*args, **kwargs)
+
     monkeypatch.setattr(ops, "adagn", spy)
+    monkeypatch.setattr(ops, "qkv_attention", spy_attn)
+    monkeypatch.setattr(AttnProcessor2_0, "__call__", spy_proc)
     gn_calls = []
     handles = [m.register_forward_hook(lambda *a: gn_calls.append(1))
                for m in model.modules() if isinstance(m, nn.GroupNorm) and not fastdiff.is_patched(m)]
@@ -86,10 +117,45 @@ def test_patched_block_runs_adagn(monkeypatch):
     for h in handles:
         h.remove()
     assert calls.count("silu") == 2 * _n_resnets(model) + 1
-    # Only the attention blocks' group norms (out of scope: attention processors) still run as nn.GroupNorm.
-    n_attn_norms = sum(1 for name, m in model.named_modules()
-                       if isinstance(m, nn.GroupNorm) and name.endswith("group_norm"))
-    assert len(gn_calls) == n_attn_norms
+    # the attention blocks' group norms (diffusers' mid block has none with scale_shift)
+    n_attn_norms = sum(isinstance(m, Attention) and m.group_norm is not None for m in model.modules())
+    assert 0 < n_attn_norms and calls.count("none") == n_attn_norms
+    assert attn_calls == [False] * _n_attn(model)
+    assert gn_calls == [] and proc_calls == []
+
+
+def test_attention_false_leaves_processors():
+    model = _unet(False)
+    before = _processors(model)
+    assert fastdiff.patch(model, attention=False) == 2 * _n_resnets(model) + 1
+    assert _processors(model) == before
+    assert all(type(p) is AttnProcessor2_0 for p in before.values())
+    assert fastdiff.patch(model) == _n_attn(model)  # the attentions alone, on a second call
+    assert all(type(p) is FusedAttnProcessor for p in _processors(model).values())
+    fastdiff.unpatch(model)
+    after = _processors(model)
+    assert all(after[k] is v for k, v in before.items())
+
+
+def test_attention_fallback_calls_original():
+    """Calls the fused processor does not cover (here an attention mask, cross-attention) give the original result."""
+    torch.manual_seed(0)
+    attn = Attention(32, heads=2, dim_head=16, norm_num_groups=8, residual_connection=True, bias=True,
+                     upcast_softmax=True, _from_deprecated_attn_block=True).eval()
+    _randomize_(attn)
+    x = torch.randn(2, 32, 4, 4)
+    enc = torch.randn(2, 5, 32)
+    mask = torch.zeros(2, 1, 16)
+    mask[:, :, :3] = -1e4
+    with torch.no_grad():
+        ref_plain, ref_mask, ref_cross = attn(x), attn(x, attention_mask=mask), attn(x, encoder_hidden_states=enc)
+        assert fastdiff.patch(attn) == 1
+        scale = ref_plain.abs().max().item()
+        torch.testing.assert_close(attn(x), ref_plain, rtol=0, atol=1e-5 * scale)
+        assert torch.equal(attn(x, attention_mask=mask), ref_mask)
+        assert torch.equal(attn(x, encoder_hidden_states=enc), ref_cross)
+        assert fastdiff.unpatch(attn) == 1
+        assert type(attn.processor) is AttnProcessor2_0
 
 
 @pytest.mark.parametrize("scale_shift", [False, True], ids=["default", "scale_shift"])
@@ -118,14 +184,17 @@ def test_unpatch_restores_exactly():
     model = _unet(True)
     x, t = _inputs()
     before = _forwards(model)
+    procs_before = _processors(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         ref = model(x, t).sample
     assert fastdiff.patch(model) > 0
     assert _forwards(model) != before
     assert list(model.state_dict()) == list(state)  # patching never changes keys
+    procs = _processors(model)
     restored = fastdiff.unpatch(model)
-    assert restored == _n_resnets(model) + 2  # each block, and the head's norm and SiLU
+    assert restored == _restored(model)
+    assert all(_processors(model)[k] is not p for k, p in procs.items())
     after = _forwards(model)
     assert after.keys() == before.keys()
     for name, (m, fwd) in before.items():
@@ -134,6 +203,7 @@ def test_unpatch_restores_exactly():
         assert not fastdiff.is_patched(m)
         assert "_fastdiff_patch_saved_forward" not in m.__dict__
     assert type(model.conv_act).forward is nn.SiLU.forward and "forward" not in model.conv_act.__dict__
+    assert all(_processors(model)[k] is p for k, p in procs_before.items())
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     with torch.no_grad():
@@ -152,7 +222,7 @@ def test_patch_is_idempotent():
     with torch.no_grad():
         twice = model(x, t).sample
     assert torch.equal(once, twice)
-    assert fastdiff.unpatch(model) == _n_resnets(model) + 2
+    assert fastdiff.unpatch(model) == _restored(model)
     assert not any(fastdiff.is_patched(m) for m in model.modules())
     assert fastdiff.patch(model) == n  # patchable again after unpatch
 
@@ -179,7 +249,7 @@ def test_non_silu_nonlinearity():
     with torch.no_grad():
         ref = model(x, t).sample
     assert isinstance(model.down_blocks[0].resnets[0].nonlinearity, nn.Mish)
-    assert fastdiff.patch(model) == 2 * _n_resnets(model) + 1
+    assert fastdiff.patch(model) == _sites(model)
     with torch.no_grad():
         out = model(x, t).sample
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
@@ -283,6 +353,6 @@ def test_deepcopy_of_patched_model():
     assert blocks and all(fastdiff.is_patched(m) and m.forward.__self__ is m for m in blocks)
     with torch.no_grad():
         torch.testing.assert_close(clone(x, t).sample, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
-        assert fastdiff.unpatch(clone) == _n_resnets(clone) + 2
+        assert fastdiff.unpatch(clone) == _restored(clone)
         assert torch.equal(clone(x, t).sample, ref)
     assert all(fastdiff.is_patched(m) for m in model.modules() if isinstance(m, ResnetBlock2D))
