@@ -75,16 +75,7 @@ def _forward(provider, config, info):
 def test_adagn(benchmark, request, shape, dtype_name, direction, provider):
     """Time AdaGN+SiLU for (shape, dtype, direction) with `provider`."""
     config = request.config
-    device = config.getoption("--bench-device")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--bench-device cuda but no CUDA device is visible")
-    why = fb.provider_unavailable(provider, device)
-    if why:
-        pytest.skip(f"{provider}: {why}")
-    dtype = getattr(torch, dtype_name)
-    ok, why = fb.dtype_supported(dtype, device)
-    if not ok:
-        pytest.skip(why)
+    device, dtype = fb.runnable_or_skip(config, provider, dtype_name)
     label = fb.shape_str(shape)
     generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"adagn/{label}/{dtype_name}".encode()))
     make = lambda: _inputs(shape, dtype, device, generator)

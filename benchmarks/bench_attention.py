@@ -76,17 +76,7 @@ def _provider_call(provider: str, heads: int, legacy: bool, device: str, dtype, 
 def test_attention(benchmark, request, length, dtype_name, legacy, provider):
     """Time one ADM attention forward on qkv [N, 3·H·64, T] with `provider`."""
     config = request.config
-    device = config.getoption("--bench-device")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--bench-device cuda but no CUDA device is visible")
-    if provider != "sdpa":
-        why = fb.provider_unavailable(provider, device)
-        if why:
-            pytest.skip(f"{provider}: {why}")
-    dtype = getattr(torch, dtype_name)
-    ok, why = fb.dtype_supported(dtype, device)
-    if not ok:
-        pytest.skip(why)
+    device, dtype = fb.runnable_or_skip(config, None if provider == "sdpa" else provider, dtype_name)
     n, heads = BATCH[device], HEADS[device]
     shape = (n, 3 * heads * HEAD_DIM, length)
     generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"attn/{length}/{dtype_name}".encode()))

@@ -56,16 +56,7 @@ def _compiled_call(case: fb.Case, backend: str, sample: dict, info: dict, dynami
 def test_sampler_step(benchmark, request, case, shape, dtype_name, provider):
     """Time one fused sampler step for (case, shape, dtype) with `provider`."""
     config = request.config
-    device = config.getoption("--bench-device")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--bench-device cuda but no CUDA device is visible")
-    why = fb.provider_unavailable(provider, device)
-    if why:
-        pytest.skip(f"{provider}: {why}")
-    dtype = getattr(torch, dtype_name)
-    ok, why = fb.dtype_supported(dtype, device)
-    if not ok:
-        pytest.skip(why)
+    device, dtype = fb.runnable_or_skip(config, provider, dtype_name)
     spec = fb.CASES[case]
     shape = fb.bandwidth_shape(dtype) if shape == "bw" else tuple(shape)
     label = fb.shape_str(shape)

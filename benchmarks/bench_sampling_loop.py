@@ -36,12 +36,7 @@ class LinearModel(torch.nn.Module):
 @pytest.mark.parametrize("provider", ["reference", "cpu", "cuda", "triton"])
 def test_ddim50_loop(benchmark, request, provider, eta):
     """Time sample_ddim over 50 steps at 2x4x64x64 fp32 (η = 1 draws in-kernel Philox noise per step)."""
-    device = request.config.getoption("--bench-device")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--bench-device cuda but no CUDA device is visible")
-    why = fb.provider_unavailable(provider, device)
-    if why:
-        pytest.skip(f"{provider}: {why}")
+    device, _ = fb.runnable_or_skip(request.config, provider)
     ac = np.cumprod(1.0 - get_named_beta_schedule("linear", fb.NUM_TIMESTEPS))
     model = LinearModel(SHAPE[1], torch.float32, device)
     x_t = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)).to(device)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import pytest
 import torch
 
 from fastdiff import ops
@@ -242,3 +243,22 @@ def plan_rounds(call: Callable[[], object], target_s: float, min_rounds: int, ma
     iterations = max(1, min(100, int(1e-3 / once)))  # sub-millisecond calls: amortise the timer over a batch
     rounds = int(target_s / (once * iterations))
     return max(min_rounds, min(max_rounds, rounds)), iterations
+
+
+def runnable_or_skip(config, provider: str | None, dtype_name: str | None = None):
+    """(device, dtype) of this benchmark run; skips (with the reason) when the device, the provider (None: a peer
+    checked by its own suite) or the dtype cannot run here."""
+    device = config.getoption("--bench-device")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--bench-device cuda but no CUDA device is visible")
+    if provider is not None:
+        why = provider_unavailable(provider, device)
+        if why:
+            pytest.skip(f"{provider}: {why}")
+    if dtype_name is None:
+        return device, None
+    dtype = getattr(torch, dtype_name)
+    ok, why = dtype_supported(dtype, device)
+    if not ok:
+        pytest.skip(why)
+    return device, dtype

@@ -305,6 +305,25 @@ def parse_attention_resolutions(resolutions: str, image_size: int) -> tuple:
 class _UNetTorso(nn.Module):
     """time_embed, input_blocks and middle_block shared by UNetModel and EncoderUNetModel."""
 
+    def _store_config(self, image_size, in_channels, model_channels, out_channels, num_res_blocks, rates,
+                      dropout, channel_mult, conv_resample, use_checkpoint, use_fp16, num_heads, num_head_channels,
+                      num_heads_upsample):
+        """Keep the constructor arguments as attributes, as guided-diffusion's models do (rates: downsample rates)."""
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.model_channels = model_channels
+        self.out_channels = out_channels
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = rates
+        self.dropout = dropout
+        self.channel_mult = channel_mult
+        self.conv_resample = conv_resample
+        self.use_checkpoint = use_checkpoint
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.num_heads = num_heads
+        self.num_head_channels = num_head_channels
+        self.num_heads_upsample = num_heads_upsample
+
     def _build_torso(self, in_channels, model_channels, num_res_blocks, dropout, channel_mult, conv_resample,
                      dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,
                      resblock_updown, use_new_attention_order, num_classes=None):
@@ -390,21 +409,10 @@ class UNetModel(_UNetTorso):
         rates = _check_config(model_channels, channel_mult, attention_resolutions, dims, num_res_blocks)
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = rates
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
+        self._store_config(image_size, in_channels, model_channels, out_channels, num_res_blocks, rates, dropout,
+                           channel_mult, conv_resample, use_checkpoint, use_fp16, num_heads, num_head_channels,
+                           num_heads_upsample)
         self.num_classes = num_classes
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
 
         ch, ds, input_block_chans = self._build_torso(
             in_channels, model_channels, num_res_blocks, dropout, channel_mult, conv_resample, dims,
@@ -493,20 +501,9 @@ class EncoderUNetModel(_UNetTorso):
             raise ValueError("pool='attention' needs num_head_channels (e.g. 64)")
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = rates
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
+        self._store_config(image_size, in_channels, model_channels, out_channels, num_res_blocks, rates, dropout,
+                           channel_mult, conv_resample, use_checkpoint, use_fp16, num_heads, num_head_channels,
+                           num_heads_upsample)
 
         ch, ds, _ = self._build_torso(
             in_channels, model_channels, num_res_blocks, dropout, channel_mult, conv_resample, dims,
