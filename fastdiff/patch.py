@@ -1,12 +1,13 @@
-"""Patch existing models in place so their GroupNorm (+ SiLU, + AdaGN scale/shift) runs through `fastdiff.ops.adagn`.
+"""Patch existing models in place so their GroupNorm (+ SiLU, + AdaGN scale/shift) runs through `fastdiff.ops.adagn`
+and their attention through `fastdiff.ops.qkv_attention`.
 
 `patch(model)` replaces, in place and reversibly, the forward of the modules that compute a GroupNorm (and, where
 it is followed by SiLU or by ADM's time scale/shift, those too) with one fused `fastdiff.ops.adagn` call;
 `unpatch(model)` restores the original forwards exactly. Module objects, parameters, buffers and state-dict keys
-never change: only instance-level `forward` attributes are set (and removed again), so a patched model saves,
-loads, moves between devices and deep-copies like the original.
+never change: only instance-level `forward` / `_forward` attributes and diffusers attention processors are set
+(and removed again), so a patched model saves, loads, moves between devices and deep-copies like the original.
 
-Sites (each counts once per GroupNorm whose work is now done by `adagn`):
+Sites (one per GroupNorm whose work `adagn` now does, one per attention module):
 
 - diffusers `ResnetBlock2D` (`UNet2DModel`, and any model built from these blocks): the block's forward becomes
   a copy of diffusers' `ResnetBlock2D.forward` in which norm1 → nonlinearity and norm2 (→ time scale/shift when
@@ -19,9 +20,17 @@ Sites (each counts once per GroupNorm whose work is now done by `adagn`):
   on the packed [N, 3·H·C, T] layout (new head order, scale 1/√C like SDPA's default) and the block's group norm
   through `adagn`; calls it does not cover (cross-attention, attention masks, spatial norm, q/k norms, the
   deprecated `scale` argument) go to the original processor unchanged: 1 site each (`attention=False` skips them).
-- guided-diffusion / improved-diffusion `GroupNorm32` modules (any `nn.GroupNorm` subclass named GroupNorm32 that
-  is not fastdiff's own): forward `adagn(x.float(), ..., act="none").type(x.dtype)`, the same computation as
-  their `super().forward(x.float()).type(x.dtype)`: 1 site each.
+- guided-diffusion / improved-diffusion `ResBlock`s (in_layers = [GroupNorm32, SiLU, conv], out_layers =
+  [GroupNorm32, SiLU, Dropout, conv]): the instance `_forward` (which their gradient-checkpointed `forward` calls)
+  becomes guided-diffusion's `ResBlock._forward` with GN → SiLU and GN → (1 + scale, shift) → SiLU each one `adagn`
+  call: 2 sites per block.
+- The GroupNorm32 → SiLU pairs of a guided-diffusion `out` head (`UNetModel.out`, the encoder's heads): as for
+  diffusers' head: 1 site.
+- guided-diffusion / improved-diffusion `QKVAttentionLegacy` / `QKVAttention` (by class name, parameter-free):
+  forward `fastdiff.ops.qkv_attention(qkv, n_heads, legacy)`: 1 site each (`attention=False` skips them).
+- Any other guided-diffusion / improved-diffusion `GroupNorm32` (any `nn.GroupNorm` subclass named GroupNorm32
+  that is not fastdiff's own; e.g. AttentionBlock.norm): forward `adagn(x.float(), ..., act="none").type(x.dtype)`,
+  the same computation as their `super().forward(x.float()).type(x.dtype)`: 1 site each.
 
 fastdiff's own models (`fastdiff.models`) already call the fused ops, so patching them replaces nothing and returns
 0. Numerics: fp32 outputs equal the original within the rounding of a different reduction order (~1e-6 relative);
@@ -42,8 +51,8 @@ from fastdiff import ops
 
 __all__ = ["FusedAttnProcessor", "is_patched", "patch", "unpatch"]
 
-#: Name of the instance attribute that marks a patched module; it holds the module's own `forward` attribute from
-#: before patching (or `_NO_FORWARD` when it had none, i.e. it used its class's forward).
+#: Name of the instance attribute that marks a patched module; it holds (method name, the module's own attribute of
+#: that name from before patching, or `_NO_FORWARD` when it had none, i.e. it used its class's method).
 _MARK = "_fastdiff_patch_saved_forward"
 _NO_FORWARD = "<class forward>"
 #: Instance attribute of a diffusers Attention whose processor fastdiff replaced; it holds the original processor.
@@ -252,13 +261,22 @@ def _fusable_attention(m, classes) -> bool:
 # ----------------------------------------------------------------------------------------------- guided-diffusion
 
 
-def _is_foreign_groupnorm32(m) -> bool:
-    """True for guided-diffusion / improved-diffusion's GroupNorm32 (by class name), not fastdiff's own, which
-    already runs the fused op."""
+def _foreign(m, *names: str) -> bool:
+    """True when m's class is named one of `names` and is not fastdiff's own (which already runs the fused ops)."""
     cls = type(m)
-    return (isinstance(m, nn.GroupNorm) and cls.__name__ == "GroupNorm32"
-            and not cls.__module__.startswith("fastdiff.") and m.affine
+    return cls.__name__ in names and not cls.__module__.startswith("fastdiff.")
+
+
+def _is_foreign_groupnorm32(m) -> bool:
+    """True for guided-diffusion / improved-diffusion's affine GroupNorm32 (by class name)."""
+    return (isinstance(m, nn.GroupNorm) and _foreign(m, "GroupNorm32") and m.affine
             and m.weight is not None and m.bias is not None)
+
+
+def _is_gd_silu(m) -> bool:
+    """A plain nn.SiLU, or improved-diffusion's `SiLU` module (x · sigmoid(x), for PyTorch < 1.7)."""
+    return _is_silu(m) or (_foreign(m, "SiLU") and type(m).__module__.split(".")[0] in ("guided_diffusion",
+                                                                                        "improved_diffusion"))
 
 
 def _groupnorm32_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,14 +284,63 @@ def _groupnorm32_forward(self, x: torch.Tensor) -> torch.Tensor:
     return _norm_act(self, x.float(), "none").type(x.dtype)
 
 
+def _groupnorm32_silu_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm32 then SiLU (the SiLU module after it is made the identity) in one `adagn` call."""
+    return _norm_act(self, x.float(), "silu").type(x.dtype)
+
+
+def _fusable_gd_resblock(m) -> bool:
+    """A guided-diffusion / improved-diffusion `ResBlock`: in_layers = [GroupNorm32, SiLU, conv], out_layers =
+    [GroupNorm32, SiLU, Dropout, conv], and a `_forward(x, emb)` that its `forward` (gradient checkpointing) calls."""
+    if not _foreign(m, "ResBlock") or "_forward" in m.__dict__:
+        return False
+    ins, outs = getattr(m, "in_layers", None), getattr(m, "out_layers", None)
+    return (isinstance(ins, nn.Sequential) and len(ins) == 3 and isinstance(outs, nn.Sequential) and len(outs) >= 3
+            and all(_is_foreign_groupnorm32(s[0]) and _is_gd_silu(s[1]) for s in (ins, outs))
+            and hasattr(m, "emb_layers") and hasattr(m, "skip_connection") and hasattr(m, "use_scale_shift_norm"))
+
+
+def _gd_resblock_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """guided-diffusion's `ResBlock._forward` (ADM §3, AdaGN): h = conv(SiLU(GN(x))) (BigGAN up/down between the
+    SiLU and the conv when `updown`), then SiLU(GN(h) · (1 + scale) + shift) with (scale, shift) = emb_layers(emb)
+    (or SiLU(GN(h + emb_layers(emb))) without scale-shift norm), dropout, conv, plus the skip connection; each
+    GN → (scale-shift) → SiLU is one `adagn` call. x: [N, C, *spatial]; emb: [N, E]."""
+    in_norm, in_conv = self.in_layers[0], self.in_layers[-1]
+    h = _norm_act(in_norm, x, "silu").type(x.dtype)
+    if getattr(self, "updown", False):
+        h = self.h_upd(h)
+        x = self.x_upd(x)
+    h = in_conv(h)
+    emb_out = self.emb_layers(emb).type(h.dtype)
+    out_norm, out_rest = self.out_layers[0], self.out_layers[2:]
+    if self.use_scale_shift_norm:
+        scale, shift = torch.chunk(emb_out, 2, dim=1)
+        h = _norm_act(out_norm, h, "silu", scale=scale, shift=shift).type(h.dtype)
+    else:
+        h = _norm_act(out_norm, h + emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - 2))), "silu").type(h.dtype)
+    return self.skip_connection(x) + out_rest(h)
+
+
+def _qkv_attention_forward(self, qkv: torch.Tensor) -> torch.Tensor:
+    """guided-diffusion's `QKVAttentionLegacy` / `QKVAttention` forward: qkv [N, 3·H·C, T] → [N, H·C, T] through
+    `fastdiff.ops.qkv_attention` (same 1/√C scaling, softmax in fp32). improved-diffusion's QKVAttention has no
+    `n_heads` (its caller folds heads into the batch): one head, where both head orders coincide."""
+    return ops.qkv_attention(qkv, getattr(self, "n_heads", 1), legacy=type(self).__name__ == "QKVAttentionLegacy")
+
+
+def _is_foreign_qkv_attention(m) -> bool:
+    """guided-diffusion / improved-diffusion's parameter-free QKVAttention(Legacy) module (by class name)."""
+    return (_foreign(m, "QKVAttention", "QKVAttentionLegacy") and "forward" not in m.__dict__
+            and next(m.parameters(), None) is None)
+
+
 # ----------------------------------------------------------------------------------------------- patch / unpatch
 
 
-def _set_forward(module: nn.Module, fn) -> None:
-    """Give `module` the instance forward `fn`, remembering what it had so `unpatch` can restore it."""
-    saved = module.__dict__.get("forward", _NO_FORWARD)
-    module.__dict__[_MARK] = saved
-    module.__dict__["forward"] = types.MethodType(fn, module)
+def _set_method(module: nn.Module, fn, name: str = "forward") -> None:
+    """Give `module` the instance method `name` = `fn`, remembering what it had so `unpatch` can restore it."""
+    module.__dict__[_MARK] = (name, module.__dict__.get(name, _NO_FORWARD))
+    module.__dict__[name] = types.MethodType(fn, module)
 
 
 def is_patched(module: nn.Module) -> bool:
@@ -282,17 +349,27 @@ def is_patched(module: nn.Module) -> bool:
     return _MARK in module.__dict__ or _ATTN_MARK in module.__dict__
 
 
+def _norm_then_silu(norm, act, uses: Counter) -> bool:
+    """True when `norm` (a GroupNorm) and the SiLU `act` after it can be fused: neither patched nor carrying its own
+    forward, and each used exactly once in the model (a shared SiLU cannot become the identity)."""
+    return (not is_patched(norm) and not is_patched(act) and "forward" not in norm.__dict__
+            and "forward" not in act.__dict__ and uses[id(norm)] == 1 and uses[id(act)] == 1)
+
+
 def patch(model: nn.Module, attention: bool = True) -> int:
-    """Swap, in place, the GroupNorm (+ SiLU, + time scale/shift) of `model` for fused `fastdiff.ops.adagn` calls.
+    """Swap, in place, the GroupNorm (+ SiLU, + time scale/shift) and attention of `model` for fused
+    `fastdiff.ops.adagn` / `fastdiff.ops.qkv_attention` calls.
 
     Handles diffusers `ResnetBlock2D` blocks (norm1 → act and norm2 → scale/shift → act), a `conv_norm_out` GroupNorm
-    followed by a `conv_act` SiLU (diffusers' `UNet2DModel` head) and guided-diffusion / improved-diffusion
-    `GroupNorm32` modules, and (unless `attention=False`) diffusers `Attention` modules on the default
-    `AttnProcessor2_0`; see the module docstring. Outputs equal the original within fp32 rounding. Idempotent:
-    sites already patched are left alone. Reversed exactly by `unpatch(model)`.
+    followed by a `conv_act` SiLU (diffusers' `UNet2DModel` head), diffusers `Attention` modules on the default
+    `AttnProcessor2_0`; guided-diffusion / improved-diffusion `ResBlock`s (both GN → (scale-shift) → SiLU),
+    the GroupNorm32 → SiLU pairs of their `out` heads, their other `GroupNorm32` modules and their
+    `QKVAttention(Legacy)` modules. See the module docstring. `attention=False` leaves attention alone. Outputs
+    equal the original within fp32 rounding. Idempotent: sites already patched are left alone. Reversed exactly by
+    `unpatch(model)`.
 
-    Returns the number of sites newly replaced (GroupNorms, plus one per attention; 0 when there is nothing to
-    patch, e.g. fastdiff's own models, or when `model` is already patched).
+    Returns the number of sites newly replaced (one per GroupNorm whose work `adagn` now does, one per attention;
+    0 when there is nothing to patch, e.g. fastdiff's own models, or when `model` is already patched).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -300,35 +377,52 @@ def patch(model: nn.Module, attention: bool = True) -> int:
     attention_classes = _diffusers_attention() if attention else None
     # How many times each module object occurs in the tree: a shared SiLU cannot become the identity.
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    covered = set()  # GroupNorm32s whose work a patched block or head now does: not patched (or counted) again
     count = 0
     for m in list(model.modules()):
-        if is_patched(m):
+        if is_patched(m) or id(m) in covered:
+            if m.__dict__.get(_MARK, ("",))[0] == "_forward":  # a ResBlock patched before: its norms stay as they are
+                covered.update((id(m.in_layers[0]), id(m.out_layers[0])))
             continue
         if (resnet_cls is not None and type(m) is resnet_cls and "forward" not in m.__dict__
                 and _fusable_norm(m.norm1) and _fusable_norm(m.norm2)):
-            _set_forward(m, _resnet_block_2d_forward)
+            _set_method(m, _resnet_block_2d_forward)
+            count += 2
+        elif _fusable_gd_resblock(m) and not any(is_patched(s[0]) for s in (m.in_layers, m.out_layers)):
+            _set_method(m, _gd_resblock_forward, "_forward")
+            covered.update((id(m.in_layers[0]), id(m.out_layers[0])))
             count += 2
         elif attention_classes is not None and _fusable_attention(m, attention_classes):
             m.__dict__[_ATTN_MARK] = m.processor
             m.processor = FusedAttnProcessor(m.processor)
             count += 1
+        elif attention and _is_foreign_qkv_attention(m):
+            _set_method(m, _qkv_attention_forward)
+            count += 1
         elif _is_foreign_groupnorm32(m) and "forward" not in m.__dict__:
-            _set_forward(m, _groupnorm32_forward)
+            _set_method(m, _groupnorm32_forward)
             count += 1
         norm, act = getattr(m, "conv_norm_out", None), getattr(m, "conv_act", None)
-        if (isinstance(norm, nn.Module) and isinstance(act, nn.Module) and _fusable_norm(norm)
-                and not is_patched(norm) and "forward" not in norm.__dict__ and _is_silu(act)
-                and "forward" not in act.__dict__ and uses[id(norm)] == 1 and uses[id(act)] == 1):
-            _set_forward(norm, _norm_silu_forward)
-            _set_forward(act, _identity_forward)
+        if (isinstance(norm, nn.Module) and isinstance(act, nn.Module) and _fusable_norm(norm) and _is_silu(act)
+                and _norm_then_silu(norm, act, uses)):
+            _set_method(norm, _norm_silu_forward)
+            _set_method(act, _identity_forward)
             count += 1
+        head = getattr(m, "out", None)  # guided-diffusion heads: out = Sequential(..., GroupNorm32, SiLU, ...)
+        if isinstance(head, nn.Sequential):
+            for norm, act in zip(head[:-1], head[1:]):
+                if _is_foreign_groupnorm32(norm) and _is_gd_silu(act) and _norm_then_silu(norm, act, uses):
+                    _set_method(norm, _groupnorm32_silu_forward)
+                    _set_method(act, _identity_forward)
+                    covered.add(id(norm))
+                    count += 1
     return count
 
 
 def unpatch(model: nn.Module) -> int:
-    """Undo `patch(model)`: every module patched by fastdiff gets back exactly the forward it had before (its class's
-    forward, or its own earlier instance attribute), and every patched diffusers Attention its original processor
-    object. Returns the number of modules restored (0 if none was patched)."""
+    """Undo `patch(model)`: every module patched by fastdiff gets back exactly the method it had before (its class's,
+    or its own earlier instance attribute), and every patched diffusers Attention its original processor object.
+    Returns the number of modules restored (0 if none was patched)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"unpatch: model must be a torch.nn.Module, got {type(model).__name__}")
     restored = 0
@@ -338,10 +432,10 @@ def unpatch(model: nn.Module) -> int:
             restored += 1
         if _MARK not in m.__dict__:
             continue
-        saved = m.__dict__.pop(_MARK)
+        name, saved = m.__dict__.pop(_MARK)
         if isinstance(saved, str) and saved == _NO_FORWARD:
-            m.__dict__.pop("forward", None)
+            m.__dict__.pop(name, None)
         else:
-            m.__dict__["forward"] = saved
+            m.__dict__[name] = saved
         restored += 1
     return restored
