@@ -86,8 +86,8 @@ def test_attention(benchmark, request, length, dtype_name, legacy, provider):
 
     benchmark.group = f"attention | T{length} | {dtype_name} | {'legacy' if legacy else 'new'} order"
     info = benchmark.extra_info
-    info.update(suite="attention", provider=provider, case="qkv_attention", shape=fb.shape_str(shape),
-                dtype=dtype_name, device=device, legacy=legacy, heads=heads, head_dim=HEAD_DIM, flops=flops)
+    info.update(suite="attention", provider=provider, case=f"qkv_attention_{'legacy' if legacy else 'new'}",
+                shape=fb.shape_str(shape), dtype=dtype_name, device=device, legacy=legacy, heads=heads, head_dim=HEAD_DIM, flops=flops)
     fn = _provider_call(provider, heads, legacy, device, dtype, sample, info, config)
     try:
         fn(sample)

@@ -25,9 +25,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import this fastdiff, installed or not
-SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py")
-PROVIDERS = ("reference", "compile", "cpu", "cuda", "triton")
-FUSED = ("cpu", "cuda", "triton")
+SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_adagn.py", "bench_attention.py",
+          "bench_unet.py")
+#: Baselines (reference eager, its torch.compile, torch SDPA for attention) and fastdiff's fused providers
+#: (one backend, or `auto`: the fastest backend per op, used for whole models).
+PROVIDERS = ("reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto")
+FUSED = ("cpu", "cuda", "triton", "auto")
 
 PROBE = """
 import importlib, torch
@@ -125,11 +128,17 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def _natural(text: str) -> list:
+    """Sort key: '8x3x128x128' after '2x4x64x64', 'adm32-b4' before 'adm64-b1'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def build_table(data: dict) -> tuple[str, float | None]:
-    """Markdown rows per case/shape/dtype (each provider's median, fused speedups vs reference and compile) and
-    the measured copy bandwidth in B/s (None without a copy benchmark)."""
-    rows = defaultdict(dict)
-    extras = defaultdict(dict)
+    """One Markdown table per suite: a row per case/shape/dtype with each provider's median, the fused providers'
+    speedups vs reference, compile and (attention) SDPA, their % of copy bandwidth (where the row records the
+    bytes it must move) or TFLOP/s (where it records its flops). Returns (tables, copy bandwidth in B/s or None)."""
+    rows = defaultdict(lambda: defaultdict(dict))  # suite -> (case, shape, dtype) -> provider -> median s
+    work = {}  # (suite, case, shape, dtype) -> ("bytes" | "flops", amount)
     copy_bw = None
     for bench in data.get("benchmarks", []):
         ex = bench.get("extra_info", {})
@@ -138,30 +147,40 @@ def build_table(data: dict) -> tuple[str, float | None]:
             continue
         if "provider" not in ex:
             continue
-        key = (ex["suite"], ex["case"], ex["shape"], ex["dtype"])
-        rows[key][ex["provider"]] = median_s(bench)
-        extras[key]["bytes"] = ex.get("bytes_moved")
-        if ex["provider"] == "compile":
-            extras[key]["compile_backend"] = ex.get("compile_backend")
-    present = [p for p in PROVIDERS if any(p in r for r in rows.values())]
-    fused = [p for p in FUSED if p in present]
-    head = ["case", "shape", "dtype"] + [f"{p} (median)" for p in present]
-    head += [f"{p} vs ref" for p in fused] + [f"{p} vs compile" for p in fused if "compile" in present]
-    if copy_bw:
-        head += [f"{p} % copy BW" for p in fused]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = {"step": 0, "loop": 1}
-    for key in sorted(rows, key=lambda k: (order.get(k[0], 9), k[1], [int(v) for v in k[2].split("x")], k[3])):
-        r = rows[key]
-        cells = [key[1], key[2], key[3]] + [_fmt_time(r.get(p)) for p in present]
-        ratio = lambda a, b: f"{r[b] / r[a]:.1f}x" if a in r and b in r else "—"  # noqa: E731
-        cells += [ratio(p, "reference") for p in fused]
-        cells += [ratio(p, "compile") for p in fused if "compile" in present]
-        if copy_bw:
-            nbytes = extras[key].get("bytes")
-            cells += [f"{100 * nbytes / r[p] / copy_bw:.0f}%" if nbytes and p in r else "—" for p in fused]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines), copy_bw
+        key = (ex["case"], ex["shape"], ex["dtype"])
+        rows[ex["suite"]][key][ex["provider"]] = median_s(bench)
+        if ex.get("flops"):
+            work[(ex["suite"], *key)] = ("flops", ex["flops"])
+        elif ex.get("bytes_moved"):
+            work[(ex["suite"], *key)] = ("bytes", ex["bytes_moved"])
+    order = {"step": 0, "loop": 1, "adagn": 2, "attention": 3, "unet": 4}
+    tables = []
+    for suite in sorted(rows, key=lambda name: (order.get(name, 9), name)):
+        suite_rows = rows[suite]
+        present = [p for p in PROVIDERS if any(p in r for r in suite_rows.values())]
+        fused = [p for p in FUSED if p in present]
+        baselines = [b for b in ("reference", "compile", "sdpa") if b in present]
+        kinds = {work[(suite, *k)][0] for k in suite_rows if (suite, *k) in work}
+        head = ["case", "shape", "dtype"] + [f"{p} (median)" for p in present]
+        head += [f"{p} vs {b}" for b in baselines for p in fused]
+        if "bytes" in kinds and copy_bw:
+            head += [f"{p} % copy BW" for p in fused]
+        if "flops" in kinds:
+            head += [f"{p} TFLOP/s" for p in present]
+        lines = [f"### {suite}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key in sorted(suite_rows, key=lambda k: (k[0], _natural(k[1]), k[2])):
+            r = suite_rows[key]
+            kind, amount = work.get((suite, *key), (None, None))
+            cells = list(key) + [_fmt_time(r.get(p)) for p in present]
+            cells += [f"{r[b] / r[p]:.2f}x" if p in r and b in r else "—" for b in baselines for p in fused]
+            if "bytes" in kinds and copy_bw:
+                cells += [f"{100 * amount / r[p] / copy_bw:.0f}%" if kind == "bytes" and p in r else "—"
+                          for p in fused]
+            if "flops" in kinds:
+                cells += [f"{amount / r[p] / 1e12:.2f}" if kind == "flops" and p in r else "—" for p in present]
+            lines.append("| " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables), copy_bw
 
 
 def report(data: dict, info: dict, gpu: bool) -> str:
@@ -181,8 +200,11 @@ def report(data: dict, info: dict, gpu: bool) -> str:
                 f"CUDA {info['cuda_runtime']}")
     notes = (f"compile = torch.compile(reference, backend={info['compile_backend']!r}, fullgraph=True) "
              f"({info['compile_backend_reason']}). Speedups: fused provider's median vs reference eager and vs "
-             "compile, same run. ddim_cfg_noise = DDIM η=1 + CFG s=3 + in-kernel Philox noise; ddim = η=0; "
-             "ddpm_learned_range = Improved-DDPM step, 2C-channel output; ddim50_loop = sample_ddim, 50 steps.")
+             "compile (and SDPA), same run. ddim_cfg_noise = DDIM η=1 + CFG s=3 + in-kernel Philox noise; "
+             "ddim = η=0; ddpm_learned_range = Improved-DDPM step, 2C-channel output; ddim50_loop = sample_ddim, "
+             "50 steps; adagn = GroupNorm(32) + scale/shift + SiLU; qkv_attention = ADM attention, head dim 64 "
+             "(reference = guided-diffusion's einsum); unet = ADM UNet (benchmarks/bench_unet.py), auto = fused "
+             "backends.")
     return "\n".join([f"# fastdiff benchmarks — {info['date']}", "", f"Device: {device}", "",
                       f"Versions: {versions}; fastdiff {info.get('fastdiff_commit')}", "", f"Timing: {timing}",
                       "", notes, "", table, ""])

@@ -5,7 +5,7 @@ missing: `fastdiff.ops.available_backends()` says what this install has and why
 the rest is missing.
 """
 from fastdiff import ops
-from fastdiff.patch import is_patched, patch, unpatch  # noqa: F401  (fastdiff.patch(model) / unpatch)
+from fastdiff.adapters import is_patched, patch, unpatch  # fastdiff.patch(model) / fastdiff.unpatch(model)
 
 __version__ = "0.1.0"
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "patch", "unpatch", "is_patched", "__version__"]

@@ -137,14 +137,27 @@ def setup_context(ctx, inputs, output):
     ctx.num_groups, ctx.silu = num_groups, silu
 
 
+def _triton_backward():
+    return importlib.import_module("fastdiff.triton_kernels.adagn").adagn_backward
+
+
 def _backward_fn(device: torch.device):
     """The backward kernel for `device`: C++ on CPU; on CUDA the Triton kernels where Triton runs, else the plain
     PyTorch formula."""
     if device.type == "cpu":
         return torch.ops.fastdiff.adagn_backward
     if _backend.available_backends()["triton"].available:
-        return importlib.import_module("fastdiff.triton_kernels.adagn").adagn_backward
+        return _triton_backward()
     return backward_reference
+
+
+def _input_grads(ctx, backward_fn, grad_out):
+    """The autograd answer for (x, weight, bias, scale, shift, num_groups, eps, silu) from `backward_fn`."""
+    x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+    grads = backward_fn(grad_out, x, weight, bias, scale, shift, mean, rstd, ctx.num_groups, ctx.silu)
+    present = (True, True, True, scale is not None, shift is not None)
+    return tuple(g if need and ok else None
+                 for g, need, ok in zip(grads, ctx.needs_input_grad, present)) + (None, None, None)
 
 
 class _TritonAdaGN(torch.autograd.Function):
@@ -158,20 +171,11 @@ class _TritonAdaGN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
-        grads = importlib.import_module("fastdiff.triton_kernels.adagn").adagn_backward(grad_out, x, weight, bias, scale, shift, mean, rstd, ctx.num_groups, ctx.silu)
-        needs = ctx.needs_input_grad
-        present = (True, True, True, scale is not None, shift is not None)
-        return tuple(g if need and ok else None for g, need, ok in zip(grads, needs, present)) + (None, None, None)
+        return _input_grads(ctx, _triton_backward(), grad_out)
 
 
 def backward(ctx, grad_out, _grad_mean, _grad_rstd):
-    x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
-    grads = _backward_fn(x.device)(grad_out.contiguous(), x, weight, bias, scale, shift, mean, rstd,
-                                   ctx.num_groups, ctx.silu)
-    needs = ctx.needs_input_grad
-    present = (True, True, True, scale is not None, shift is not None)
-    return tuple(g if need and ok else None for g, need, ok in zip(grads, needs, present)) + (None, None, None)
+    return _input_grads(ctx, _backward_fn(ctx.saved_tensors[0].device), grad_out.contiguous())
 
 
 def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float = 1e-5,

@@ -8,7 +8,7 @@ from torch import nn
 
 import fastdiff
 from fastdiff import ops
-from fastdiff.patch import FusedAttnProcessor
+from fastdiff.adapters import FusedAttnProcessor
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import UNet2DModel
