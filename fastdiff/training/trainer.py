@@ -1,0 +1,498 @@
+"""The training loop: AdamW, EMA, AMP with dynamic loss scaling, gradient clipping, lr warmup, crash-safe
+checkpoints with exact resume, JSONL logs, and data parallelism over torch.distributed (guided-diffusion's
+TrainLoop, reorganised around a dataclass config).
+
+Determinism: every random quantity of a step is drawn for the GLOBAL batch from one torch.Generator (data order
+from a per-epoch seeded permutation, t / ε / label dropout from the objective's draw), and each rank takes its slice,
+so a run does not depend on the world size; checkpoints hold every RNG state and the data position, so a resumed
+CPU fp32 run continues bit-identically.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fastdiff.training import checkpoint as ckpt
+from fastdiff.training import distributed as D
+from fastdiff.training.objectives import DiffusionObjective
+
+logger = logging.getLogger(__name__)
+
+AMP_MODES = ("none", "bf16", "fp16")
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDivergedError(RuntimeError):
+    """max_skipped_steps steps in a row had non-finite gradients."""
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"TrainConfig.{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
+
+
+def _check_float(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"TrainConfig.{name} must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"TrainConfig.{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run.
+
+    batch_size is the GLOBAL batch (split evenly over ranks); ema_rates: one EMA copy per rate; warmup_steps: lr
+    grows linearly from lr/warmup_steps to lr over the first warmup_steps steps; grad_clip: max global grad norm or
+    None; amp: "none" (fp32), "bf16" (autocast) or "fp16" (autocast + dynamic loss scaling from
+    initial_loss_scale, halved on a non-finite step, doubled after loss_scale_growth_interval good steps);
+    max_skipped_steps: K, abort after K non-finite steps in a row; save_interval / log_interval in steps;
+    keep_checkpoints: how many checkpoints to keep on disk.
+    """
+
+    total_steps: int
+    batch_size: int
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    ema_rates: tuple[float, ...] = (0.9999,)
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    amp: str = "none"
+    initial_loss_scale: float = 2.0 ** 16
+    loss_scale_growth_interval: int = 2000
+    max_skipped_steps: int = 10
+    save_interval: int = 10_000
+    log_interval: int = 100
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_int("total_steps", self.total_steps, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("lr", self.lr, 0.0, low_open=True)
+        _check_float("weight_decay", self.weight_decay, 0.0)
+        if not isinstance(self.adam_betas, (tuple, list)) or len(self.adam_betas) != 2:
+            raise ValueError(f"TrainConfig.adam_betas must be a pair (beta1, beta2), got {self.adam_betas!r}")
+        self.adam_betas = tuple(self.adam_betas)
+        for i, b in enumerate(self.adam_betas):
+            _check_float(f"adam_betas[{i}]", b, 0.0, 1.0, high_open=True)
+        _check_float("adam_eps", self.adam_eps, 0.0, low_open=True)
+        if not isinstance(self.ema_rates, (tuple, list)):
+            raise TypeError(f"TrainConfig.ema_rates must be a tuple of floats, got {self.ema_rates!r}")
+        self.ema_rates = tuple(float(r) if isinstance(r, int) and not isinstance(r, bool) else r
+                               for r in self.ema_rates)
+        for i, r in enumerate(self.ema_rates):
+            _check_float(f"ema_rates[{i}]", r, 0.0, 1.0, high_open=True)
+        if len(set(self.ema_rates)) != len(self.ema_rates):
+            raise ValueError(f"TrainConfig.ema_rates must be distinct, got {self.ema_rates}")
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.grad_clip is not None:
+            _check_float("grad_clip", self.grad_clip, 0.0, low_open=True)
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"TrainConfig.amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        _check_float("initial_loss_scale", self.initial_loss_scale, 0.0, low_open=True)
+        _check_int("loss_scale_growth_interval", self.loss_scale_growth_interval, 1)
+        _check_int("max_skipped_steps", self.max_skipped_steps, 1)
+        _check_int("save_interval", self.save_interval, 1)
+        _check_int("log_interval", self.log_interval, 1)
+        _check_int("keep_checkpoints", self.keep_checkpoints, 1)
+        _check_int("seed", self.seed, 0)
+
+
+# ---------------------------------------------------------------------------------------------------- RNG states
+
+def _capture_rng(generator: torch.Generator) -> dict:
+    """Every RNG a step can touch, as weights_only-loadable values."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+        "generator": generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict, generator: torch.Generator) -> None:
+    """Inverse of _capture_rng."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Trains `model` on `dataset` with `objective` under `config`, writing log.jsonl and checkpoints/ in out_dir.
+
+    model: an nn.Module (e.g. fastdiff.models.UNetModel); objective: DiffusionObjective; dataset: any object with
+    `.x` [N, ...] float tensor and `.y` int64 [N] or None (fastdiff.data.ArrayDataset); device: default cuda:
+    LOCAL_RANK or CPU; run_config: JSON-serialisable dict stored in every checkpoint (e.g. the CLI's model and
+    diffusion settings). Under torchrun call `distributed.init_distributed()` first; gradients are averaged over
+    ranks with one all_reduce per step and rank 0 alone writes files.
+    """
+
+    def __init__(self, model: torch.nn.Module, objective: DiffusionObjective, dataset, config: TrainConfig,
+                 out_dir, device=None, run_config: dict | None = None):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(objective, DiffusionObjective):
+            raise TypeError(f"objective must be a DiffusionObjective, got {type(objective).__name__}")
+        self.config = config
+        self.objective = objective
+        self.rank, self.world_size = D.get_rank(), D.get_world_size()
+        self._check_dataset(dataset)
+        self.dataset = dataset
+        if config.batch_size % self.world_size:
+            raise ValueError(f"TrainConfig.batch_size={config.batch_size} must be divisible by the world size "
+                             f"{self.world_size}")
+        self.local_batch_size = config.batch_size // self.world_size
+        if run_config is not None:
+            try:
+                json.dumps(run_config)
+            except TypeError as e:
+                raise TypeError(f"run_config must be JSON-serialisable: {e}") from e
+        self.run_config = run_config
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.device = torch.device(device) if device is not None else D.default_device()
+        self.model = model.to(self.device)
+        D.broadcast_parameters(self.model)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError("model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self._params, lr=config.lr, betas=config.adam_betas,
+                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.ema = {rate: [p.detach().clone() for p in self._params] for rate in config.ema_rates}
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.step = 0
+        self.epoch, self.data_index = 0, 0
+        self.loss_scale = float(config.initial_loss_scale) if config.amp == "fp16" else 1.0
+        self._good_steps = 0
+        self.skipped_in_a_row, self.skipped_total = 0, 0
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
+        self._bad_checkpoints: list[Path] = []
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_dataset(self, dataset) -> None:
+        x, y = getattr(dataset, "x", None), getattr(dataset, "y", "missing")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise TypeError(f"dataset.x must be a tensor [N, ...], got {type(x).__name__}"
+                            + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else ""))
+        if not x.is_floating_point():
+            raise TypeError(f"dataset.x must be floating point, got {x.dtype}")
+        if isinstance(y, str):
+            raise TypeError("dataset must have a .y attribute (int64 [N] labels or None)")
+        if y is not None and (not isinstance(y, torch.Tensor) or y.dtype != torch.int64
+                              or tuple(y.shape) != (x.shape[0],)):
+            raise ValueError(f"dataset.y must be int64 [{x.shape[0]}] or None, got "
+                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+        if self.objective.num_classes is not None and y is None:
+            raise ValueError(f"the objective is class-conditional (num_classes={self.objective.num_classes}) but "
+                             "dataset.y is None")
+        if self.config.batch_size > x.shape[0]:
+            raise ValueError(f"TrainConfig.batch_size={self.config.batch_size} is larger than the data set "
+                             f"({x.shape[0]} samples)")
+
+    # ------------------------------------------------------------------ data
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """The sample order of `epoch`: randperm(N) seeded by (seed, epoch), identical on every rank."""
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._perm_cache = (epoch, torch.randperm(self.dataset.x.shape[0], generator=g))
+        return self._perm_cache[1]
+
+    def next_batch(self):
+        """This rank's slice of the next global batch: (x [B/W, ...], y [B/W] or None) on the device. An epoch's
+        tail smaller than the batch is dropped; the position (epoch, data_index) advances."""
+        B, n = self.config.batch_size, self.dataset.x.shape[0]
+        if self.data_index + B > n:
+            self.epoch, self.data_index = self.epoch + 1, 0
+        idx = self._permutation(self.epoch)[self.data_index:self.data_index + B]
+        self.data_index += B
+        idx = idx[self.rank * self.local_batch_size:(self.rank + 1) * self.local_batch_size]
+        x = self.dataset.x[idx].to(self.device, non_blocking=True)
+        y = None
+        if self.objective.num_classes is not None:
+            y = self.dataset.y[idx].to(self.device, non_blocking=True)
+        return x, y
+
+    # ------------------------------------------------------------------ one step
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup: lr · min(1, (step + 1)/warmup_steps) for 0-based `step`."""
+        if self.config.warmup_steps == 0:
+            return self.config.lr
+        return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
+
+    def _autocast(self):
+        if self.config.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _reduce_grads(self) -> list[torch.Tensor]:
+        """Gradients averaged over ranks and divided by the loss scale (None -> zeros, on every world size)."""
+        grads = []
+        for p in self._params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        D.all_reduce_mean_(grads)
+        if self.loss_scale != 1.0:
+            torch._foreach_mul_(grads, 1.0 / self.loss_scale)
+        return grads
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """θ_ema ← rate · θ_ema + (1 − rate) · θ for every rate."""
+        for rate, ema in self.ema.items():
+            torch._foreach_mul_(ema, rate)
+            torch._foreach_add_(ema, [p.detach() for p in self._params], alpha=1.0 - rate)
+
+    def _on_nonfinite(self, grad_norm: float) -> None:
+        """Skip bookkeeping: count, back off the fp16 loss scale, abort after max_skipped_steps in a row."""
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+        old_scale = self.loss_scale
+        if self.config.amp == "fp16":
+            self.loss_scale *= 0.5
+        self._good_steps = 0
+        logger.warning("step %d: non-finite gradient (norm %s); step skipped (%d in a row), loss scale %g -> %g",
+                       self.step, grad_norm, self.skipped_in_a_row, old_scale, self.loss_scale)
+        if self.skipped_in_a_row >= self.config.max_skipped_steps:
+            raise TrainingDivergedError(
+                f"{self.skipped_in_a_row} steps in a row (TrainConfig.max_skipped_steps="
+                f"{self.config.max_skipped_steps}) had non-finite gradients, up to step {self.step}; loss scale "
+                f"{self.loss_scale:g}, amp={self.config.amp!r}. Lower lr, enable grad_clip or use amp='bf16'/'none'.")
+
+    def train_step(self) -> dict:
+        """One optimisation step on the next global batch. Returns {"loss", "terms", "grad_norm", "lr",
+        "loss_scale", "skipped"} as tensors/floats (loss and terms are this rank's batch means, not yet reduced).
+
+        A step with non-finite gradients (any mode) leaves weights, optimizer state and EMA untouched; it still
+        consumes its batch and counts as a step.
+        """
+        x, y = self.next_batch()
+        draw = self.objective.draw(self.config.batch_size, tuple(x.shape[1:]), self.generator)
+        draw = draw.shard(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
+        with self._autocast():
+            loss, terms, per_sample = self.objective.losses(self.model, x, y, draw)
+        (loss.float() * self.loss_scale).backward()
+        grads = self._reduce_grads()
+        grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        scale_used = self.loss_scale
+        skipped = not bool(torch.isfinite(grad_norm))
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._on_nonfinite(float(grad_norm))
+        else:
+            self.objective.update_sampler(draw.t.to(self.device), per_sample)
+            if self.config.grad_clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(self._params, self.config.grad_clip, grad_norm)
+            self.optimizer.step()
+            self._update_ema()
+            self.skipped_in_a_row = 0
+            if self.config.amp == "fp16":
+                self._good_steps += 1
+                if self._good_steps >= self.config.loss_scale_growth_interval:
+                    self.loss_scale *= 2.0
+                    self._good_steps = 0
+        self.step += 1
+        return {"loss": loss.detach(), "terms": terms, "grad_norm": grad_norm.detach(), "lr": lr,
+                "loss_scale": scale_used, "skipped": skipped}
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self, resume: bool = False) -> dict:
+        """Run until config.total_steps (resuming from the newest valid checkpoint when `resume`), logging every
+        log_interval steps to out_dir/log.jsonl and checkpointing every save_interval steps and at the end.
+
+        Returns {"step", "loss", "skipped_total", "samples_per_s", "elapsed_s", "checkpoint"}.
+        """
+        if resume:
+            self.resume()
+        cfg = self.config
+        main = D.is_main_process()
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not main, desc="train")
+        start = time.perf_counter()
+        window_t, window_steps, first_step = start, 0, self.step
+        info = None
+        try:
+            while self.step < cfg.total_steps:
+                info = self.train_step()
+                window_steps += 1
+                bar.update(1)
+                if self.step % cfg.log_interval == 0 or self.step == cfg.total_steps:
+                    now = time.perf_counter()
+                    record = self._log_record(info, cfg.batch_size * window_steps / max(now - window_t, 1e-9))
+                    window_t, window_steps = now, 0
+                    bar.set_postfix(loss=f"{record['loss']:.4g}")
+                    if main:
+                        self._append_log(record)
+                if self.step % cfg.save_interval == 0 or self.step == cfg.total_steps:
+                    self.save()
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        done = self.step - first_step
+        return {"step": self.step, "loss": None if info is None else float(info["loss"]),
+                "skipped_total": self.skipped_total,
+                "samples_per_s": cfg.batch_size * done / elapsed if done else 0.0, "elapsed_s": elapsed,
+                "checkpoint": None if self.last_checkpoint is None else str(self.last_checkpoint)}
+
+    def _log_record(self, info: dict, samples_per_s: float) -> dict:
+        """The JSONL record of the step just taken; loss and terms averaged over ranks (a collective)."""
+        names = sorted(info["terms"])
+        values = [info["loss"].float().reshape(1)] + [info["terms"][n].reshape(1) for n in names]
+        values = torch.cat(values)
+        D.all_reduce_mean_([values])
+        values = values.tolist()
+        record = {"step": self.step, "loss": values[0]}
+        record.update({f"term/{n}": v for n, v in zip(names, values[1:])})
+        record.update({"grad_norm": float(info["grad_norm"]), "lr": info["lr"], "loss_scale": info["loss_scale"],
+                       "samples_per_s": samples_per_s, "skipped": int(info["skipped"]),
+                       "skipped_total": self.skipped_total})
+        return record
+
+    def _append_log(self, record: dict) -> None:
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """Everything a bit-exact resume needs (see the module docstring of fastdiff.training.checkpoint)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": {repr(rate): dict(zip(self._param_names, ema)) for rate, ema in self.ema.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": {"loss_scale": self.loss_scale, "good_steps": self._good_steps},
+            "skipped": {"in_a_row": self.skipped_in_a_row, "total": self.skipped_total},
+            "data": {"epoch": self.epoch, "index": self.data_index},
+            "rng": _capture_rng(self.generator),
+            "objective": self.objective.state_dict(),
+            "config": dataclasses.asdict(self.config),
+            "run_config": self.run_config,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()` (a loaded checkpoint)."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        rates = {repr(r) for r in self.ema}
+        if set(state["ema"]) != rates:
+            raise ValueError(f"checkpoint has EMA rates {sorted(state['ema'])}, config.ema_rates gives "
+                             f"{sorted(rates)}")
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for rate, ema in self.ema.items():
+                saved = state["ema"][repr(rate)]
+                for name, tensor in zip(self._param_names, ema):
+                    tensor.copy_(saved[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_scale = float(state["scaler"]["loss_scale"])
+        self._good_steps = int(state["scaler"]["good_steps"])
+        self.skipped_in_a_row = int(state["skipped"]["in_a_row"])
+        self.skipped_total = int(state["skipped"]["total"])
+        self.epoch, self.data_index = int(state["data"]["epoch"]), int(state["data"]["index"])
+        self.objective.load_state_dict(state["objective"])
+        _restore_rng(state["rng"], self.generator)
+        self.step = int(state["step"])
+        ignore = {"total_steps", "save_interval", "log_interval", "keep_checkpoints", "max_skipped_steps"}
+        saved_cfg = state.get("config") or {}
+        changed = {k: (saved_cfg.get(k), v) for k, v in dataclasses.asdict(self.config).items()
+                   if k not in ignore and k in saved_cfg and _plain(saved_cfg[k]) != _plain(v)}
+        if changed:
+            logger.warning("resuming with changed TrainConfig fields (checkpoint, now): %s", changed)
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; other ranks wait) and prune old ones after it is on
+        disk. Returns the path on rank 0, None elsewhere."""
+        path = None
+        if D.is_main_process():
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict())
+            self.last_checkpoint = path
+            ckpt.prune_checkpoints(self.ckpt_dir, self.config.keep_checkpoints, protect=self._bad_checkpoints)
+        D.barrier()
+        return path
+
+    def resume(self) -> Path | None:
+        """Load the newest checkpoint in out_dir/checkpoints that verifies; corrupt or truncated newer files are
+        reported (logging.warning) and left in place. Returns the path loaded, or None (fresh start)."""
+        path, state, bad = ckpt.newest_valid_checkpoint(self.ckpt_dir, map_location="cpu")
+        self._bad_checkpoints.extend(bad)
+        if path is None:
+            logger.info("no valid checkpoint in %s; starting from step 0", self.ckpt_dir)
+            return None
+        self.load_state_dict(state)
+        self.last_checkpoint = path
+        logger.info("resumed from %s at step %d", path, self.step)
+        return path
+
+    # ------------------------------------------------------------------ export
+
+    def export_safetensors(self, path, ema_rate: float | None = None) -> Path:
+        """Write the model's state dict (parameters replaced by the EMA at `ema_rate` when given) as safetensors,
+        atomically, with metadata {"step", "ema_rate"}."""
+        from safetensors.torch import save as st_save
+
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
+        if ema_rate is not None:
+            if ema_rate not in self.ema:
+                raise ValueError(f"ema_rate must be one of config.ema_rates {list(self.ema)}, got {ema_rate!r}")
+            for name, tensor in zip(self._param_names, self.ema[ema_rate]):
+                state[name] = tensor.detach().cpu().contiguous().clone()
+        data = st_save(state, metadata={"step": str(self.step), "ema_rate": repr(ema_rate)})
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ckpt.atomic_write_bytes(path, data)
+
+
+def _plain(value):
+    """Tuples as lists, for comparing configs after a checkpoint round trip."""
+    return list(value) if isinstance(value, tuple) else value
