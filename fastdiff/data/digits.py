@@ -22,7 +22,7 @@ def load_digits(image_size: int = 8) -> ArrayDataset:
 
     image_size: 8 (native), 16 or 32 (bilinear upsampling, align_corners=False; values stay in [-1, 1]).
     """
-    if isinstance(image_size, bool) or image_size not in DIGITS_SIZES:
+    if type(image_size) is not int or image_size not in DIGITS_SIZES:  # 8.0 / True are not sizes
         raise ValueError(f"image_size must be one of {DIGITS_SIZES}, got {image_size!r}")
     from sklearn.datasets import load_digits as _sk_load_digits
 
