@@ -13,6 +13,18 @@ from fastdiff.data.registry import DATASETS, dataset_options, get_dataset
 from fastdiff.data.toy import GaussianMixture, MixtureEpsModel, grid25, ring8, swiss_roll, toy_dataset
 
 __all__ = [
-    "ArrayDataset", "DATASETS", "GaussianMixture", "ImageFolder", "MixtureEpsModel", "dataset_options",
-    "digits_split", "get_dataset", "grid25", "load_digits", "load_patches", "ring8", "swiss_roll", "toy_dataset",
+    "DATASETS",
+    "ArrayDataset",
+    "GaussianMixture",
+    "ImageFolder",
+    "MixtureEpsModel",
+    "dataset_options",
+    "digits_split",
+    "get_dataset",
+    "grid25",
+    "load_digits",
+    "load_patches",
+    "ring8",
+    "swiss_roll",
+    "toy_dataset",
 ]

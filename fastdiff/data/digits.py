@@ -43,5 +43,5 @@ def digits_split(test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tenso
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     perm = torch.randperm(DIGITS_N, generator=torch.Generator().manual_seed(int(seed)))
-    n_test = int(round(DIGITS_N * test_fraction))
+    n_test = round(DIGITS_N * test_fraction)
     return perm[n_test:].sort().values, perm[:n_test].sort().values

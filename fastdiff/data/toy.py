@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
 from fastdiff.data.dataset import ArrayDataset, check_positive_int
 
-_ArrayLike = Union[torch.Tensor, float, list, tuple]
+_ArrayLike = torch.Tensor | float | list | tuple
 
 # The WGAN-GP toy generator's normalisation constants ("dataset /= 2.828  # stdev").
 GRID25_SPACING = 2.0
@@ -151,7 +150,7 @@ class GaussianMixture:
         eps = (x.to(torch.float64) - ab.sqrt()[:, None] * x0) / (1.0 - ab).sqrt()[:, None]
         return eps.to(x.dtype)
 
-    def eps_model(self, alphas_cumprod) -> "MixtureEpsModel":
+    def eps_model(self, alphas_cumprod) -> MixtureEpsModel:
         """The exact ε-predictor `model(x, t)` of this mixture under the schedule ᾱ = alphas_cumprod: [T]."""
         return MixtureEpsModel(self, alphas_cumprod)
 
@@ -227,7 +226,7 @@ SWISS_ROLL_T_RANGE = (1.5 * math.pi, 4.5 * math.pi)
 SWISS_ROLL_NOISE = 0.5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _swiss_roll_moments(noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean [2] and std [2] of (t cos t, t sin t) + N(0, noise² I), t ~ U(SWISS_ROLL_T_RANGE), float64.
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def train_digits_classifier(cfg: DigitsClassifierConfig | None = None) -> tuple[
     return model, stats
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(path: str, device: str) -> DigitsClassifier:
     """The classifier with the state dict at `path`, on `device`, eval mode, gradients off."""
     model = DigitsClassifier()

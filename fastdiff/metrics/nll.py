@@ -8,7 +8,7 @@ reproducible estimate.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm

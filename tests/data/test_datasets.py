@@ -18,7 +18,6 @@ from fastdiff.data import (
 )
 from fastdiff.data.patches import _sample_photos
 
-
 # ---------------------------------------------------------------- ArrayDataset
 
 def test_array_dataset_items_and_loader():
@@ -36,14 +35,15 @@ def test_array_dataset_items_and_loader():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(x=torch.zeros(3, 2, dtype=torch.float64)), "x"),
-    (dict(x=torch.zeros(3)), "x"),
-    (dict(x=torch.zeros(3, 2), y=torch.zeros(3, dtype=torch.int32), num_classes=2), "y"),
-    (dict(x=torch.zeros(3, 2), y=torch.zeros(2, dtype=torch.int64), num_classes=2), "y"),
-    (dict(x=torch.zeros(3, 2), y=torch.tensor([0, 1, 2]), num_classes=2), "y"),
-    (dict(x=torch.zeros(3, 2), y=torch.tensor([0, 1, 1])), "num_classes"),
-    (dict(x=torch.zeros(3, 2), num_classes=2), "num_classes"),
-    (dict(x=torch.zeros(3, 2), y=torch.tensor([0, 1, 1]), num_classes=2, class_names=["a"]), "class_names"),
+    ({"x": torch.zeros(3, 2, dtype=torch.float64)}, "x"),
+    ({"x": torch.zeros(3)}, "x"),
+    ({"x": torch.zeros(3, 2), "y": torch.zeros(3, dtype=torch.int32), "num_classes": 2}, "y"),
+    ({"x": torch.zeros(3, 2), "y": torch.zeros(2, dtype=torch.int64), "num_classes": 2}, "y"),
+    ({"x": torch.zeros(3, 2), "y": torch.tensor([0, 1, 2]), "num_classes": 2}, "y"),
+    ({"x": torch.zeros(3, 2), "y": torch.tensor([0, 1, 1])}, "num_classes"),
+    ({"x": torch.zeros(3, 2), "num_classes": 2}, "num_classes"),
+    ({"x": torch.zeros(3, 2), "y": torch.tensor([0, 1, 1]), "num_classes": 2, "class_names": ["a"]},
+     "class_names"),
 ])
 def test_array_dataset_rejects_bad_fields(kwargs, word):
     with pytest.raises(ValueError, match=word):
