@@ -41,3 +41,27 @@ def make_dataset(n: int = 64, *, num_classes: int | None = None, seed: int = 0, 
     y = torch.randint(0, k, (n,), generator=g)
     x = (patterns[y] + 0.1 * torch.randn(n, channels, 8, 8, generator=g)).clamp(-1, 1)
     return TensorData(x, y if num_classes is not None else None)
+
+
+def assert_tree_equal(a, b, path: str = "", atol: float | None = None) -> int:
+    """Recursively compare nested dicts / lists / tensors / scalars: torch.equal on tensors (or |a − b| <= atol
+    when atol is given); returns the number of tensors compared."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        return sum(assert_tree_equal(a[k], b[k], f"{path}/{k}", atol) for k in a)
+    if isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: lengths differ"
+        return sum(assert_tree_equal(x, y, f"{path}[{i}]", atol) for i, (x, y) in enumerate(zip(a, b)))
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, f"{path}: tensor meta"
+        if atol is None:
+            assert torch.equal(a, b), f"{path}: tensors differ (max |diff| {(a.double() - b.double()).abs().max()})"
+        else:
+            diff = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+            assert diff <= atol, f"{path}: max |diff| {diff} > {atol}"
+        return 1
+    if atol is not None and isinstance(a, float):
+        assert abs(a - b) <= atol, f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+    return 0
