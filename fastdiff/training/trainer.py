@@ -286,7 +286,7 @@ class Trainer:
             torch._foreach_add_(ema, [p.detach() for p in self._params], alpha=1.0 - rate)
 
     def _on_nonfinite(self, grad_norm: float) -> None:
-        """Skip bookkeeping: count, back off the fp16 loss scale, abort after max_skipped_steps in a row."""
+        """Skip bookkeeping: count and back off the fp16 loss scale."""
         self.skipped_in_a_row += 1
         self.skipped_total += 1
         old_scale = self.loss_scale
@@ -295,18 +295,14 @@ class Trainer:
         self._good_steps = 0
         logger.warning("step %d: non-finite gradient (norm %s); step skipped (%d in a row), loss scale %g -> %g",
                        self.step, grad_norm, self.skipped_in_a_row, old_scale, self.loss_scale)
-        if self.skipped_in_a_row >= self.config.max_skipped_steps:
-            raise TrainingDivergedError(
-                f"{self.skipped_in_a_row} steps in a row (TrainConfig.max_skipped_steps="
-                f"{self.config.max_skipped_steps}) had non-finite gradients, up to step {self.step}; loss scale "
-                f"{self.loss_scale:g}, amp={self.config.amp!r}. Lower lr, enable grad_clip or use amp='bf16'/'none'.")
 
     def train_step(self) -> dict:
         """One optimisation step on the next global batch. Returns {"loss", "terms", "grad_norm", "lr",
         "loss_scale", "skipped"} as tensors/floats (loss and terms are this rank's batch means, not yet reduced).
 
         A step with non-finite gradients (any mode) leaves weights, optimizer state and EMA untouched; it still
-        consumes its batch and counts as a step.
+        consumes its batch and counts as a step. Raises TrainingDivergedError after max_skipped_steps such steps
+        in a row.
         """
         x, y = self.next_batch()
         draw = self.objective.draw(self.config.batch_size, tuple(x.shape[1:]), self.generator)
@@ -339,6 +335,11 @@ class Trainer:
                     self.loss_scale *= 2.0
                     self._good_steps = 0
         self.step += 1
+        if self.skipped_in_a_row >= self.config.max_skipped_steps:
+            raise TrainingDivergedError(
+                f"{self.skipped_in_a_row} steps in a row (TrainConfig.max_skipped_steps="
+                f"{self.config.max_skipped_steps}) had non-finite gradients, the last at step {self.step - 1}; loss "
+                f"scale {self.loss_scale:g}, amp={self.config.amp!r}. Lower lr, enable grad_clip or use amp='bf16'.")
         return {"loss": loss.detach(), "terms": terms, "grad_norm": grad_norm.detach(), "lr": lr,
                 "loss_scale": scale_used, "skipped": skipped}
 
