@@ -140,7 +140,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt: sha256 {actual} != recorded {expected}")
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
+    except Exception as e:
         raise CorruptCheckpointError(f"checkpoint {path} cannot be unpickled: {e}") from e
     if not isinstance(state, dict):
         raise CorruptCheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")

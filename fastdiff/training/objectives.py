@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fastdiff.diffusion import GaussianDiffusion, LossAwareSampler, ScheduleSampler, create_named_schedule_sampler
+from fastdiff.diffusion import (
+    GaussianDiffusion,
+    LossAwareSampler,
+    ScheduleSampler,
+    create_named_schedule_sampler,
+)
 
 
 @dataclass

@@ -157,7 +157,10 @@ class Trainer:
     `.x` [N, ...] float tensor and `.y` int64 [N] or None (fastdiff.data.ArrayDataset); device: default cuda:
     LOCAL_RANK or CPU; run_config: JSON-serialisable dict stored in every checkpoint (e.g. the CLI's model and
     diffusion settings). Under torchrun call `distributed.init_distributed()` first; gradients are averaged over
-    ranks with one all_reduce per step and rank 0 alone writes files.
+    ranks with one all_reduce per step (rank 0's initial weights are broadcast), rank 0 alone writes files, and
+    every rank reads the checkpoint on resume (a shared file system). Construction seeds python's, numpy's and
+    torch's global RNGs with config.seed (model dropout draws from torch's); the objective's draws come from the
+    trainer's own generator.
     """
 
     def __init__(self, model: torch.nn.Module, objective: DiffusionObjective, dataset, config: TrainConfig,

@@ -17,11 +17,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import trainkit  # noqa: E402
+import trainkit
 
-from fastdiff.diffusion import LossSecondMomentResampler  # noqa: E402
-from fastdiff.training import DiffusionObjective, TrainConfig, Trainer  # noqa: E402
-from fastdiff.training import distributed as D  # noqa: E402
+from fastdiff.diffusion import LossSecondMomentResampler
+from fastdiff.training import DiffusionObjective, TrainConfig, Trainer
+from fastdiff.training import distributed as D
 
 
 def build(args) -> Trainer:

@@ -9,13 +9,14 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainkit import TensorData, assert_tree_equal
 
 from fastdiff.training import DiffusionObjective, TrainConfig, Trainer, TrainingDivergedError
-from trainkit import TensorData, assert_tree_equal
 
 
 def _trainer(make_unet, make_diffusion, make_dataset, tmp_path, learn_sigma=False, **overrides):
-    cfg = dict(total_steps=6, batch_size=8, lr=2e-3, ema_rates=(0.9, 0.5), save_interval=100, log_interval=2)
+    cfg = {"total_steps": 6, "batch_size": 8, "lr": 2e-3, "ema_rates": (0.9, 0.5), "save_interval": 100,
+           "log_interval": 2}
     cfg.update(overrides)
     diffusion = make_diffusion(loss="rescaled_mse" if learn_sigma else "mse",
                                var="learned_range" if learn_sigma else "fixed_small", steps=50)

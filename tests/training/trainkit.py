@@ -5,7 +5,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdiff.diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, get_named_beta_schedule
+from fastdiff.diffusion import (
+    GaussianDiffusion,
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    get_named_beta_schedule,
+)
 from fastdiff.models import UNetModel
 
 
