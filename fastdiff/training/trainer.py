@@ -193,6 +193,10 @@ class Trainer:
         self._param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         if not self._params:
             raise ValueError("model has no trainable parameters")
+        low = sorted({str(p.dtype) for p in self._params if p.dtype != torch.float32})
+        if low:
+            raise ValueError(f"model parameters must be float32 master weights, found {low}; train with "
+                             "TrainConfig.amp='fp16' or 'bf16' instead of convert_to_fp16()")
         self.optimizer = torch.optim.AdamW(self._params, lr=config.lr, betas=config.adam_betas,
                                            eps=config.adam_eps, weight_decay=config.weight_decay)
         self.ema = {rate: [p.detach().clone() for p in self._params] for rate in config.ema_rates}

@@ -182,5 +182,7 @@ def test_bad_trainer_arguments(make_unet, make_diffusion, make_dataset, tmp_path
         Trainer(make_unet(), obj, TensorData(torch.zeros(8, 1, 8, 8), torch.zeros(8)), cfg, tmp_path)
     with pytest.raises(TypeError, match="run_config must be JSON-serialisable"):
         Trainer(make_unet(), obj, make_dataset(32), cfg, tmp_path, run_config={"x": object()})
+    with pytest.raises(ValueError, match="float32 master weights"):
+        Trainer(make_unet().half(), obj, make_dataset(32), cfg, tmp_path)
     with pytest.raises(TypeError, match="config must be a TrainConfig"):
         Trainer(make_unet(), obj, make_dataset(32), {"total_steps": 2}, tmp_path)
