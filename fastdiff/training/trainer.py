@@ -436,6 +436,7 @@ class Trainer:
         if set(state["ema"]) != rates:
             raise ValueError(f"checkpoint has EMA rates {sorted(state['ema'])}, config.ema_rates gives "
                              f"{sorted(rates)}")
+        self.objective.load_state_dict(state["objective"])  # validates the sampler's shapes first
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             for rate, ema in self.ema.items():
@@ -443,12 +444,14 @@ class Trainer:
                 for name, tensor in zip(self._param_names, ema):
                     tensor.copy_(saved[name])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config's hyper-parameters win over the checkpoint's
+            group.update(betas=self.config.adam_betas, eps=self.config.adam_eps,
+                         weight_decay=self.config.weight_decay)
         self.loss_scale = float(state["scaler"]["loss_scale"])
         self._good_steps = int(state["scaler"]["good_steps"])
         self.skipped_in_a_row = int(state["skipped"]["in_a_row"])
         self.skipped_total = int(state["skipped"]["total"])
         self.epoch, self.data_index = int(state["data"]["epoch"]), int(state["data"]["index"])
-        self.objective.load_state_dict(state["objective"])
         _restore_rng(state["rng"], self.generator)
         self.step = int(state["step"])
         ignore = {"total_steps", "save_interval", "log_interval", "keep_checkpoints", "max_skipped_steps"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 
 import pytest
 import torch
@@ -186,3 +187,17 @@ def test_bad_trainer_arguments(make_unet, make_diffusion, make_dataset, tmp_path
         Trainer(make_unet().half(), obj, make_dataset(32), cfg, tmp_path)
     with pytest.raises(TypeError, match="config must be a TrainConfig"):
         Trainer(make_unet(), obj, make_dataset(32), {"total_steps": 2}, tmp_path)
+
+
+def test_resume_applies_changed_hyperparameters_with_warning(make_unet, make_diffusion, make_dataset, tmp_path,
+                                                             caplog):
+    tr = _trainer(make_unet, make_diffusion, make_dataset, tmp_path, total_steps=2, save_interval=2)
+    tr.train()
+    again = _trainer(make_unet, make_diffusion, make_dataset, tmp_path, total_steps=4, adam_eps=1e-4,
+                     weight_decay=0.1)
+    with caplog.at_level(logging.WARNING, logger="fastdiff.training.trainer"):
+        assert again.resume().name == "ckpt_000000002.pt"
+    assert any("adam_eps" in r.getMessage() and "weight_decay" in r.getMessage() for r in caplog.records)
+    group = again.optimizer.param_groups[0]
+    assert group["eps"] == 1e-4 and group["weight_decay"] == 0.1 and again.step == 2
+    assert_tree_equal(again.model.state_dict(), tr.model.state_dict())
