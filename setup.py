@@ -5,6 +5,7 @@ cannot link CUDA code). FASTDIFF_BUILD_CUDA=0|1 overrides. Sources are globbed.
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -33,6 +34,12 @@ def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers need C++20; the .cu files (no torch headers) stay C++17
+    # at::parallel_for is inline: without -fopenmp it compiles to a serial loop (ATen/Parallel-inl.h checks _OPENMP),
+    # so every CPU kernel would run on one thread. torch's wheels ship libgomp.so.1, which the loader shares.
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if _want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
@@ -41,14 +48,17 @@ def _extension():
         return CUDAExtension(
             "fastdiff._C", sources, include_dirs=include_dirs,
             define_macros=[("FASTDIFF_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
-    return CppExtension("fastdiff._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    return CppExtension("fastdiff._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                        extra_link_args=link)
 
 
 setup(
     packages=find_packages(include=["fastdiff", "fastdiff.*"]) + ["fastdiff.triton_kernels"],
     package_dir={"fastdiff.triton_kernels": "triton_kernels"},
+    # run configs (`fastdiff train --config digits_cfg`) and the digits classifier behind the digits metrics
+    package_data={"fastdiff": ["configs/*.toml"], "fastdiff.metrics": ["weights/*.pt"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,4 +1,4 @@
-"""The 25-Gaussian demo: fastdiff's fused DDPM and DDIM samplers on the exact ε-predictor of the SIDDM grid.
+"""The 25-Gaussian sampler check (`fastdiff repro toy-samplers`): fastdiff's fused DDPM and DDIM samplers on the exact ε-predictor of the SIDDM grid.
 
 The model is the Bayes-optimal ε̂ of `fastdiff.data.grid25()` (no training, no downloads), so what the table
 shows is the samplers' own error: with enough steps they must recover all 25 modes with ~98.9 % of samples

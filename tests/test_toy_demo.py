@@ -1,4 +1,4 @@
-"""The 25-Gaussian demo and the `fastdiff demo` command at reduced size."""
+"""The 25-Gaussian sampler check (`fastdiff repro toy-samplers`) at reduced size."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from fastdiff import cli
 from fastdiff.data import grid25
-from fastdiff.demo import SAMPLERS, run_demo, sample_with
+from fastdiff.toy_demo import SAMPLERS, run_demo, sample_with
 from fastdiff.metrics import mode_stats
 
 
@@ -55,13 +55,13 @@ def test_run_demo_rejects_unknown_sampler(tmp_path):
         run_demo(str(tmp_path), n=10, sampler_names=("euler-3",))
 
 
-def test_cli_demo_help(capsys):
+def test_cli_repro_help(capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["demo", "--help"])
+        cli.main(["repro", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--out", "--n", "--seed"):
-        assert opt in out
+    for name in ("toy-samplers", "digits-samplers", "hybrid-vs-simple", "--quick"):
+        assert name in out
 
 
 def test_cli_requires_a_command(capsys):
@@ -70,9 +70,9 @@ def test_cli_requires_a_command(capsys):
     assert e.value.code == 2
 
 
-def test_cli_demo_runs(tmp_path, capsys):
-    rc = cli.main(["demo", "--out", str(tmp_path / "o"), "--n", "300", "--seed", str(_seed()),
-                   "--samplers", "ddim-10"])
+def test_cli_repro_toy_samplers_runs(tmp_path, capsys):
+    rc = cli.main(["repro", "toy-samplers", "--quick", "--out", str(tmp_path / "o"), "--seed", str(_seed())])
     assert rc == 0
     assert (tmp_path / "o" / "toy_samples.png").exists() and (tmp_path / "o" / "toy_metrics.json").exists()
-    assert "DDIM-10" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "DDIM-10" in out and "DDPM-1000" in out

@@ -1,5 +1,6 @@
 """ADM models ("Diffusion Models Beat GANs"): `UNetModel` and `EncoderUNetModel` with guided-diffusion's
 constructor arguments and state-dict keys, built on `fastdiff.models.nn.adagn` / `qkv_attention`."""
+from fastdiff.models.mlp import MLPDenoiser
 from fastdiff.models.nn import GroupNorm32, adagn, normalization, qkv_attention, timestep_embedding
 from fastdiff.models.unet import (
                                   AttentionBlock,
@@ -17,7 +18,7 @@ from fastdiff.models.unet import (
 )
 
 __all__ = [
-    "AttentionBlock", "AttentionPool2d", "Downsample", "EncoderUNetModel", "GroupNorm32", "QKVAttention",
+    "AttentionBlock", "AttentionPool2d", "Downsample", "EncoderUNetModel", "GroupNorm32", "MLPDenoiser", "QKVAttention",
     "QKVAttentionLegacy", "ResBlock", "TimestepBlock", "TimestepEmbedSequential", "UNetModel", "Upsample",
     "adagn", "normalization", "parse_attention_resolutions", "qkv_attention", "timestep_embedding",
 ]
