@@ -152,8 +152,11 @@ def _backward_fn(device: torch.device):
 
 
 def _input_grads(ctx, backward_fn, grad_out):
-    """The autograd answer for (x, weight, bias, scale, shift, num_groups, eps, silu) from `backward_fn`."""
+    """The autograd answer for (x, weight, bias, scale, shift, num_groups, eps, silu) from `backward_fn`
+    (None: the kernel for x's device). ctx.saved_tensors is unpacked once (non-reentrant checkpointing allows no
+    more)."""
     x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+    backward_fn = backward_fn or _backward_fn(x.device)
     grads = backward_fn(grad_out, x, weight, bias, scale, shift, mean, rstd, ctx.num_groups, ctx.silu)
     present = (True, True, True, scale is not None, shift is not None)
     return tuple(g if need and ok else None
@@ -175,7 +178,7 @@ class _TritonAdaGN(torch.autograd.Function):
 
 
 def backward(ctx, grad_out, _grad_mean, _grad_rstd):
-    return _input_grads(ctx, _backward_fn(ctx.saved_tensors[0].device), grad_out.contiguous())
+    return _input_grads(ctx, None, grad_out.contiguous())
 
 
 def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float = 1e-5,
