@@ -27,10 +27,16 @@ class ScheduleSampler(ABC):
     def weights(self) -> np.ndarray:
         """Positive, unnormalised weights, float [T]."""
 
-    def sample(self, batch_size: int, device):
-        """(timesteps int64 [batch_size], weights float32 [batch_size]) on `device` (numpy's global RNG)."""
+    def sample(self, batch_size: int, device, generator: torch.Generator | None = None):
+        """(timesteps int64 [batch_size], weights float32 [batch_size]) on `device`, drawn with numpy's global RNG
+        as guided-diffusion does, or with `generator` (a torch.Generator on `device`; same distribution and
+        weights) so a training run's timesteps follow one checkpointed generator."""
         w = self.weights()
         p = w / np.sum(w)
+        if generator is not None:
+            pt = torch.from_numpy(np.asarray(p, dtype=np.float64)).to(device)
+            t = torch.multinomial(pt, batch_size, replacement=True, generator=generator)
+            return t, (1.0 / (len(p) * pt[t])).float()
         indices_np = np.random.choice(len(p), size=(batch_size,), p=p)
         indices = torch.from_numpy(indices_np).long().to(device)
         weights = torch.from_numpy(1 / (len(p) * p[indices_np])).float().to(device)

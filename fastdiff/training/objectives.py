@@ -54,17 +54,9 @@ class BatchDraw:
 
 
 def sample_timesteps(sampler: ScheduleSampler, batch_size: int, generator: torch.Generator):
-    """t ~ p_t = w_t / Σw and importance weights 1/(T p_t) (Improved DDPM eq. 18 with p_t ∝ w_t).
-
-    ScheduleSampler.sample with an explicit torch.Generator instead of numpy's global RNG (same distribution and
-    weights), so a run's timesteps follow the Trainer's checkpointed generator. Returns (int64 [batch_size],
-    float32 [batch_size]) on the generator's device.
-    """
-    w = np.asarray(sampler.weights(), dtype=np.float64)
-    p = torch.from_numpy(w / w.sum()).to(generator.device)
-    t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
-    weights = (1.0 / (len(w) * p[t])).float()
-    return t, weights
+    """t ~ p_t = w_t / Σw and importance weights 1/(T p_t) (Improved DDPM eq. 18) from the Trainer's checkpointed
+    `generator`: (int64 [batch_size], float32 [batch_size]) on the generator's device."""
+    return sampler.sample(batch_size, generator.device, generator=generator)
 
 
 @dataclass
