@@ -139,11 +139,13 @@ def config_names() -> list[str]:
 
 
 def load_config(path, overrides=()) -> RunConfig:
-    """Read a TOML run config (a path, or the name of a shipped one such as "digits_cfg"); `overrides` are
+    """Read a TOML run config (a path, or a shipped one by name: "digits_cfg" or "configs/digits_cfg.toml" from
+    any directory); `overrides` are
     "section.key=value" strings (value in TOML syntax) applied on top."""
     path = Path(path)
-    if not path.is_file() and (CONFIG_DIR / f"{path.stem}.toml").is_file() and path.parent == Path("."):
-        path = CONFIG_DIR / f"{path.stem}.toml"
+    shipped = CONFIG_DIR / f"{path.stem}.toml"
+    if not path.is_file() and shipped.is_file() and str(path.parent) in (".", "configs"):
+        path = shipped
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist (shipped configs: {config_names()})")
     try:
