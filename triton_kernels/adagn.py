@@ -112,10 +112,11 @@ def _dz(go, x, a, b, mean, SILU: tl.constexpr):
 
 
 @triton.jit
-def _bwd_sums_kernel(go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, part_ptr, C, S, D, G, NBLK,
-                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr,
-                     ACC: tl.constexpr):
-    """part[nc, blk] = (Σ dz, Σ dz·(x − mean)) over spatial block blk of channel nc."""
+def _bwd_block(go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, C, S, D, G,
+               HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr,
+               ACC: tl.constexpr):
+    """What both backward kernels load for program (channel nc, spatial block blk): the group statistics, the
+    channel's (1 + scale), x and dz = grad·act'(z) over the block (masked past S)."""
     nc = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     n = nc // C
@@ -123,12 +124,22 @@ def _bwd_sums_kernel(go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_
     row = n * G + c // D
     mean = tl.load(mean_ptr + row)
     rstd = tl.load(rstd_ptr + row)
-    a, b, _ = _channel_affine(w_ptr, b_ptr, s_ptr, sh_ptr, n, c, C, rstd, HAS_SCALE, HAS_SHIFT, ACC)
+    a, b, s1 = _channel_affine(w_ptr, b_ptr, s_ptr, sh_ptr, n, c, C, rstd, HAS_SCALE, HAS_SHIFT, ACC)
     idx = blk * BLOCK + tl.arange(0, BLOCK)
     mask = idx < S
     x = tl.load(x_ptr + nc * S + idx, mask=mask, other=0.0).to(ACC)
     go = tl.load(go_ptr + nc * S + idx, mask=mask, other=0.0).to(ACC)
-    dz = _dz(go, x, a, b, mean, SILU)
+    return nc, blk, c, mean, rstd, s1, idx, mask, x, _dz(go, x, a, b, mean, SILU)
+
+
+@triton.jit
+def _bwd_sums_kernel(go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, part_ptr, C, S, D, G, NBLK,
+                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr,
+                     ACC: tl.constexpr):
+    """part[nc, blk] = (Σ dz, Σ dz·(x − mean)) over spatial block blk of channel nc."""
+    nc, blk, c, mean, rstd, s1, idx, mask, x, dz = _bwd_block(
+        go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, C, S, D, G, HAS_SCALE, HAS_SHIFT, SILU,
+        BLOCK, ACC)
     out = part_ptr + (nc * NBLK + blk) * 2
     tl.store(out, tl.sum(dz, axis=0))
     tl.store(out + 1, tl.sum(tl.where(mask, dz * (x - mean), 0.0), axis=0))
@@ -139,22 +150,12 @@ def _bwd_dx_kernel(go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_pt
                    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr,
                    ACC: tl.constexpr):
     """dx = rstd·(k·dz + q·(x − mean) + r) with k = γ·(1 + scale) and q, r per (sample, channel)."""
-    nc = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
-    n = nc // C
-    c = nc % C
-    row = n * G + c // D
-    mean = tl.load(mean_ptr + row)
-    rstd = tl.load(rstd_ptr + row)
-    a, b, s1 = _channel_affine(w_ptr, b_ptr, s_ptr, sh_ptr, n, c, C, rstd, HAS_SCALE, HAS_SHIFT, ACC)
+    nc, blk, c, mean, rstd, s1, idx, mask, x, dz = _bwd_block(
+        go_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, C, S, D, G, HAS_SCALE, HAS_SHIFT, SILU,
+        BLOCK, ACC)
     k = s1 * tl.load(w_ptr + c).to(ACC)
     q = tl.load(q_ptr + nc)
     r = tl.load(r_ptr + nc)
-    idx = blk * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < S
-    x = tl.load(x_ptr + nc * S + idx, mask=mask, other=0.0).to(ACC)
-    go = tl.load(go_ptr + nc * S + idx, mask=mask, other=0.0).to(ACC)
-    dz = _dz(go, x, a, b, mean, SILU)
     dx = rstd * (k * dz + q * (x - mean) + r)
     tl.store(dx_ptr + nc * S + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
