@@ -102,14 +102,6 @@ def test_adagn(benchmark, request, shape, dtype_name, direction, provider):
     if smoke_mode(config):
         benchmark(run, sample)
         return
-    if device == "cuda":
-        sets = fb.rotation_sets(sample, make, moved, fb.cuda_l2_bytes())
-        call = fb.cycling(run, sets)
-        median, timer = fb.gpu_median_seconds(call)
-        info.update(median_s=median, timer=timer, rotation_sets=len(sets), bandwidth_GBps=moved / median / 1e9)
-        benchmark.pedantic(fb.synced(call, device), rounds=3, iterations=1, warmup_rounds=1)
-        return
-    call = lambda: run(sample)
-    rounds, iterations = fb.plan_rounds(call, target_s=1.0, min_rounds=3, max_rounds=50)
-    info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
-    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1)
+    median = fb.measure(benchmark, run, sample, device=device, make=make, set_bytes=moved, min_rounds=3,
+                        warmup_rounds=1)
+    info["bandwidth_GBps"] = moved / median / 1e9

@@ -101,16 +101,6 @@ def test_attention(benchmark, request, length, dtype_name, legacy, provider):
     if smoke_mode(config):
         benchmark(fn, sample)
         return
-    if device == "cuda":
-        moved = 4 * sample.numel() // 3 * sample.element_size()  # qkv read, output written
-        sets = fb.rotation_sets(sample, make, moved, fb.cuda_l2_bytes())
-        call = fb.cycling(fn, sets)
-        median, timer = fb.gpu_median_seconds(call)
-        info.update(median_s=median, timer=timer, rotation_sets=len(sets), tflops=flops / median / 1e12)
-        benchmark.pedantic(fb.synced(call, device), rounds=3, iterations=1, warmup_rounds=1)
-        return
-    call = lambda: fn(sample)  # noqa: E731
-    rounds, iterations = fb.plan_rounds(call, target_s=1.0, min_rounds=2, max_rounds=30)
-    info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
-    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
-    info["tflops"] = flops / benchmark.stats.stats.median / 1e12  # the median is per call
+    moved = 4 * sample.numel() // 3 * sample.element_size()  # qkv read, output written
+    median = fb.measure(benchmark, fn, sample, device=device, make=make, set_bytes=moved, max_rounds=30)
+    info["tflops"] = flops / median / 1e12

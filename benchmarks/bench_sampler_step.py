@@ -83,17 +83,7 @@ def test_sampler_step(benchmark, request, case, shape, dtype_name, provider):
     if smoke_mode(config):
         benchmark(fn, sample)
         return
-    if device == "cuda":
-        sets = fb.rotation_sets(sample, make, moved, fb.cuda_l2_bytes())
-        call = fb.cycling(fn, sets)
-        median, timer = fb.gpu_median_seconds(call)
-        info.update(median_s=median, timer=timer, rotation_sets=len(sets))
-        benchmark.pedantic(fb.synced(call, device), rounds=3, iterations=1, warmup_rounds=1)
-        return
-    call = lambda: fn(sample)  # noqa: E731
-    rounds, iterations = fb.plan_rounds(call, target_s=1.0, min_rounds=2, max_rounds=50)
-    info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
-    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    fb.measure(benchmark, fn, sample, device=device, make=make, set_bytes=moved)
 
 
 def test_copy_bandwidth(benchmark, request):
@@ -112,6 +102,5 @@ def test_copy_bandwidth(benchmark, request):
     if smoke_mode(request.config):
         benchmark(call)
         return
-    median, timer = fb.gpu_median_seconds(call)
-    benchmark.extra_info.update(median_s=median, timer=timer, bandwidth_GBps=moved / median / 1e9)
-    benchmark.pedantic(fb.synced(call, "cuda"), rounds=3, iterations=1, warmup_rounds=1)
+    median = fb.measure(benchmark, lambda _: call(), None, device="cuda")
+    benchmark.extra_info["bandwidth_GBps"] = moved / median / 1e9

@@ -59,5 +59,4 @@ def test_ddim50_loop(benchmark, request, provider, eta):
     if smoke_mode(request.config):
         benchmark(run)
         return
-    rounds, iterations = fb.plan_rounds(run, target_s=2.0, min_rounds=3, max_rounds=30)
-    benchmark.pedantic(run, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    fb.measure(benchmark, lambda _: run(), None, device="cpu", target_s=2.0, min_rounds=3, max_rounds=30)

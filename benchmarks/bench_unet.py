@@ -109,11 +109,5 @@ def test_unet(benchmark, request, config, batch, dtype_name, direction, provider
     if smoke_mode(cfg):
         benchmark(run)
         return
-    if device == "cuda":
-        median, timer = fb.gpu_median_seconds(run)
-        info.update(median_s=median, timer=timer)
-        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-        return
-    rounds, iterations = fb.plan_rounds(run, target_s=5.0, min_rounds=3, max_rounds=15)
-    info.update(timer="time.perf_counter (pytest-benchmark)")
-    benchmark.pedantic(run, rounds=rounds, iterations=iterations, warmup_rounds=1)
+    fb.measure(benchmark, lambda _: run(), None, device=device, target_s=5.0, min_rounds=3, max_rounds=15,
+               warmup_rounds=1)

@@ -262,3 +262,26 @@ def runnable_or_skip(config, provider: str | None, dtype_name: str | None = None
     if not ok:
         pytest.skip(why)
     return device, dtype
+
+
+def measure(benchmark, run: Callable, sample, *, device: str, make: Callable[[], object] | None = None,
+            set_bytes: int = 0, target_s: float = 1.0, min_rounds: int = 2, max_rounds: int = 50,
+            warmup_rounds: int = 0) -> float:
+    """Time run(inputs) into `benchmark` (and its extra_info) and return the median seconds of one call.
+
+    CUDA: gpu_median_seconds over `sample` plus sets from make() (set_bytes each) rotated past twice the L2, then 3
+    synchronised pytest-benchmark rounds for the JSON. CPU: pytest-benchmark rounds planned to take ~target_s.
+    """
+    info = benchmark.extra_info
+    if device == "cuda":
+        sets = rotation_sets(sample, make, set_bytes, cuda_l2_bytes()) if make is not None else [sample]
+        call = cycling(run, sets)
+        median, timer = gpu_median_seconds(call)
+        info.update(median_s=median, timer=timer, rotation_sets=len(sets))
+        benchmark.pedantic(synced(call, device), rounds=3, iterations=1, warmup_rounds=1)
+        return median
+    call = lambda: run(sample)  # noqa: E731
+    rounds, iterations = plan_rounds(call, target_s=target_s, min_rounds=min_rounds, max_rounds=max_rounds)
+    info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
+    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=warmup_rounds)
+    return benchmark.stats.stats.median  # pytest-benchmark's stats are per call (iterations divided out)
