@@ -97,10 +97,15 @@ class GaussianMixture:
         x = (self.means[labels] + self.std[labels, None] * noise).to(torch.float32)
         return (x, labels) if return_labels else x
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) of the mixture, float64 [N] for x: [N, D] (log-sum-exp over components)."""
-        ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
-        return self._log_joint(x.to(torch.float64), ones)[0].logsumexp(1)
+    def log_prob(self, x: torch.Tensor, alpha_bar=1.0) -> torch.Tensor:
+        """log p_t(x) of the mixture diffused to ᾱ = alpha_bar (1: the data), float64 [N] for x: [N, D]
+        (log-sum-exp over components; differentiable in x)."""
+        return self.component_log_prob(x, alpha_bar).logsumexp(1)
+
+    def component_log_prob(self, x: torch.Tensor, alpha_bar=1.0) -> torch.Tensor:
+        """log w_k + log N(x; √ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I), float64 [N, K]: the exact noisy classifier's logits
+        when components are classes (softmax = p(k | x_t)). alpha_bar: a float or [N]; differentiable in x."""
+        return self._log_joint(x.to(torch.float64), self._alpha_bar(alpha_bar, x))[0]
 
     def _log_joint(self, x: torch.Tensor, alpha_bar: torch.Tensor):
         """log w_k + log N(x; √ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I) as [N, K] and the variances ᾱ s_k² + 1 − ᾱ [N, K].

@@ -25,17 +25,7 @@ def reference(x, model_output, model_output_uncond, coefs, t, prediction: int, v
     if clip_denoised:
         x0 = x0.clamp(-1.0, 1.0)
     mean = g(T.POST_COEF1) * x0 + g(T.POST_COEF2) * xf
-    if var_type == 0:
-        log_var = g(T.POST_LOGVAR)
-    elif var_type == 1:
-        log_var = g(T.FIXED_LARGE_LOGVAR)
-    else:
-        v = model_output[:, channels:].to(acc)
-        if var_type == 2:
-            log_var = v
-        else:
-            frac = (v + 1.0) / 2.0
-            log_var = frac * g(T.LOG_BETA) + (1.0 - frac) * g(T.POST_LOGVAR)
+    log_var = log_variance(model_output, coefs, t, var_type, channels, acc)
     z = C.step_noise(x, noise, seed, offset, acc)
     x_prev = mean
     if z is not None:
@@ -43,6 +33,21 @@ def reference(x, model_output, model_output_uncond, coefs, t, prediction: int, v
         x_prev = mean + nonzero * torch.exp(0.5 * log_var) * z
     x0_out = x0.to(x.dtype) if return_x0 else x.new_empty(0)
     return x_prev.to(x.dtype), x0_out
+
+
+def log_variance(model_output, coefs, t, var_type: int, channels: int, dtype):
+    """log σ²_t of the step (see `reference`), broadcastable to x: [N, C, ...]; var_type as a code
+    (`_common.VAR_TYPES`); channels = C. Also the Σ_t of classifier guidance's mean shift."""
+    g = lambda col: C.gather(coefs, t, col, model_output.dim(), dtype)  # noqa: E731
+    if var_type == 0:
+        return g(T.POST_LOGVAR)
+    if var_type == 1:
+        return g(T.FIXED_LARGE_LOGVAR)
+    v = model_output[:, channels:].to(dtype)
+    if var_type == 2:
+        return v
+    frac = (v + 1.0) / 2.0
+    return frac * g(T.LOG_BETA) + (1.0 - frac) * g(T.POST_LOGVAR)
 
 
 def ddpm_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, t, *, prediction="epsilon",

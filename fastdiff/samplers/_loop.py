@@ -1,16 +1,21 @@
 """The sampling loop shared by DDPM and DDIM: schedule table, timesteps, model calls, guidance, noise."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from fastdiff.ops import _common as C
+from fastdiff.ops import _table as T
 from fastdiff.ops import betas_for_timesteps, step_table
+from fastdiff.ops.ddpm_step import log_variance
+from fastdiff.samplers.guidance import Guidance, GuidancePlan, weighted_gradient
 
 # Step i of a loop draws its in-kernel noise at Philox offset (i + 1) << 32 (the initial noise uses offset 0),
 # so sample n of a batch gets the same noise whatever the batch size, as long as N·M < 2^32.
 STEP_OFFSET_SHIFT = 32
+_MISSING = object()
 
 
 def step_offset(i: int) -> int:
@@ -21,8 +26,8 @@ def step_offset(i: int) -> int:
 def prepare_timesteps(timesteps, alphas_cumprod, x: torch.Tensor):
     """The respaced coefficient table [S, NCOEF] and, per visit k (descending), table rows and model timesteps.
 
-    Returns (table, rows [S, N], model_t [S, N]) with row S-1-i used at step i; all on x's device, built once,
-    so the loop itself never copies from the host.
+    Returns (table, rows [S, N], model_t [S, N], ts) with row S-1-i used at step i, all on x's device, built once
+    so the loop itself never copies from the host; ts: the S model timesteps (ascending) as host ints.
     """
     if alphas_cumprod is None:
         raise ValueError("alphas_cumprod (the [T] ᾱ of the process the model was trained on) is required")
@@ -34,15 +39,22 @@ def prepare_timesteps(timesteps, alphas_cumprod, x: torch.Tensor):
     n = x.shape[0]
     rows = torch.arange(len(ts), device=x.device).unsqueeze(1).expand(len(ts), n).contiguous()
     model_t = torch.tensor(ts, dtype=torch.int64, device=x.device).unsqueeze(1).expand(len(ts), n).contiguous()
-    return table, rows, model_t
+    return table, rows, model_t, ts
 
 
 def run_steps(step: Callable, model, x: torch.Tensor, timesteps, extra_args, *, alphas_cumprod,
               guidance_scale: float | None, uncond_args: dict | None, seed: int | None,
               generator: torch.Generator | None, needs_noise: bool, disable: bool | None, desc: str,
-              backend: str | None) -> Iterator[dict]:
+              backend: str | None, guidance: Sequence[Guidance] = (), labels: torch.Tensor | None = None,
+              prediction: str = "epsilon", ddpm_var_type: str | None = None) -> Iterator[dict]:
     """Yield {"i", "t", "x", "denoised"} after each step; `step(x, out, table, rows, **noise_and_guidance)`
-    is the fused op with its sampler-specific options bound."""
+    is the fused op with its sampler-specific options bound.
+
+    guidance: `fastdiff.samplers.guidance` terms (see there); labels: int64 [N] targets of classifier guidance
+    (default: extra_args["y"]); ddpm_var_type: the DDPM step's var_type (classifier guidance then shifts the
+    mean by w·Σ_t·g), None for DDIM. guidance_scale/uncond_args: a constant classifier-free scale s = 1 + w
+    (the older spelling of a `ClassifierFree` term; not both).
+    """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be the initial noise x_T of shape [N, C, ...], got {getattr(x, 'shape', x)}")
     extra_args = extra_args or {}
@@ -50,21 +62,66 @@ def run_steps(step: Callable, model, x: torch.Tensor, timesteps, extra_args, *, 
         raise ValueError("guidance_scale needs uncond_args (the model kwargs of the unconditional branch)")
     if seed is not None and x.numel() >= 1 << STEP_OFFSET_SHIFT:
         raise ValueError(f"in-kernel noise needs N·M < 2^32 elements per step, x has {x.numel()}")
-    table, rows, model_t = prepare_timesteps(timesteps, alphas_cumprod, x)
+    plan = GuidancePlan(guidance, labels=labels if labels is not None else extra_args.get("y"), n=x.shape[0],
+                        prediction=prediction, ddpm_mean_shift=ddpm_var_type is not None)
+    if plan.cfg is not None and guidance_scale is not None:
+        raise ValueError("pass classifier-free guidance either as a ClassifierFree term or as guidance_scale")
+    if plan.cfg is not None:
+        uncond_args = plan.cfg.uncond_args
+    table, rows, model_t, host_t = prepare_timesteps(timesteps, alphas_cumprod, x)
+    num_timesteps = len(alphas_cumprod)
     steps = rows.shape[0]
     for i in tqdm(range(steps), desc=desc, disable=disable):
         k = steps - 1 - i
         t = model_t[k]
-        out = model(x, t, **extra_args)
+        scale = guidance_scale if plan.cfg is None else 1.0 + plan.cfg_weight(host_t[k], num_timesteps)
+        out, out_u = model_outputs(model, x, t, extra_args, uncond_args if scale not in (None, 1.0) else None)
+        eps_grad = weighted_gradient(plan.eps_terms, x, t, num_timesteps)
+        if eps_grad is not None:  # ε̂ = ε − √(1 − ᾱ_t)·Σ w·∇f
+            shift = -C.gather(table, rows[k], T.SQRT_1M_AC, x.dim(), torch.float32) * eps_grad
+            out, out_u = (None if o is None else shift_eps(o, shift) for o in (out, out_u))
         kwargs = {"backend": backend, "return_x0": True}
-        if guidance_scale is not None:
-            kwargs.update(model_output_uncond=model(x, t, **uncond_args), guidance_scale=guidance_scale)
+        if out_u is not None:
+            kwargs.update(model_output_uncond=out_u, guidance_scale=scale)
         if seed is not None:
             kwargs.update(seed=seed, offset=step_offset(i))
         elif needs_noise:
             kwargs.update(noise=torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-        x, x0 = step(x, out, table, rows[k], **kwargs)
+        mean_grad = weighted_gradient(plan.mean_terms, x, t, num_timesteps)
+        x_prev, x0 = step(x, out, table, rows[k], **kwargs)
+        if mean_grad is not None:  # μ ← μ + Σ_t·Σ w·∇ log p(y | x_t)
+            log_var = log_variance(out, table, rows[k], C.var_type_code(ddpm_var_type), x.shape[1], torch.float32)
+            x_prev = (x_prev.float() + log_var.exp() * mean_grad).to(x.dtype)
+        x = x_prev
         yield {"i": i, "t": t, "x": x, "denoised": x0}
+
+
+def model_outputs(model, x: torch.Tensor, t: torch.Tensor, extra_args: dict, uncond_args: dict | None):
+    """(conditional output, unconditional output or None). With uncond_args, one forward pass on the doubled
+    batch [x; x] when the two kwarg sets stack key by key (same keys; [N, ...] tensors are concatenated, other
+    values equal in both), else two passes."""
+    if uncond_args is None:
+        return model(x, t, **extra_args), None
+    n = x.shape[0]
+    kwargs = {}
+    for key in extra_args.keys() | uncond_args.keys():
+        cond, unc = extra_args.get(key, _MISSING), uncond_args.get(key, _MISSING)
+        if isinstance(cond, torch.Tensor) and isinstance(unc, torch.Tensor) and cond.shape[:1] == unc.shape[:1] == (n,):
+            kwargs[key] = torch.cat([cond, unc.to(cond.device)])
+        elif cond is unc or (cond is not _MISSING and not isinstance(cond, torch.Tensor)
+                             and not isinstance(unc, torch.Tensor) and cond == unc):
+            kwargs[key] = cond
+        else:
+            return model(x, t, **extra_args), model(x, t, **uncond_args)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), **kwargs)
+    return out[:n], out[n:]
+
+
+def shift_eps(model_output: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """model_output with `shift` ([N, C, ...] float32) added to its first C (ε) channels; variance channels kept."""
+    c = shift.shape[1]
+    eps = (model_output[:, :c].float() + shift).to(model_output.dtype)
+    return eps if model_output.shape[1] == c else torch.cat([eps, model_output[:, c:]], dim=1)
 
 
 def consume(steps: Iterator[dict], x: torch.Tensor, callback) -> torch.Tensor:

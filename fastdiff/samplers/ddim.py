@@ -10,7 +10,7 @@ from fastdiff.samplers._loop import consume, run_steps
 def ddim_steps(model, x, timesteps=None, extra_args=None, *, alphas_cumprod, eta: float = 0.0,
                prediction="epsilon", clip_denoised: bool = False, guidance_scale: float | None = None,
                uncond_args: dict | None = None, seed: int | None = None, generator=None, disable=None,
-               backend: str | None = None):
+               backend: str | None = None, guidance=(), labels=None):
     """Generator over DDIM steps from x_T: yields {"i", "t", "x": x_{t-1}, "denoised": x̂0} per step.
 
     Arguments as in `fastdiff.samplers.ddpm_steps`; η = 0 is deterministic (no noise is drawn), η = 1 is
@@ -22,18 +22,20 @@ def ddim_steps(model, x, timesteps=None, extra_args=None, *, alphas_cumprod, eta
     step = functools.partial(ops.ddim_step, eta=eta, prediction=prediction, clip_denoised=clip_denoised)
     return run_steps(step, model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod,
                      guidance_scale=guidance_scale, uncond_args=uncond_args, seed=seed if eta > 0 else None,
-                     generator=generator, needs_noise=eta > 0, disable=disable, desc="DDIM", backend=backend)
+                     generator=generator, needs_noise=eta > 0, disable=disable, desc="DDIM", backend=backend,
+                     guidance=guidance, labels=labels, prediction=prediction)
 
 
 def sample_ddim(model, x, timesteps=None, extra_args=None, callback=None, disable=None, *, alphas_cumprod,
                 eta: float = 0.0, prediction="epsilon", clip_denoised: bool = False,
                 guidance_scale: float | None = None, uncond_args: dict | None = None, seed: int | None = None,
-                generator=None, backend: str | None = None):
+                generator=None, backend: str | None = None, guidance=(), labels=None):
     """Sample x_0 from x_T: [N, C, ...] by DDIM over `timesteps` (e.g. range(0, 1000, 20) for DDIM-50).
 
     callback(info) receives {"i": step, "t": model timesteps, "x": x_{t-1}, "denoised": x̂0} after each step.
     """
     steps = ddim_steps(model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod, eta=eta,
                        prediction=prediction, clip_denoised=clip_denoised, guidance_scale=guidance_scale,
-                       uncond_args=uncond_args, seed=seed, generator=generator, disable=disable, backend=backend)
+                       uncond_args=uncond_args, seed=seed, generator=generator, disable=disable, backend=backend,
+                       guidance=guidance, labels=labels)
     return consume(steps, x, callback)

@@ -1,5 +1,5 @@
 """Draw many samples from a trained ε-model in fixed-size chunks with the fused DDPM / DDIM samplers, with
-class labels and classifier-free guidance (Ho & Salimans 2022, eq. 6: ε̃ = (1 + w)·ε(x, y) − w·ε(x, ∅)).
+class labels and any mix of classifier-free, classifier and discriminator guidance (`fastdiff.samplers.guidance`).
 
 Chunk b of `batch_size` samples starts from Philox noise of seed `chunk_seed(seed, b)` and draws its step noise
 in-kernel from the same seed, so sample k is the same whoever computes it: ranks take chunks b ≡ rank
@@ -15,6 +15,7 @@ from fastdiff import ops
 from fastdiff.diffusion import space_timesteps
 from fastdiff.samplers.ddim import sample_ddim
 from fastdiff.samplers.ddpm import sample_ddpm
+from fastdiff.samplers.guidance import GuidanceSpec
 
 SAMPLER_KINDS = ("ddpm", "ddim")
 
@@ -37,38 +38,51 @@ def chunk_seed(seed: int, chunk: int) -> int:
 @torch.no_grad()
 def generate(model, alphas_cumprod, num_samples: int, shape, *, sampler: str = "ddim", steps: int = 50,
              eta: float = 0.0, var_type: str = "fixed_large", labels: torch.Tensor | None = None,
-             guidance: float = 0.0, null_label: int | None = None, clip_denoised: bool = True, seed: int = 0,
-             batch_size: int = 256, device="cpu", rank: int = 0, world_size: int = 1,
-             progress: bool = False) -> torch.Tensor:
+             guidance=0.0, null_label: int | None = None, conditional: bool = True, classifier=None,
+             discriminator=None, clip_denoised: bool = True, seed: int = 0, batch_size: int = 256, device="cpu",
+             rank: int = 0, world_size: int = 1, progress: bool = False) -> torch.Tensor:
     """Samples [num_samples, *shape] (this rank's chunks only when world_size > 1, in chunk order).
 
     model(x, t[, y]) -> ε (C or 2C channels); alphas_cumprod: [T] of the trained process; sampler "ddpm" (ancestral,
     `var_type` as ops.ddpm_step) or "ddim" (η = eta); labels: int64 [num_samples] class of each sample (None:
-    unconditional); guidance w ≥ 0 needs `null_label` (the label-dropout class); w = 0 is the plain conditional model.
+    unconditional). guidance: the classifier-free weight w >= 0 (0: the plain conditional model), or a sequence
+    of `GuidanceSpec`s / "KIND=SCALE[,t=LO:HI][,schedule=NAME]" strings: cfg needs `null_label` (the
+    label-dropout class), cg a `classifier` (targets: labels), dg a `discriminator`. conditional=False feeds the
+    model the null class (or no y when null_label is None), so labels are only classifier-guidance targets.
     """
     if sampler not in SAMPLER_KINDS:
         raise ValueError(f"sampler must be one of {SAMPLER_KINDS}, got {sampler!r}")
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
-    if labels is not None and labels.shape != (num_samples,):
-        raise ValueError(f"labels must have shape [{num_samples}], got {tuple(labels.shape)}")
-    if guidance < 0:
-        raise ValueError(f"guidance must be >= 0, got {guidance}")
-    if guidance > 0 and (labels is None or null_label is None):
-        raise ValueError("classifier-free guidance > 0 needs labels and null_label (a model trained with p_uncond)")
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.shape != (num_samples,) or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 [{num_samples}], got {labels.dtype} {tuple(labels.shape)}")
+        if int(labels.min()) < 0 or (null_label is not None and int(labels.max()) >= null_label):
+            raise ValueError(f"labels must lie in [0, {null_label if null_label is not None else 'K'}), got "
+                             f"values in [{int(labels.min())}, {int(labels.max())}]")
+    specs = guidance_specs(guidance)
+    if any(g.kind == "cfg" for g in specs) and (labels is None or null_label is None or not conditional):
+        raise ValueError("classifier-free guidance needs labels, null_label (a model trained with p_uncond) and "
+                         "conditional=True")
+    if not conditional and labels is None:
+        raise ValueError("conditional=False needs labels (the classifier-guidance targets)")
+    for g in specs:  # every missing model is reported before sampling starts
+        g.build(labels=labels, null_labels=labels, classifier=classifier, discriminator=discriminator)
     timesteps = sampling_timesteps(len(alphas_cumprod), steps)
     outs = []
     for b in range(rank, math.ceil(num_samples / batch_size), world_size):
         lo, hi = b * batch_size, min(num_samples, (b + 1) * batch_size)
         s = chunk_seed(seed, b)
         x = ops.randn_like(torch.empty((hi - lo, *shape), device=device), seed=s)
-        extra = uncond = None
-        if labels is not None:
-            y = labels[lo:hi].to(device)
-            extra = {"y": y}
-            uncond = {"y": torch.full_like(y, null_label)} if guidance > 0 else None
+        extra, y = None, None if labels is None else labels[lo:hi].to(device)
+        null = None if null_label is None or y is None else torch.full_like(y, null_label)
+        if y is not None and (conditional or null is not None):
+            extra = {"y": y if conditional else null}
+        terms = [g.build(labels=y, null_labels=null, classifier=classifier, discriminator=discriminator)
+                 for g in specs]
         kw = dict(alphas_cumprod=alphas_cumprod, clip_denoised=clip_denoised, seed=s, disable=not progress,
-                  guidance_scale=1.0 + guidance if guidance > 0 else None, uncond_args=uncond)
+                  guidance=terms, labels=y)
         if sampler == "ddpm":
             outs.append(sample_ddpm(model, x, timesteps, extra, var_type=var_type, **kw))
         else:
@@ -76,3 +90,18 @@ def generate(model, alphas_cumprod, num_samples: int, shape, *, sampler: str = "
     if not outs:
         return torch.empty((0, *shape), device=device)
     return torch.cat(outs)
+
+
+def guidance_specs(guidance) -> list[GuidanceSpec]:
+    """`generate`'s guidance argument as a list of GuidanceSpec (a number w > 0 is classifier-free guidance)."""
+    if isinstance(guidance, (int, float)) and not isinstance(guidance, bool):
+        if not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        return [GuidanceSpec("cfg", float(guidance))] if guidance > 0 else []
+    if isinstance(guidance, (str, GuidanceSpec)):
+        guidance = [guidance]
+    specs = [g if isinstance(g, GuidanceSpec) else GuidanceSpec.parse(g) for g in guidance]
+    kinds = [g.kind for g in specs]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"each guidance kind may appear once, got {kinds}")
+    return specs
