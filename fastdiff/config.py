@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-MODEL_KINDS = ("unet", "mlp")
+MODEL_KINDS = ("unet", "mlp", "classifier")
 
 
 @dataclass
@@ -23,9 +23,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """kind "unet" (ADM UNetModel; attention_resolutions in pixels, as guided-diffusion's scripts) or "mlp"
-    (MLPDenoiser for 2-D data). class_cond adds a label embedding (one more row, the null class, when the diffusion's
-    p_uncond > 0)."""
+    """kind "unet" (ADM UNetModel; attention_resolutions in pixels, as guided-diffusion's scripts), "mlp"
+    (MLPDenoiser for 2-D data) or "classifier" (ADM noisy classifier: EncoderUNetModel with the unet keys and `pool`,
+    trained with NoisyClassifierObjective on the [diffusion]'s q(x_t | x_0)). class_cond adds a label embedding (one
+    more row, the null class, when the diffusion's p_uncond > 0); a classifier is trained on labels, so for it
+    class_cond defaults to (and must be) true."""
     kind: str = "unet"
     model_channels: int = 64
     num_res_blocks: int = 2
@@ -41,6 +43,7 @@ class ModelConfig:
     class_cond: bool = False
     width: int = 256  # mlp
     depth: int = 3  # mlp
+    pool: str = "attention"  # classifier: EncoderUNetModel's head (adaptive, attention, spatial, spatial_v2)
 
 
 @dataclass
@@ -110,13 +113,16 @@ def from_dict(raw: dict, where: str = "config") -> RunConfig:
     unknown = sorted(set(raw) - sections - {"name", "out_dir"})
     if unknown:
         raise ValueError(f"{where}: unknown top-level key(s) {unknown}; valid: name, out_dir, {sorted(sections)}")
+    model = dict(raw.get("model", {}))
+    if model.get("kind") == "classifier":
+        model.setdefault("class_cond", True)  # its labels are the targets
     data = dict(raw.get("data", {}))
     options = dict(data.pop("options", {}))
     options.update({k: v for k, v in data.items() if k != "name"})
     cfg = RunConfig(
         name=str(raw.get("name", "run")), out_dir=raw.get("out_dir"),
         data=DataConfig(name=data.get("name", "digits"), options=options),
-        model=_table(ModelConfig, raw.get("model", {}), f"{where} [model]"),
+        model=_table(ModelConfig, model, f"{where} [model]"),
         diffusion=_table(DiffusionConfig, raw.get("diffusion", {}), f"{where} [diffusion]"),
         train=dict(raw.get("train", {})), sample=_table(SampleConfig, raw.get("sample", {}), f"{where} [sample]"))
     if cfg.model.kind not in MODEL_KINDS:
@@ -126,8 +132,27 @@ def from_dict(raw: dict, where: str = "config") -> RunConfig:
     if cfg.diffusion.p_uncond > 0 and not cfg.model.class_cond:
         raise ValueError(f"{where}: [diffusion] p_uncond > 0 (classifier-free label dropout) needs [model] "
                          "class_cond = true")
+    if cfg.model.kind == "classifier":
+        _check_classifier(cfg, where)
     train_config(cfg)  # validate [train] now, not after the data are loaded
     return cfg
+
+
+def _check_classifier(cfg: RunConfig, where: str) -> None:
+    """The settings a noisy classifier cannot use are errors, not silently ignored."""
+    from fastdiff.models.unet import POOLS
+
+    if not cfg.model.class_cond:
+        raise ValueError(f"{where}: [model] kind = 'classifier' is trained on the data's labels; class_cond must be "
+                         "true (the default)")
+    if cfg.model.pool not in POOLS:
+        raise ValueError(f"{where} [model] pool must be one of {POOLS}, got {cfg.model.pool!r}")
+    if cfg.diffusion.p_uncond > 0:
+        raise ValueError(f"{where}: [diffusion] p_uncond (label dropout) does not apply to [model] kind = "
+                         f"'classifier', got {cfg.diffusion.p_uncond}")
+    if cfg.diffusion.schedule_sampler != "uniform":
+        raise ValueError(f"{where}: [model] kind = 'classifier' trains on uniform timesteps; [diffusion] "
+                         f"schedule_sampler must be 'uniform', got {cfg.diffusion.schedule_sampler!r}")
 
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -195,8 +220,9 @@ def label_count(cfg: RunConfig, dataset) -> int | None:
 
 
 def build_model(cfg: RunConfig, dataset) -> nn.Module:
-    """The ε-model for `dataset`'s shape: UNetModel for images [C, H, H], MLPDenoiser for vectors [D]."""
-    from fastdiff.models import MLPDenoiser, UNetModel
+    """The model for `dataset`'s shape: UNetModel (ε-model) for images [C, H, H], MLPDenoiser for vectors [D],
+    EncoderUNetModel (noisy classifier, logits over the data's classes) for kind "classifier"."""
+    from fastdiff.models import EncoderUNetModel, MLPDenoiser, UNetModel
 
     m, shape = cfg.model, tuple(dataset.data_shape)
     classes = label_count(cfg, dataset)
@@ -207,17 +233,20 @@ def build_model(cfg: RunConfig, dataset) -> nn.Module:
         return MLPDenoiser(data_dim=shape[0], width=m.width, depth=m.depth, out_dim=sigma * shape[0],
                            num_classes=classes)
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise ValueError(f"[model] kind = 'unet' needs square images [C, H, H], got data shape {shape}")
+        raise ValueError(f"[model] kind = {m.kind!r} needs square images [C, H, H], got data shape {shape}")
     size = shape[1]
     bad = [r for r in m.attention_resolutions if r < 1 or size % r]
     if bad:
         raise ValueError(f"[model] attention_resolutions {bad} must divide the image size {size}")
-    return UNetModel(
-        image_size=size, in_channels=shape[0], model_channels=m.model_channels, out_channels=sigma * shape[0],
-        num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(size // r for r in m.attention_resolutions),
-        dropout=m.dropout, channel_mult=m.channel_mult, num_classes=classes, use_checkpoint=m.use_checkpoint,
-        num_heads=m.num_heads, num_head_channels=m.num_head_channels, use_scale_shift_norm=m.use_scale_shift_norm,
-        resblock_updown=m.resblock_updown, use_new_attention_order=m.use_new_attention_order)
+    torso = {"image_size": size, "in_channels": shape[0], "model_channels": m.model_channels,
+             "num_res_blocks": m.num_res_blocks,
+             "attention_resolutions": tuple(size // r for r in m.attention_resolutions), "dropout": m.dropout,
+             "channel_mult": m.channel_mult, "use_checkpoint": m.use_checkpoint, "num_heads": m.num_heads,
+             "num_head_channels": m.num_head_channels, "use_scale_shift_norm": m.use_scale_shift_norm,
+             "resblock_updown": m.resblock_updown, "use_new_attention_order": m.use_new_attention_order}
+    if m.kind == "classifier":
+        return EncoderUNetModel(out_channels=classes, pool=m.pool, **torso)
+    return UNetModel(out_channels=sigma * shape[0], num_classes=classes, **torso)
 
 
 def build_diffusion(cfg: RunConfig, timestep_respacing=""):
@@ -232,9 +261,12 @@ def build_diffusion(cfg: RunConfig, timestep_respacing=""):
 
 
 def build_objective(cfg: RunConfig, diffusion, dataset):
-    """The training objective of [diffusion] (fastdiff.training.DiffusionObjective)."""
-    from fastdiff.training import DiffusionObjective
+    """The training objective: fastdiff.training.DiffusionObjective of [diffusion], or NoisyClassifierObjective
+    (cross-entropy on x_t ~ q(x_t | x_0)) for [model] kind = "classifier"."""
+    from fastdiff.training import DiffusionObjective, NoisyClassifierObjective
 
+    if cfg.model.kind == "classifier":
+        return NoisyClassifierObjective(diffusion, num_classes=label_count(cfg, dataset))
     return DiffusionObjective(diffusion=diffusion, schedule_sampler=cfg.diffusion.schedule_sampler,
                               p_uncond=cfg.diffusion.p_uncond,
                               num_classes=dataset.num_classes if cfg.model.class_cond else None)

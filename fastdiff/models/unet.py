@@ -480,7 +480,8 @@ class UNetModel(_UNetTorso):
 class EncoderUNetModel(_UNetTorso):
     """ADM half-UNet (noisy classifier / discriminator): input blocks, middle block, then a pooled head.
 
-    x: [N, in_channels, H, W], timesteps: [N] -> logits [N, out_channels].
+    x: [N, in_channels, H, W], timesteps: [N] -> logits [N, out_channels]; `forward_features` returns the
+    middle-block output [N, feature_channels, H / feature_downsample, W / feature_downsample] that the head pools.
     pool: "adaptive" (GN, SiLU, global average, 1x1 conv), "attention" (GN, SiLU, AttentionPool2d; needs
     num_head_channels), "spatial" / "spatial_v2" (MLP on the spatial means of every block's output).
     """
@@ -511,6 +512,8 @@ class EncoderUNetModel(_UNetTorso):
             use_new_attention_order)
         del self._resblock, self._attention
         self.pool = pool
+        # The shape of forward_features' output per example: [feature_channels, H / ds, W / ds].
+        self.feature_channels, self.feature_downsample = ch, ds
         if pool == "adaptive":
             self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
                                      zero_module(conv_nd(dims, ch, out_channels, 1)), nn.Flatten())
@@ -540,25 +543,38 @@ class EncoderUNetModel(_UNetTorso):
 
     convert_to_float32 = convert_to_fp32
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x: [N, C_in, H, W], timesteps: [N] -> [N, out_channels] in x's dtype."""
+    def _torso(self, x: torch.Tensor, timesteps: torch.Tensor, spatial_means: bool):
+        """(middle-block output [N, C', H', W'] in x's dtype, the spatial means [N, C_b] of every block's output
+        in order when `spatial_means`, else [])."""
         self._input_dtype_check(x)
         emb = self._time_emb(timesteps, x.shape[0])
-        spatial = self.pool.startswith("spatial")
         results = []
         h = x.to(self.dtype)
         for module in self.input_blocks:
             h = module(h, emb)
-            if spatial:
+            if spatial_means:
                 results.append(h.to(x.dtype).mean(dim=(2, 3)))
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb).to(x.dtype)
+        if spatial_means:
+            results.append(h.mean(dim=(2, 3)))
+        return h, results
+
+    def forward_features(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """z_t = the middle-block output that `forward` pools: x: [N, C_in, H, W], timesteps: [N] ->
+        [N, feature_channels, H / 2^(levels-1), W / 2^(levels-1)] in x's dtype (Discriminator Guidance's latent
+        z_t of a noisy classifier, Kim et al. 2023)."""
+        return self._torso(x, timesteps, spatial_means=False)[0]
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, H, W], timesteps: [N] -> [N, out_channels] in x's dtype."""
+        spatial = self.pool.startswith("spatial")
+        h, results = self._torso(x, timesteps, spatial_means=spatial)
         if spatial:
-            results.append(h.to(x.dtype).mean(dim=(2, 3)))
             h = torch.cat(results, dim=-1)  # [N, feature_size]
             if self.pool == "spatial":
                 return self.out(h)
             return self.out[3](adagn(self.out[0](h), self.out[1]))
-        h = adagn(h.to(x.dtype), self.out[0])
+        h = adagn(h, self.out[0])
         if self.pool == "adaptive":
             return self.out[4](self.out[3](self.out[2](h)))
         return self.out[2](h)

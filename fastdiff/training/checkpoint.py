@@ -178,3 +178,36 @@ def prune_checkpoints(directory, keep: int, protect=()) -> list[Path]:
     if deleted:
         logger.info("pruned %d old checkpoint(s): %s", len(deleted), ", ".join(p.name for p in deleted))
     return deleted
+
+
+def load_run_checkpoint(path, map_location="cpu") -> tuple[Path, dict]:
+    """(file, verified state) of a checkpoint file, or of the newest valid checkpoint of a run directory (its
+    checkpoints/ folder, or the folder itself). ValueError naming the path when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        found, state, _ = newest_valid_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path,
+                                                  map_location=map_location)
+        if found is None:
+            raise ValueError(f"no valid checkpoint under {str(path)!r}")
+        return found, state
+    if path.is_file():
+        return path, load_checkpoint(path, map_location=map_location)
+    raise ValueError(f"checkpoint {str(path)!r} does not exist")
+
+
+def copy_ema_(model: torch.nn.Module, state: dict, ema_rate: float | str | None = "best") -> float | None:
+    """Copy the EMA parameters of a Trainer checkpoint `state` into `model` (already holding state["model"]).
+
+    ema_rate: "best" (the slowest EMA, the usual evaluation weights), one of the run's rates, or None (keep the raw
+    weights). Returns the rate used (None when none was applied: None asked, or no EMA in the checkpoint)."""
+    if ema_rate is None or not state.get("ema"):
+        return None
+    rates = {float(r): r for r in state["ema"]}
+    rate = max(rates) if ema_rate == "best" else float(ema_rate)
+    if rate not in rates:
+        raise ValueError(f"ema_rate must be one of {sorted(rates)} or 'best', got {ema_rate!r}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["ema"][rates[rate]].items():
+            params[name].copy_(tensor)
+    return rate

@@ -12,6 +12,7 @@ data parallelism each rank takes its slice and the run does not depend on the wo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,6 +52,48 @@ class BatchDraw:
         """Every field on `device`."""
         return BatchDraw(self.t.to(device), self.weights.to(device), self.noise.to(device),
                          None if self.drop is None else self.drop.to(device))
+
+
+@runtime_checkable
+class TrainingObjective(Protocol):
+    """What the Trainer calls on an objective (DiffusionObjective, NoisyClassifierObjective,
+    DiscriminatorObjective): `num_classes` (None: the data's labels are not passed), `draw` (all randomness of
+    the GLOBAL batch from the Trainer's generator), `losses` on this rank's shard, `update_sampler` after a good
+    step, and `state_dict` / `load_state_dict` for checkpoints."""
+
+    num_classes: int | None
+
+    def draw(self, batch_size: int, sample_shape, generator: torch.Generator) -> BatchDraw: ...
+
+    def losses(self, model, x_start: torch.Tensor, y: torch.Tensor | None, draw: BatchDraw): ...
+
+    def update_sampler(self, t: torch.Tensor, per_sample_losses: torch.Tensor) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def check_labels(y, num_classes: int, name: str = "y") -> torch.Tensor:
+    """y unchanged when it is an int64 [N] tensor with values in [0, num_classes); else a ValueError naming `name`
+    and the values found."""
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.int64:
+        raise ValueError(f"{name} must be int64 [N], got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
+    return y
+
+
+def run_objective(objective: TrainingObjective, model, x_start: torch.Tensor, y: torch.Tensor | None,
+                  generator: torch.Generator):
+    """One batch of `objective` outside the Trainer: draw from `generator`, compute the loss, update the timestep
+    sampler. x_start: [N, C, ...]; y: int64 [N] or None. Returns (loss scalar, terms dict of batch means)."""
+    draw = objective.draw(x_start.shape[0], tuple(x_start.shape[1:]), generator)
+    loss, terms, per_sample = objective.losses(model, x_start, y, draw)
+    objective.update_sampler(draw.t.to(x_start.device), per_sample)
+    return loss, terms
 
 
 def sample_timesteps(sampler: ScheduleSampler, batch_size: int, generator: torch.Generator):
@@ -137,11 +180,7 @@ class DiffusionObjective:
         if y is None:
             raise ValueError(f"y (class labels) is required: the objective is class-conditional "
                              f"(num_classes={self.num_classes})")
-        if y.dim() != 1 or y.dtype != torch.int64:
-            raise ValueError(f"y must be int64 [N], got {y.dtype} of shape {tuple(y.shape)}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"y must lie in [0, num_classes={self.num_classes}), got values in "
-                             f"[{int(y.min())}, {int(y.max())}]")
+        check_labels(y, self.num_classes)
         if drop is None:
             return y
         return torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
@@ -176,10 +215,7 @@ class DiffusionObjective:
 
         x_start: [N, C, ...]; y: int64 [N] or None. Returns (loss scalar, terms dict of batch means).
         """
-        draw = self.draw(x_start.shape[0], tuple(x_start.shape[1:]), generator)
-        loss, terms, per_sample = self.losses(model, x_start, y, draw)
-        self.update_sampler(draw.t.to(x_start.device), per_sample)
-        return loss, terms
+        return run_objective(self, model, x_start, y, generator)
 
     # ------------------------------------------------------------------ state
 

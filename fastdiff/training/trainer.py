@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from fastdiff.training import checkpoint as ckpt
 from fastdiff.training import distributed as D
-from fastdiff.training.objectives import DiffusionObjective
+from fastdiff.training.objectives import TrainingObjective
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
 class Trainer:
     """Trains `model` on `dataset` with `objective` under `config`, writing log.jsonl and checkpoints/ in out_dir.
 
-    model: an nn.Module (e.g. fastdiff.models.UNetModel); objective: DiffusionObjective; dataset: any object with
+    model: an nn.Module (e.g. fastdiff.models.UNetModel); objective: a TrainingObjective (DiffusionObjective,
+    NoisyClassifierObjective, DiscriminatorObjective); dataset: any object with
     `.x` [N, ...] float tensor and `.y` int64 [N] or None (fastdiff.data.ArrayDataset); device: default cuda:
     LOCAL_RANK or CPU; run_config: JSON-serialisable dict stored in every checkpoint (e.g. the CLI's model and
     diffusion settings). Under torchrun call `distributed.init_distributed()` first; gradients are averaged over
@@ -163,12 +164,13 @@ class Trainer:
     trainer's own generator.
     """
 
-    def __init__(self, model: torch.nn.Module, objective: DiffusionObjective, dataset, config: TrainConfig,
+    def __init__(self, model: torch.nn.Module, objective: TrainingObjective, dataset, config: TrainConfig,
                  out_dir, device=None, run_config: dict | None = None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if not isinstance(objective, DiffusionObjective):
-            raise TypeError(f"objective must be a DiffusionObjective, got {type(objective).__name__}")
+        if not isinstance(objective, TrainingObjective):
+            raise TypeError("objective must be a TrainingObjective (num_classes, draw, losses, update_sampler, "
+                            f"state_dict, load_state_dict), e.g. a DiffusionObjective; got {type(objective).__name__}")
         self.config = config
         self.objective = objective
         self.rank, self.world_size = D.get_rank(), D.get_world_size()
