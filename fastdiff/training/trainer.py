@@ -30,6 +30,7 @@ from fastdiff.training.objectives import TrainingObjective
 logger = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
+LR_DECAYS = ("constant", "cosine")
 CHECKPOINT_FORMAT = 1
 
 
@@ -58,7 +59,8 @@ class TrainConfig:
     """Hyper-parameters of a training run.
 
     batch_size is the GLOBAL batch (split evenly over ranks); ema_rates: one EMA copy per rate; warmup_steps: lr
-    grows linearly from lr/warmup_steps to lr over the first warmup_steps steps; grad_clip: max global grad norm or
+    grows linearly from lr/warmup_steps to lr over the first warmup_steps steps; lr_decay: "constant" after warmup,
+    or "cosine" from lr to 0 over the remaining steps (Loshchilov & Hutter 2017); grad_clip: max global grad norm or
     None; amp: "none" (fp32), "bf16" (autocast) or "fp16" (autocast + dynamic loss scaling from
     initial_loss_scale, halved on a non-finite step, doubled after loss_scale_growth_interval good steps);
     max_skipped_steps: K, abort after K non-finite steps in a row; save_interval / log_interval in steps;
@@ -73,6 +75,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     ema_rates: tuple[float, ...] = (0.9999,)
     warmup_steps: int = 0
+    lr_decay: str = "constant"
     grad_clip: float | None = None
     amp: str = "none"
     initial_loss_scale: float = 2.0 ** 16
@@ -103,6 +106,8 @@ class TrainConfig:
         if len(set(self.ema_rates)) != len(self.ema_rates):
             raise ValueError(f"TrainConfig.ema_rates must be distinct, got {self.ema_rates}")
         _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"TrainConfig.lr_decay must be one of {list(LR_DECAYS)}, got {self.lr_decay!r}")
         if self.grad_clip is not None:
             _check_float("grad_clip", self.grad_clip, 0.0, low_open=True)
         if self.amp not in AMP_MODES:
@@ -264,10 +269,15 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def lr_at(self, step: int) -> float:
-        """Linear warmup: lr · min(1, (step + 1)/warmup_steps) for 0-based `step`."""
-        if self.config.warmup_steps == 0:
-            return self.config.lr
-        return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
+        """lr of 0-based `step`: linear warmup lr · (step + 1)/warmup_steps, then constant or a cosine
+        lr · ½(1 + cos(π·p)) with p = (step − warmup_steps)/(total_steps − warmup_steps)."""
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.lr_decay == "constant":
+            return c.lr
+        p = (step - c.warmup_steps) / max(1, c.total_steps - c.warmup_steps)
+        return c.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
 
     def _autocast(self):
         if self.config.amp == "none":

@@ -102,6 +102,14 @@ def test_warmup_and_ema(make_unet, make_diffusion, make_dataset, tmp_path):
     assert not torch.equal(tr.ema[0.9][-1], tr.ema[0.5][-1])
 
 
+def test_cosine_lr_decay(make_unet, make_diffusion, make_dataset, tmp_path):
+    tr = _trainer(make_unet, make_diffusion, make_dataset, tmp_path, warmup_steps=2, lr=1e-3, lr_decay="cosine",
+                  total_steps=6)
+    # warmup 5e-4, 1e-3; then ½(1 + cos(π·k/4)) for k = 0..3 of the 4 remaining steps.
+    assert [tr.lr_at(s) for s in range(6)] == pytest.approx(
+        [5e-4, 1e-3, 1e-3, 1e-3 * (0.5 + 0.5 ** 1.5), 5e-4, 1e-3 * (0.5 - 0.5 ** 1.5)])
+
+
 def test_epochs_are_permutations_and_tail_dropped(make_unet, make_diffusion, tmp_path):
     x = torch.arange(20, dtype=torch.float32).view(20, 1, 1, 1).expand(20, 1, 8, 8).contiguous()
     tr = Trainer(make_unet(), DiffusionObjective(make_diffusion(steps=10)), TensorData(x),
@@ -159,6 +167,7 @@ def test_resume_without_checkpoint_starts_fresh(make_unet, make_diffusion, make_
     ("adam_betas", (0.9,), "adam_betas"),
     ("grad_clip", -1.0, "grad_clip"),
     ("warmup_steps", -2, "warmup_steps"),
+    ("lr_decay", "linear", "lr_decay must be one of"),
     ("max_skipped_steps", 0, "max_skipped_steps"),
     ("keep_checkpoints", 0, "keep_checkpoints"),
     ("initial_loss_scale", float("inf"), "initial_loss_scale"),
