@@ -1,10 +1,11 @@
 """The `fastdiff` command line: train | sample | eval | bench | repro | demo.
 
     fastdiff train --config configs/digits_cfg.toml [--out DIR] [--resume] [train.lr=1e-4 ...]
-    fastdiff sample --ckpt DIR_OR_FILE --sampler ddim --steps 50 --eta 0 --guidance 1 --num-samples 100 --out DIR
+    fastdiff sample --ckpt DIR_OR_FILE --sampler ddim --steps 50 --eta 0 --guidance cfg=3 --num-samples 100 --out DIR
+        [--guidance cg=2 --classifier RUN] [--guidance dg=1,t=0:600 --discriminator RUN] [--unconditional]
     fastdiff eval --ckpt DIR_OR_FILE [--num-samples N] [--bpd]
     fastdiff bench [--quick]
-    fastdiff repro toy-samplers | digits-samplers | hybrid-vs-simple [--quick]
+    fastdiff repro toy-samplers | digits-samplers | hybrid-vs-simple | dg-toy | guidance-digits [--quick]
     fastdiff demo [--out demo_out] [--quick]
 
 Under torchrun, `train` runs data parallel and `sample` splits the sample chunks over the ranks.
@@ -64,7 +65,14 @@ def _add_sample(sub) -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
     p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
     p.add_argument("--eta", type=float, default=None, help="DDIM η (0: deterministic)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w (0: off)")
+    p.add_argument("--guidance", action="append", default=None, metavar="KIND=SCALE[,t=LO:HI][,schedule=S]",
+                   help="repeatable: cfg=W (classifier-free; a bare number means cfg), cg=S (noisy classifier, needs "
+                        "--classifier), dg=W (Discriminator Guidance, needs --discriminator); t=LO:HI limits a term "
+                        "to model timesteps LO..HI, schedule=constant|increasing|decreasing")
+    p.add_argument("--classifier", default=None, help="noisy-classifier run directory or checkpoint (for cg)")
+    p.add_argument("--discriminator", default=None, help="discriminator run directory or checkpoint (for dg)")
+    p.add_argument("--unconditional", action="store_true",
+                   help="feed the model the null class (unconditional branch); labels only steer cg")
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -88,6 +96,7 @@ def _run_sample(args) -> int:
     import torch
 
     from fastdiff.runs import finish_distributed, gather_chunks, save_grid
+    from fastdiff.samplers.generate import guidance_specs
     from fastdiff.training import distributed as D
 
     D.init_distributed()
@@ -95,11 +104,16 @@ def _run_sample(args) -> int:
     s = run.cfg.sample
     pick = lambda v, d: d if v is None else v  # noqa: E731
     n = pick(args.num_samples, s.num_samples)
-    labels = torch.arange(n) % run.num_classes if run.num_classes else None
+    guidance = guidance_specs(s.guidance if args.guidance is None else args.guidance)  # errors before loading
+    classifier, discriminator = _guidance_models(args, run, guidance)
+    classes = run.num_classes or getattr(classifier, "out_channels", None)
+    labels = torch.arange(n) % classes if classes else None
     x = run.sample(n, sampler=pick(args.sampler, s.sampler), steps=pick(args.steps, s.steps),
-                   eta=pick(args.eta, s.eta), guidance=pick(args.guidance, s.guidance), labels=labels,
-                   seed=args.seed, batch_size=pick(args.batch_size, s.batch_size), rank=D.get_rank(),
-                   world_size=D.get_world_size(), progress=True)
+                   eta=pick(args.eta, s.eta), guidance=guidance, labels=labels, seed=args.seed,
+                   batch_size=pick(args.batch_size, s.batch_size), rank=D.get_rank(),
+                   world_size=D.get_world_size(), progress=True,
+                   conditional=not args.unconditional and run.num_classes is not None,
+                   classifier=classifier, discriminator=discriminator)
     x = gather_chunks(x, n, pick(args.batch_size, s.batch_size))
     if D.get_rank() == 0:
         out = Path(args.out)
@@ -112,6 +126,21 @@ def _run_sample(args) -> int:
         print(f"wrote {n} samples to {out}/samples.npz and {out}/samples.png")
     finish_distributed()
     return 0
+
+
+def _guidance_models(args, run, guidance):
+    """(classifier, discriminator) that the guidance terms need, loaded on the run's device; clear errors for a
+    missing one (or one given without its term)."""
+    from fastdiff.training import load_classifier, load_discriminator
+
+    kinds = {g.kind for g in guidance}
+    device = next(run.model.parameters()).device
+    for kind, flag, value in (("cg", "--classifier", args.classifier), ("dg", "--discriminator", args.discriminator)):
+        if (kind in kinds) != (value is not None):
+            raise ValueError(f"--guidance {kind}=... needs {flag}, and {flag} needs --guidance {kind}=...")
+    classifier = load_classifier(args.classifier, device=device) if args.classifier else None
+    discriminator = load_discriminator(args.discriminator, device=device) if args.discriminator else None
+    return classifier, discriminator
 
 
 def _scatter(x, path) -> None:

@@ -249,6 +249,18 @@ def build_model(cfg: RunConfig, dataset) -> nn.Module:
     return UNetModel(out_channels=sigma * shape[0], num_classes=classes, **torso)
 
 
+def model_from_run_config(meta: dict, where: str = "checkpoint") -> tuple[RunConfig, nn.Module]:
+    """(config, freshly built model) from a Trainer checkpoint's run_config {"config", "data_shape",
+    "num_classes"} (what `fastdiff.runs.make_trainer` stores)."""
+    from types import SimpleNamespace
+
+    if "config" not in (meta or {}):
+        raise ValueError(f"{where} was not written by a fastdiff run (no run_config['config'])")
+    cfg = from_dict(meta["config"], where=where)
+    return cfg, build_model(cfg, SimpleNamespace(data_shape=tuple(meta["data_shape"]),
+                                                 num_classes=meta["num_classes"]))
+
+
 def build_diffusion(cfg: RunConfig, timestep_respacing=""):
     """The (respaced) GaussianDiffusion of [diffusion] (fastdiff.diffusion.create_gaussian_diffusion)."""
     from fastdiff.diffusion import create_gaussian_diffusion

@@ -5,6 +5,7 @@
   DDIM keeps quality at 10-50 steps where respaced DDPM does not).
 - hybrid-vs-simple: Improved DDPM §3 — the hybrid objective with learned variance reaches lower bits/dim than
   L_simple with fixed variance for the same training budget (digits_hybrid vs digits_uncond).
+- dg-toy, guidance-digits: the guidance experiments (`fastdiff.guidance_repro`).
 --quick shortens every run to check the pipeline; its numbers do not test the claims.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fastdiff.config import load_config
+from fastdiff.guidance_repro import dg_toy, guidance_digits
 from fastdiff.runs import load_run, make_trainer, timed
 
 
@@ -76,4 +78,5 @@ def _bar(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-EXPERIMENTS = {"toy-samplers": toy_samplers, "digits-samplers": digits_samplers, "hybrid-vs-simple": hybrid_vs_simple}
+EXPERIMENTS = {"toy-samplers": toy_samplers, "digits-samplers": digits_samplers, "hybrid-vs-simple": hybrid_vs_simple,
+               "dg-toy": dg_toy, "guidance-digits": guidance_digits}

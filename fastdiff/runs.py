@@ -31,15 +31,25 @@ class LoadedRun:
     step: int
 
     def sample(self, num_samples: int, *, sampler="ddim", steps=50, eta=0.0, guidance=0.0, labels=None, seed=0,
-               batch_size=256, rank=0, world_size=1, progress=False) -> torch.Tensor:
+               batch_size=256, rank=0, world_size=1, progress=False, conditional=True, classifier=None,
+               discriminator=None) -> torch.Tensor:
         """Samples [num_samples, *data_shape] in [-1, 1]; labels default to classes 0..K-1 in turn when
-        class-conditional."""
+        class-conditional. guidance, conditional, classifier, discriminator: as `fastdiff.samplers.generate`."""
         if labels is None and self.num_classes:
             labels = torch.arange(num_samples) % self.num_classes
+        if labels is not None and self.num_classes is None and conditional:
+            raise ValueError("labels given to an unconditional model: pass conditional=False (they are then "
+                             "classifier-guidance targets)")
+        if labels is not None and self.num_classes and conditional:
+            labels = torch.as_tensor(labels)
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got values in "
+                                 f"[{int(labels.min())}, {int(labels.max())}]")
         device = next(self.model.parameters()).device
         return generate(self.model, self.diffusion.alphas_cumprod, num_samples, self.data_shape, sampler=sampler,
                         steps=steps, eta=eta, var_type=C.var_type(self.cfg), labels=labels, guidance=guidance,
-                        null_label=self.null_label, seed=seed, batch_size=batch_size, device=device,
+                        null_label=self.null_label, conditional=conditional, classifier=classifier,
+                        discriminator=discriminator, seed=seed, batch_size=batch_size, device=device,
                         rank=rank, world_size=world_size, progress=progress)
 
 
@@ -63,45 +73,17 @@ def load_run(checkpoint, ema_rate: float | str | None = "best", device="cpu") ->
 
     ema_rate: "best" (the slowest EMA, the usual sampling weights), None (raw weights) or one of the run's rates.
     """
-    from fastdiff.training import load_checkpoint, newest_valid_checkpoint
+    from fastdiff.training import copy_ema_, load_run_checkpoint
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        found, state, _ = newest_valid_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
-        if found is None:
-            raise ValueError(f"no valid checkpoint under {str(path)!r}")
-        path = found
-    elif path.is_file():
-        state = load_checkpoint(path, map_location="cpu")
-    else:
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    path, state = load_run_checkpoint(checkpoint)
     meta = state.get("run_config") or {}
-    if "config" not in meta:
-        raise ValueError(f"checkpoint {path} was not written by a fastdiff run (no run_config['config'])")
-    cfg = C.from_dict(meta["config"], where=f"checkpoint {path.name}")
+    cfg, model = C.model_from_run_config(meta, where=f"checkpoint {path}")
     shape, classes = tuple(meta["data_shape"]), meta["num_classes"]
-    dataset_stub = _DataShape(shape, classes)
-    model = C.build_model(cfg, dataset_stub)
     model.load_state_dict(state["model"])
-    if ema_rate is not None and state.get("ema"):
-        rates = {float(r): r for r in state["ema"]}
-        rate = max(rates) if ema_rate == "best" else float(ema_rate)
-        if rate not in rates:
-            raise ValueError(f"ema_rate must be one of {sorted(rates)} or 'best', got {ema_rate!r}")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in state["ema"][rates[rate]].items():
-                params[name].copy_(tensor)
+    copy_ema_(model, state, ema_rate)
     model.to(device).eval()
     null = classes if classes is not None and cfg.diffusion.p_uncond > 0 else None
     return LoadedRun(cfg, model, C.build_diffusion(cfg), shape, classes, null, int(state["step"]))
-
-
-@dataclass
-class _DataShape:
-    """What build_model needs of a data set, from a checkpoint."""
-    data_shape: tuple
-    num_classes: int | None
 
 
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:

@@ -15,9 +15,11 @@ from fastdiff.training.checkpoint import (
 from fastdiff.training.guidance_objectives import (
     DiscriminatorObjective,
     NoisyClassifierObjective,
+    build_discriminator,
     cached_samples,
     discriminator_dataset,
     load_classifier,
+    load_discriminator,
 )
 from fastdiff.training.objectives import (
     BatchDraw,
@@ -32,7 +34,8 @@ from fastdiff.training.trainer import AMP_MODES, TrainConfig, Trainer, TrainingD
 __all__ = [
     "AMP_MODES", "BatchDraw", "CorruptCheckpointError", "DiffusionObjective", "DiscriminatorObjective",
     "NoisyClassifierObjective", "TrainConfig", "Trainer", "TrainingDivergedError", "TrainingObjective",
-    "atomic_write_bytes", "cached_samples", "check_labels", "copy_ema_", "discriminator_dataset", "list_checkpoints",
-    "load_checkpoint", "load_classifier", "load_run_checkpoint", "newest_valid_checkpoint", "prune_checkpoints",
+    "atomic_write_bytes", "build_discriminator", "cached_samples", "check_labels", "copy_ema_",
+    "discriminator_dataset", "list_checkpoints", "load_checkpoint", "load_classifier", "load_discriminator",
+    "load_run_checkpoint", "newest_valid_checkpoint", "prune_checkpoints",
     "run_objective", "sample_timesteps", "save_checkpoint",
 ]

@@ -18,7 +18,6 @@ import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -264,15 +263,40 @@ def load_classifier(checkpoint, device="cpu", ema_rate: float | str | None = "be
     from fastdiff import config as C
 
     path, state = load_run_checkpoint(checkpoint)
-    meta = state.get("run_config") or {}
-    if "config" not in meta:
-        raise ValueError(f"checkpoint {path} was not written by a fastdiff run (no run_config['config'])")
-    cfg = C.from_dict(meta["config"], where=f"checkpoint {path.name}")
+    cfg, model = C.model_from_run_config(state.get("run_config"), where=f"checkpoint {path}")
     if cfg.model.kind != "classifier":
         raise ValueError(f"checkpoint {path} holds a [model] kind = {cfg.model.kind!r} model, not a noisy classifier "
                          "(kind = 'classifier'); load it with fastdiff.runs.load_run")
-    model = C.build_model(cfg, SimpleNamespace(data_shape=tuple(meta["data_shape"]),
-                                               num_classes=meta["num_classes"]))
+    model.load_state_dict(state["model"])
+    copy_ema_(model, state, ema_rate)
+    return model.to(device).eval()
+
+
+def build_discriminator(spec: dict) -> torch.nn.Module:
+    """A fresh discriminator from the JSON-able `spec` a discriminator run stores in its checkpoint (run_config
+    ["discriminator"]): {"kind": "mlp", "kwargs": MLPDiscriminator kwargs} or {"kind": "classifier_features",
+    "classifier": the noisy classifier run's run_config, "head": ClassifierFeatureDiscriminator.from_classifier
+    kwargs}. The classifier's weights come with the discriminator's state dict."""
+    from fastdiff import config as C
+    from fastdiff.models import ClassifierFeatureDiscriminator, MLPDiscriminator
+
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "mlp":
+        return MLPDiscriminator(**spec.get("kwargs", {}))
+    if kind == "classifier_features":
+        _, classifier = C.model_from_run_config(spec["classifier"], where="discriminator spec's classifier")
+        return ClassifierFeatureDiscriminator.from_classifier(classifier, **spec.get("head", {}))
+    raise ValueError(f"discriminator spec kind must be 'mlp' or 'classifier_features', got {spec!r}")
+
+
+def load_discriminator(checkpoint, device="cpu", ema_rate: float | str | None = "best") -> torch.nn.Module:
+    """The discriminator (eval mode, on `device`, EMA weights by default) of a run trained with run_config
+    {"discriminator": spec} (see `build_discriminator`); checkpoint: a file or a run directory."""
+    path, state = load_run_checkpoint(checkpoint)
+    spec = (state.get("run_config") or {}).get("discriminator")
+    if spec is None:
+        raise ValueError(f"checkpoint {path} is not a discriminator run (no run_config['discriminator'])")
+    model = build_discriminator(spec)
     model.load_state_dict(state["model"])
     copy_ema_(model, state, ema_rate)
     return model.to(device).eval()
