@@ -274,19 +274,24 @@ def load_classifier(checkpoint, device="cpu", ema_rate: float | str | None = "be
 
 def build_discriminator(spec: dict) -> torch.nn.Module:
     """A fresh discriminator from the JSON-able `spec` a discriminator run stores in its checkpoint (run_config
-    ["discriminator"]): {"kind": "mlp", "kwargs": MLPDiscriminator kwargs} or {"kind": "classifier_features",
+    ["discriminator"]): {"kind": "mlp", "kwargs": MLPDiscriminator kwargs}, {"kind": "encoder", "kwargs":
+    EncoderUNetModel kwargs} (out_channels = 1) or {"kind": "classifier_features",
     "classifier": the noisy classifier run's run_config, "head": ClassifierFeatureDiscriminator.from_classifier
     kwargs}. The classifier's weights come with the discriminator's state dict."""
     from fastdiff import config as C
     from fastdiff.models import ClassifierFeatureDiscriminator, MLPDiscriminator
 
+    from fastdiff.models import EncoderUNetModel
+
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "mlp":
         return MLPDiscriminator(**spec.get("kwargs", {}))
+    if kind == "encoder":  # from scratch on x_t (the paper's latent-space discriminator)
+        return EncoderUNetModel(**{**spec.get("kwargs", {}), "out_channels": 1})
     if kind == "classifier_features":
         _, classifier = C.model_from_run_config(spec["classifier"], where="discriminator spec's classifier")
         return ClassifierFeatureDiscriminator.from_classifier(classifier, **spec.get("head", {}))
-    raise ValueError(f"discriminator spec kind must be 'mlp' or 'classifier_features', got {spec!r}")
+    raise ValueError(f"discriminator spec kind must be 'mlp', 'encoder' or 'classifier_features', got {spec!r}")
 
 
 def load_discriminator(checkpoint, device="cpu", ema_rate: float | str | None = "best") -> torch.nn.Module:
