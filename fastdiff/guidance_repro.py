@@ -4,7 +4,8 @@
   a 4-layer 256-unit MLP discriminator trained on diffused real vs diffused generated samples, and samples with
   and without Discriminator Guidance, scored by the Fréchet distance of Gaussian fits and MMD to the data.
 - guidance-digits: on classifier-free digits models, classifier-free and noisy-classifier guidance raise the class
-  accuracy of samples as the scale grows, and DG lowers the Fréchet distance of an undertrained model.
+  accuracy of samples as the scale grows, and DG (an encoder discriminator trained on real digits vs the model's
+  own samples) lowers the Fréchet distance of a model trained a quarter as long.
 """
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def guidance_digits(out, quick: bool = False, seed: int = 0) -> dict:
     from fastdiff.data import load_digits
     from fastdiff.metrics import classifier_accuracy, digits_fd
     from fastdiff.runs import load_run, save_grid, timed
-    from fastdiff.training import cached_samples, load_classifier, load_run_checkpoint
+    from fastdiff.training import cached_samples, load_classifier
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,11 +212,13 @@ def guidance_digits(out, quick: bool = False, seed: int = 0) -> dict:
     fake = cached_samples(out / "quarter_samples.npz",
                           lambda: quarter.sample(len(digits.x), sampler="ddim", steps=50, labels=digits.y,
                                                  seed=seed + 1), len(digits.x))
-    spec = {"kind": "classifier_features", "classifier": load_run_checkpoint(out / "classifier")[1]["run_config"],
-            "head": {"model_channels": 32, "num_res_blocks": 1}}
+    # An ADM encoder from scratch on x_t: on 8x8 digits it beats a head on the noisy classifier's features
+    # (FD -35 % vs -10 % at w = 2, each measured once), whose class-trained features keep little of "realism".
+    spec = {"kind": "encoder", "kwargs": {"image_size": 8, "in_channels": 1, "model_channels": 32,
+                                          "num_res_blocks": 1, "channel_mult": [1, 2], "attention_resolutions": [],
+                                          "pool": "adaptive", "use_scale_shift_norm": True, "resblock_updown": True}}
     disc = train_discriminator(out / "discriminator", digits.x, fake, spec, quarter.diffusion,
-                               steps=200 if quick else 1500, batch_size=128, lr=1e-3, seed=seed,
-                               init=lambda d: d.classifier.load_state_dict(classifier.state_dict()))
+                               steps=200 if quick else 2000, batch_size=128, lr=2e-3, seed=seed)
     for w in dg_scales:
         score("discriminator (quarter-trained model)", w,
               *timed(quarter.sample, n, guidance=f"dg={w}" if w else 0, discriminator=disc, **common))
