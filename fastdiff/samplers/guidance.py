@@ -20,6 +20,7 @@ composed guidance is exactly the sum of its parts.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -81,12 +82,12 @@ class ClassifierFree(Guidance):
         self.uncond_args = uncond_args
 
 
-class _GradientGuidance(Guidance):
+class _GradientGuidance(Guidance, abc.ABC):
     """A term whose correction is w·∇ₓ f(x_t, t) for a differentiable f of the guidance model."""
 
+    @abc.abstractmethod
     def log_term(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """f(x_t, t): [N], summed over the batch before the backward pass."""
-        raise NotImplementedError
 
 
 class ClassifierGuidance(_GradientGuidance):
