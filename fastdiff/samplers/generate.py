@@ -65,8 +65,6 @@ def generate(model, alphas_cumprod, num_samples: int, shape, *, sampler: str = "
     if any(g.kind == "cfg" for g in specs) and (labels is None or null_label is None or not conditional):
         raise ValueError("classifier-free guidance needs labels, null_label (a model trained with p_uncond) and "
                          "conditional=True")
-    if not conditional and labels is None:
-        raise ValueError("conditional=False needs labels (the classifier-guidance targets)")
     for g in specs:  # every missing model is reported before sampling starts
         g.build(labels=labels, null_labels=labels, classifier=classifier, discriminator=discriminator)
     timesteps = sampling_timesteps(len(alphas_cumprod), steps)

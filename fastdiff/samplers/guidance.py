@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 SCHEDULES = ("constant", "increasing", "decreasing")
-KINDS = {"cfg": "ClassifierFree", "cg": "ClassifierGuidance", "dg": "DiscriminatorGuidance"}
+KINDS = ("cfg", "cg", "dg")
 
 
 def _checked(kind: str, scale, t_range, schedule):
