@@ -15,13 +15,7 @@ TINY = ["model.channel_mult=[1]", "model.attention_resolutions=[]", "train.total
         "train.save_interval=4", "train.log_interval=2", "train.ema_rates=[0.5]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run faster without thread contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_digits_classifier_config_builds_an_adm_classifier():

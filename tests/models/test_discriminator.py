@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_
 
 from fastdiff.diffusion import create_gaussian_diffusion
 from fastdiff.models import ClassifierFeatureDiscriminator, EncoderUNetModel, MLPDenoiser, MLPDiscriminator
 from fastdiff.training import DiscriminatorObjective, TrainConfig, Trainer, discriminator_dataset
+from tests.models.conftest import randomize_
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run faster without thread contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _classifier(pool="adaptive", dropout=0.0, channel_mult=(1, 2)):

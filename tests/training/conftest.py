@@ -3,17 +3,12 @@ ArrayDataset interface: `.x` [N, ...], `.y` int64 [N] or None) and single-thread
 from __future__ import annotations
 
 import pytest
-import torch
 import trainkit as tiny
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: ~10 ms per tiny-UNet step instead of contention spikes on a shared 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every training test on one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture
