@@ -454,8 +454,13 @@ class UNetModel(_UNetTorso):
     convert_to_float32 = convert_to_fp32
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [N, C_in, *spatial], timesteps: [N], y: [N] -> [N, C_out, *spatial] in x's dtype."""
+                y: torch.Tensor | None = None, extra_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [N, C_in, *spatial], timesteps: [N], y: [N] -> [N, C_out, *spatial] in x's dtype.
+
+        extra_emb: optional [N, 4·model_channels], added to the time (and label) embedding, so it reaches every
+        ResBlock's AdaGN scale/shift: the hook through which `fastdiff.models.siddm_unet.UNetGenerator` feeds its
+        latent z (DDGAN's style modulation). It has no parameters here, so the state dict is unchanged.
+        """
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y if and only if the model is class-conditional "
                              f"(num_classes={self.num_classes})")
@@ -465,6 +470,11 @@ class UNetModel(_UNetTorso):
             if y.shape != (x.shape[0],):
                 raise ValueError(f"y must have shape [{x.shape[0]}], got {tuple(y.shape)}")
             emb = emb + self.label_emb(y)
+        if extra_emb is not None:
+            if extra_emb.shape != emb.shape:
+                raise ValueError(f"extra_emb must have shape [N, 4·model_channels] = {tuple(emb.shape)}, got "
+                                 f"{tuple(extra_emb.shape)}")
+            emb = emb + extra_emb.to(emb.dtype)
         hs = []
         h = x.to(self.dtype)
         for module in self.input_blocks:
