@@ -46,16 +46,24 @@ class MLPDenoiser(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_dim or data_dim))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [N, data_dim], timesteps: [N] (y: [N]) -> [N, out_dim]."""
+        return self.out(self.features(x, timesteps, y))
+
+    def features(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None,
+                 emb: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk before the output head: x: [N, data_dim], timesteps: [N] (y: [N]) -> h: [N, width]; `emb`
+        ([N, 4·time_dim], e.g. an embedded latent z) is added to the time (and label) embedding."""
         if x.dim() != 2 or x.shape[1] != self.data_dim:
             raise ValueError(f"MLPDenoiser: x must be [N, {self.data_dim}], got {tuple(x.shape)}")
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass class labels y if and only if the model is class-conditional "
                              f"(num_classes={self.num_classes})")
-        emb = self.time_embed(timestep_embedding(timesteps.expand(x.shape[0]) if timesteps.dim() == 0
-                                                 else timesteps, self.time_dim))
+        t_emb = self.time_embed(timestep_embedding(timesteps.expand(x.shape[0]) if timesteps.dim() == 0
+                                                   else timesteps, self.time_dim))
+        emb = t_emb if emb is None else t_emb + emb
         if y is not None:
             emb = emb + self.label_emb(y)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h)
+        return h
