@@ -6,6 +6,14 @@ Determinism: every random quantity of a step is drawn for the GLOBAL batch from 
 from a per-epoch seeded permutation, t / ε / label dropout from the objective's draw), and each rank takes its slice,
 so a run does not depend on the world size; checkpoints hold every RNG state and the data position, so a resumed
 CPU fp32 run continues bit-identically.
+
+Two-player (adversarial) training: an objective with a `players` tuple (e.g. fastdiff.training.adversarial's
+SIDDMObjective / DDGANObjective: ("discriminator", "generator")) is trained by alternating updates, in that order,
+on every batch: each player has its own AdamW over `objective.player_parameters(model, player)` (hyper-parameters
+from TrainConfig, overridden per player by TrainConfig.player_optim), its loss from `objective.losses(model, x, y,
+draw, player)`, its own gradient all-reduce, clipping and non-finite check; the EMA covers `objective.ema_players`
+(the generator). An objective without `players` is the single player "model" over every trainable parameter,
+exactly as before.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +38,7 @@ from fastdiff.training.objectives import TrainingObjective
 logger = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
+PLAYER_OPTIM_KEYS = ("lr", "adam_betas", "adam_eps", "weight_decay")
 LR_DECAYS = ("constant", "cosine")
 CHECKPOINT_FORMAT = 1
 
@@ -64,7 +73,9 @@ class TrainConfig:
     None; amp: "none" (fp32), "bf16" (autocast) or "fp16" (autocast + dynamic loss scaling from
     initial_loss_scale, halved on a non-finite step, doubled after loss_scale_growth_interval good steps);
     max_skipped_steps: K, abort after K non-finite steps in a row; save_interval / log_interval in steps;
-    keep_checkpoints: how many checkpoints to keep on disk.
+    keep_checkpoints: how many checkpoints to keep on disk; player_optim: per-player overrides of lr, adam_betas,
+    adam_eps and weight_decay for a two-player objective, e.g. {"discriminator": {"lr": 1.25e-4, "adam_betas":
+    (0.5, 0.9)}} (DDGAN's Adam settings); players not named use the fields above.
     """
 
     total_steps: int
@@ -85,6 +96,7 @@ class TrainConfig:
     log_interval: int = 100
     keep_checkpoints: int = 3
     seed: int = 0
+    player_optim: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _check_int("total_steps", self.total_steps, 1)
@@ -119,6 +131,43 @@ class TrainConfig:
         _check_int("log_interval", self.log_interval, 1)
         _check_int("keep_checkpoints", self.keep_checkpoints, 1)
         _check_int("seed", self.seed, 0)
+        self._check_player_optim()
+
+    def _check_player_optim(self) -> None:
+        """player_optim: {player name: {key in PLAYER_OPTIM_KEYS: value}}, each value checked as its field."""
+        if not isinstance(self.player_optim, dict):
+            raise TypeError(f"TrainConfig.player_optim must be a dict {{player: {{field: value}}}}, got "
+                            f"{self.player_optim!r}")
+        checked = {}
+        for player, over in self.player_optim.items():
+            where = f"player_optim[{player!r}]"
+            if not isinstance(player, str) or not isinstance(over, dict):
+                raise TypeError(f"TrainConfig.{where} must map a player name to a dict, got {over!r}")
+            unknown = sorted(set(over) - set(PLAYER_OPTIM_KEYS))
+            if unknown:
+                raise ValueError(f"TrainConfig.{where} has unknown keys {unknown}; allowed: {list(PLAYER_OPTIM_KEYS)}")
+            over = dict(over)
+            if "lr" in over:
+                _check_float(f"{where}.lr", over["lr"], 0.0, low_open=True)
+            if "adam_eps" in over:
+                _check_float(f"{where}.adam_eps", over["adam_eps"], 0.0, low_open=True)
+            if "weight_decay" in over:
+                _check_float(f"{where}.weight_decay", over["weight_decay"], 0.0)
+            if "adam_betas" in over:
+                betas = over["adam_betas"]
+                if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                    raise ValueError(f"TrainConfig.{where}.adam_betas must be a pair (beta1, beta2), got {betas!r}")
+                for i, b in enumerate(betas):
+                    _check_float(f"{where}.adam_betas[{i}]", b, 0.0, 1.0, high_open=True)
+                over["adam_betas"] = tuple(betas)
+            checked[player] = over
+        self.player_optim = checked
+
+    def optim_for(self, player: str) -> dict:
+        """AdamW settings {lr, betas, eps, weight_decay} of `player` (the fields, overridden by player_optim)."""
+        over = self.player_optim.get(player, {})
+        return {"lr": over.get("lr", self.lr), "betas": over.get("adam_betas", self.adam_betas),
+                "eps": over.get("adam_eps", self.adam_eps), "weight_decay": over.get("weight_decay", self.weight_decay)}
 
 
 # ---------------------------------------------------------------------------------------------------- RNG states
@@ -154,6 +203,19 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
+
+@dataclass
+class _Player:
+    """One player of the game: its parameters (and their model state-dict names), optimizer, base lr, and whether
+    the EMA covers it."""
+
+    name: str
+    params: list
+    names: list
+    optimizer: torch.optim.Optimizer
+    lr: float
+    ema: bool
+
 
 class Trainer:
     """Trains `model` on `dataset` with `objective` under `config`, writing log.jsonl and checkpoints/ in out_dir.
@@ -196,16 +258,12 @@ class Trainer:
         self.device = torch.device(device) if device is not None else D.default_device()
         self.model = model.to(self.device)
         D.broadcast_parameters(self.model)
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self._param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        if not self._params:
-            raise ValueError("model has no trainable parameters")
-        low = sorted({str(p.dtype) for p in self._params if p.dtype != torch.float32})
-        if low:
-            raise ValueError(f"model parameters must be float32 master weights, found {low}; train with "
-                             "TrainConfig.amp='fp16' or 'bf16' instead of convert_to_fp16()")
-        self.optimizer = torch.optim.AdamW(self._params, lr=config.lr, betas=config.adam_betas,
-                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.players = self._build_players()
+        ema_players = [p for p in self.players if p.ema]
+        # the EMA'd parameters (every trainable one for a single player; the generator's in a two-player game)
+        self._params = [t for p in ema_players for t in p.params]
+        self._param_names = [n for p in ema_players for n in p.names]
+        self.optimizer = self.players[0].optimizer if len(self.players) == 1 else None
         self.ema = {rate: [p.detach().clone() for p in self._params] for rate in config.ema_rates}
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         random.seed(config.seed)
@@ -219,6 +277,44 @@ class Trainer:
         self._perm_cache: tuple[int, torch.Tensor] | None = None
         self._bad_checkpoints: list[Path] = []
         self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ players
+
+    def _build_players(self) -> list[_Player]:
+        """One _Player per objective player (update order), or the single player "model" over every trainable
+        parameter when the objective declares none."""
+        names = getattr(self.objective, "players", None)
+        cfg = self.config
+        if names is None:
+            if cfg.player_optim:
+                raise ValueError(f"TrainConfig.player_optim names players {sorted(cfg.player_optim)} but the "
+                                 f"objective {type(self.objective).__name__} has a single player")
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            groups = [("model", named, True)]
+        else:
+            unknown = sorted(set(cfg.player_optim) - set(names))
+            if unknown:
+                raise ValueError(f"TrainConfig.player_optim names unknown players {unknown}; the objective's players "
+                                 f"are {list(names)}")
+            ema = set(getattr(self.objective, "ema_players", names))
+            groups = [(name, self.objective.player_parameters(self.model, name), name in ema) for name in names]
+        players, seen = [], set()
+        for name, named, ema in groups:
+            if not named:
+                raise ValueError("model has no trainable parameters" if names is None else
+                                 f"player {name!r} has no trainable parameters")
+            if seen & {id(p) for _, p in named}:
+                raise ValueError(f"player {name!r} shares parameters with another player")
+            seen |= {id(p) for _, p in named}
+            low = sorted({str(p.dtype) for _, p in named if p.dtype != torch.float32})
+            if low:
+                raise ValueError(f"model parameters must be float32 master weights, found {low}; train with "
+                                 "TrainConfig.amp='fp16' or 'bf16' instead of convert_to_fp16()")
+            params = [p for _, p in named]
+            opt = cfg.optim_for(name)
+            players.append(_Player(name, params, [n for n, _ in named], torch.optim.AdamW(params, **opt),
+                                   opt["lr"], ema))
+        return players
 
     # ------------------------------------------------------------------ validation
 
@@ -268,16 +364,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def lr_at(self, step: int) -> float:
-        """lr of 0-based `step`: linear warmup lr · (step + 1)/warmup_steps, then constant or a cosine
-        lr · ½(1 + cos(π·p)) with p = (step − warmup_steps)/(total_steps − warmup_steps)."""
+    def lr_at(self, step: int, base_lr: float | None = None) -> float:
+        """lr of 0-based `step` for base_lr (default config.lr): linear warmup lr · (step + 1)/warmup_steps, then
+        constant or a cosine lr · ½(1 + cos(π·p)) with p = (step − warmup_steps)/(total_steps − warmup_steps)."""
         c = self.config
+        lr = c.lr if base_lr is None else base_lr
         if step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
+            return lr * (step + 1) / c.warmup_steps
         if c.lr_decay == "constant":
-            return c.lr
+            return lr
         p = (step - c.warmup_steps) / max(1, c.total_steps - c.warmup_steps)
-        return c.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
 
     def _autocast(self):
         if self.config.amp == "none":
@@ -285,10 +382,11 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _reduce_grads(self) -> list[torch.Tensor]:
-        """Gradients averaged over ranks and divided by the loss scale (None -> zeros, on every world size)."""
+    def _reduce_grads(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Gradients of `params` averaged over ranks and divided by the loss scale (None -> zeros, on every world
+        size)."""
         grads = []
-        for p in self._params:
+        for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
@@ -304,7 +402,7 @@ class Trainer:
             torch._foreach_mul_(ema, rate)
             torch._foreach_add_(ema, [p.detach() for p in self._params], alpha=1.0 - rate)
 
-    def _on_nonfinite(self, grad_norm: float) -> None:
+    def _on_nonfinite(self, grad_norm) -> None:
         """Skip bookkeeping: count and back off the fp16 loss scale."""
         self.skipped_in_a_row += 1
         self.skipped_total += 1
@@ -317,36 +415,57 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimisation step on the next global batch. Returns {"loss", "terms", "grad_norm", "lr",
-        "loss_scale", "skipped"} as tensors/floats (loss and terms are this rank's batch means, not yet reduced).
+        "loss_scale", "skipped"} as tensors/floats (loss and terms are this rank's batch means, not yet reduced). With
+        two players the entries are the last player's (the generator's), terms hold every player's terms plus
+        "loss_<player>", and "grad_norms" / "lrs" give each player's.
 
         A step with non-finite gradients (any mode) leaves weights, optimizer state and EMA untouched; it still
-        consumes its batch and counts as a step. Raises TrainingDivergedError after max_skipped_steps such steps
-        in a row.
+        consumes its batch and counts as a step. With two players each player's update is skipped on its own
+        non-finite gradients, and the step counts as skipped when any was. Raises TrainingDivergedError after
+        max_skipped_steps such steps in a row.
         """
         x, y = self.next_batch()
         draw = self.objective.draw(self.config.batch_size, tuple(x.shape[1:]), self.generator)
         draw = draw.shard(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
-        lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.train()
-        with self._autocast():
-            loss, terms, per_sample = self.objective.losses(self.model, x, y, draw)
-        (loss.float() * self.loss_scale).backward()
-        grads = self._reduce_grads()
-        grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         scale_used = self.loss_scale
-        skipped = not bool(torch.isfinite(grad_norm))
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._on_nonfinite(float(grad_norm))
-        else:
-            self.objective.update_sampler(draw.t.to(self.device), per_sample)
+        single = len(self.players) == 1
+        info = {"terms": {}, "grad_norms": {}, "lrs": {}}
+        skipped, ema_stepped = False, False
+        for player in self.players:
+            lr = self.lr_at(self.step, player.lr)
+            for group in player.optimizer.param_groups:
+                group["lr"] = lr
+            self.model.zero_grad(set_to_none=True)
+            self.model.train()
+            with self._autocast():
+                if single:
+                    loss, terms, per_sample = self.objective.losses(self.model, x, y, draw)
+                else:
+                    loss, terms, per_sample = self.objective.losses(self.model, x, y, draw, player.name)
+            (loss.float() * scale_used).backward()
+            grads = self._reduce_grads(player.params)
+            grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+            info.update(loss=loss.detach(), grad_norm=grad_norm.detach(), lr=lr)
+            info["terms"].update(terms)
+            info["grad_norms"][player.name], info["lrs"][player.name] = grad_norm.detach(), lr
+            if not single:
+                info["terms"][f"loss_{player.name}"] = loss.detach().float()
+            if not bool(torch.isfinite(grad_norm)):
+                self.model.zero_grad(set_to_none=True)
+                skipped = True
+                continue
+            if single:
+                self.objective.update_sampler(draw.t.to(self.device), per_sample)
             if self.config.grad_clip is not None:
-                torch.nn.utils.clip_grads_with_norm_(self._params, self.config.grad_clip, grad_norm)
-            self.optimizer.step()
+                torch.nn.utils.clip_grads_with_norm_(player.params, self.config.grad_clip, grad_norm)
+            player.optimizer.step()
+            ema_stepped |= player.ema
+        if ema_stepped:
             self._update_ema()
+        if skipped:
+            self._on_nonfinite(float(info["grad_norm"]) if single else
+                               ", ".join(f"{k}: {float(v)}" for k, v in info["grad_norms"].items()))
+        else:
             self.skipped_in_a_row = 0
             if self.config.amp == "fp16":
                 self._good_steps += 1
@@ -359,8 +478,10 @@ class Trainer:
                 f"{self.skipped_in_a_row} steps in a row (TrainConfig.max_skipped_steps="
                 f"{self.config.max_skipped_steps}) had non-finite gradients, the last at step {self.step - 1}; loss "
                 f"scale {self.loss_scale:g}, amp={self.config.amp!r}. Lower lr, enable grad_clip or use amp='bf16'.")
-        return {"loss": loss.detach(), "terms": terms, "grad_norm": grad_norm.detach(), "lr": lr,
-                "loss_scale": scale_used, "skipped": skipped}
+        info.update(loss_scale=scale_used, skipped=skipped)
+        if single:
+            del info["grad_norms"], info["lrs"]
+        return info
 
     # ------------------------------------------------------------------ loop
 
@@ -415,6 +536,9 @@ class Trainer:
         record.update({"grad_norm": float(info["grad_norm"]), "lr": info["lr"], "loss_scale": info["loss_scale"],
                        "samples_per_s": samples_per_s, "skipped": int(info["skipped"]),
                        "skipped_total": self.skipped_total})
+        for name, norm in info.get("grad_norms", {}).items():  # two players: each one's (this rank's) norm and lr
+            record[f"grad_norm/{name}"] = float(norm)
+            record[f"lr/{name}"] = info["lrs"][name]
         return record
 
     def _append_log(self, record: dict) -> None:
@@ -430,7 +554,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": {repr(rate): dict(zip(self._param_names, ema)) for rate, ema in self.ema.items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "scaler": {"loss_scale": self.loss_scale, "good_steps": self._good_steps},
             "skipped": {"in_a_row": self.skipped_in_a_row, "total": self.skipped_total},
             "data": {"epoch": self.epoch, "index": self.data_index},
@@ -439,6 +563,25 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
             "run_config": self.run_config,
         }
+
+    def _optimizer_state(self) -> dict:
+        """The optimizer's state dict (single player), or {player: state dict} (two players)."""
+        if len(self.players) == 1:
+            return self.players[0].optimizer.state_dict()
+        return {p.name: p.optimizer.state_dict() for p in self.players}
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        """Inverse of _optimizer_state; the config's hyper-parameters (per player) win over the checkpoint's."""
+        if len(self.players) > 1:
+            names = [p.name for p in self.players]
+            if not isinstance(state, dict) or set(state) != set(names):
+                raise ValueError(f"checkpoint optimizer state has players {sorted(state)}, the objective has "
+                                 f"{sorted(names)}")
+        for player in self.players:
+            player.optimizer.load_state_dict(state if len(self.players) == 1 else state[player.name])
+            opt = self.config.optim_for(player.name)
+            for group in player.optimizer.param_groups:
+                group.update(betas=opt["betas"], eps=opt["eps"], weight_decay=opt["weight_decay"])
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` (a loaded checkpoint)."""
@@ -455,10 +598,7 @@ class Trainer:
                 saved = state["ema"][repr(rate)]
                 for name, tensor in zip(self._param_names, ema):
                     tensor.copy_(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the config's hyper-parameters win over the checkpoint's
-            group.update(betas=self.config.adam_betas, eps=self.config.adam_eps,
-                         weight_decay=self.config.weight_decay)
+        self._load_optimizer_state(state["optimizer"])
         self.loss_scale = float(state["scaler"]["loss_scale"])
         self._good_steps = int(state["scaler"]["good_steps"])
         self.skipped_in_a_row = int(state["skipped"]["in_a_row"])
