@@ -3,6 +3,8 @@
     fastdiff train --config configs/digits_cfg.toml [--out DIR] [--resume] [train.lr=1e-4 ...]
     fastdiff sample --ckpt DIR_OR_FILE --sampler ddim --steps 50 --eta 0 --guidance cfg=3 --num-samples 100 --out DIR
         [--guidance cg=2 --classifier RUN] [--guidance dg=1,t=0:600 --discriminator RUN] [--unconditional]
+    fastdiff sample --openai-ckpt 64x64_diffusion.pt --flags "--image_size 64 --class_cond True ..."
+        [--openai-classifier 64x64_classifier.pt --classifier-flags "..." --guidance cg=1]
     fastdiff eval --ckpt DIR_OR_FILE [--num-samples N] [--bpd]
     fastdiff bench [--quick]
     fastdiff repro toy-samplers | digits-samplers | hybrid-vs-simple | dg-toy | guidance-digits [--quick]
@@ -61,7 +63,15 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="sample a trained model with the fused samplers",
                        description="Draw samples from a checkpoint (file or run directory) and write PNG grids "
                                    "and samples.npz (x in [-1, 1], labels).")
-    p.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
+    p.add_argument("--ckpt", default=None, help="checkpoint file or run directory (or --openai-ckpt)")
+    p.add_argument("--openai-ckpt", default=None,
+                   help="a guided-diffusion / improved-diffusion .pt state dict (with --flags)")
+    p.add_argument("--flags", default="", help="the checkpoint's MODEL_FLAGS, e.g. \"--image_size 64 --class_cond True\"")
+    p.add_argument("--openai-variant", choices=("guided", "improved"), default="guided",
+                   help="which repository's flags and defaults --flags follows (default: %(default)s)")
+    p.add_argument("--openai-classifier", default=None,
+                   help="a guided-diffusion noisy-classifier .pt (for --guidance cg=S), with --classifier-flags")
+    p.add_argument("--classifier-flags", default="", help="the classifier's CLASSIFIER_FLAGS")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
     p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
     p.add_argument("--eta", type=float, default=None, help="DDIM η (0: deterministic)")
@@ -88,6 +98,14 @@ def _load(args):
     from fastdiff.runs import load_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(args, "openai_ckpt", None) is not None:
+        from fastdiff.adapters import openai
+
+        if args.ckpt is not None:
+            raise ValueError("pass either --ckpt (a fastdiff run) or --openai-ckpt, not both")
+        return openai.load_run(args.openai_ckpt, args.flags, variant=args.openai_variant, device=device)
+    if args.ckpt is None:
+        raise ValueError("--ckpt (or --openai-ckpt) is required")
     return load_run(args.ckpt, ema_rate=None if args.ema == "none" else args.ema, device=device)
 
 
@@ -135,10 +153,20 @@ def _guidance_models(args, run, guidance):
 
     kinds = {g.kind for g in guidance}
     device = next(run.model.parameters()).device
-    for kind, flag, value in (("cg", "--classifier", args.classifier), ("dg", "--discriminator", args.discriminator)):
+    openai_cls = getattr(args, "openai_classifier", None)
+    if openai_cls is not None and args.classifier is not None:
+        raise ValueError("pass either --classifier (a fastdiff run) or --openai-classifier, not both")
+    cls_flag = "--openai-classifier" if openai_cls is not None else "--classifier"
+    for kind, flag, value in (("cg", cls_flag, args.classifier or openai_cls),
+                              ("dg", "--discriminator", args.discriminator)):
         if (kind in kinds) != (value is not None):
             raise ValueError(f"--guidance {kind}=... needs {flag}, and {flag} needs --guidance {kind}=...")
-    classifier = load_classifier(args.classifier, device=device) if args.classifier else None
+    if openai_cls is not None:
+        from fastdiff.adapters import openai
+
+        classifier = openai.load_classifier(openai_cls, args.classifier_flags, device=device)[0]
+    else:
+        classifier = load_classifier(args.classifier, device=device) if args.classifier else None
     discriminator = load_discriminator(args.discriminator, device=device) if args.discriminator else None
     return classifier, discriminator
 
