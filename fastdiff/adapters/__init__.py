@@ -1,5 +1,16 @@
 """Adapters to models people already have: `patch` / `unpatch` swap the GroupNorm, AdaGN and attention of
-diffusers and guided-diffusion / improved-diffusion models for fastdiff's fused ops, in place and reversibly."""
+diffusers and guided-diffusion / improved-diffusion models for fastdiff's fused ops, in place and reversibly;
+`FastDDPMScheduler` / `FastDDIMScheduler` (`fastdiff.adapters.diffusers`) are diffusers schedulers on the fused step
+kernel. They are imported on first use, so `import fastdiff` works without the optional diffusers package."""
 from fastdiff.adapters.patch import FusedAttnProcessor, is_patched, patch, unpatch
 
-__all__ = ["FusedAttnProcessor", "is_patched", "patch", "unpatch"]
+_LAZY = {"FastDDPMScheduler": "fastdiff.adapters.diffusers", "FastDDIMScheduler": "fastdiff.adapters.diffusers"}
+
+__all__ = ["FastDDIMScheduler", "FastDDPMScheduler", "FusedAttnProcessor", "is_patched", "patch", "unpatch"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,618 @@
+"""Drop-in diffusers schedulers whose every step is one (or two) fused fastdiff kernel calls.
+
+`FastDDPMScheduler` and `FastDDIMScheduler` take diffusers' `DDPMScheduler` / `DDIMScheduler` constructor arguments
+(the same config keys and defaults, saved and loaded by diffusers' `ConfigMixin`), expose the same attributes
+(`betas`, `alphas`, `alphas_cumprod`, `timesteps`, `num_inference_steps`, `init_noise_sigma`, `order`) and methods
+(`set_timesteps`, `step`, `add_noise`, `get_velocity`, `scale_model_input`, `previous_timestep`), and return the same
+output classes, so `pipe.scheduler = FastDDIMScheduler.from_config(pipe.scheduler.config)` just works.
+
+How a step runs. Given the step's ᾱ_t, ᾱ_prev and options, both samplers' updates are affine in (x̂0, x_t) plus
+scaled noise: x_{t-1} = c1·clip(x̂0) + c2·x_t + σ·z (DDPM eq. 7 with x̂0 from eq. 15 — equivalently the
+ε-parameterised mean of eq. 11 — and DDIM eq. 12 with ε̂ re-derived from the clipped x̂0). That is exactly what the
+fused `fastdiff.ops.ddpm_step` kernel computes from one row of its coefficient table, so `set_timesteps` fills a
+[T, NCOEF] table (one row per *training* timestep t, holding the coefficients of the step from t to the timestep
+listed after it) on the device, and `step` gathers row `timestep` inside the kernel: no host synchronisation, no
+per-step tensor built on the host. The columns are used as follows (`fastdiff.ops._table` names):
+
+- x̂0 (eq. 15, and Salimans & Ho's v): SQRT_RECIP_AC, SQRT_RECIPM1_AC = 1/(r√ᾱ_t), √(1−ᾱ_t)/(r√ᾱ_t) for ε;
+  SQRT_AC, SQRT_1M_AC = √ᾱ_t/r, √(1−ᾱ_t)/r for v; for `sample` prediction the kernel takes the output as x̂0
+  (or, when r ≠ 1, the ε layout with coefficients (0, −1/r)). Dividing by r = `clip_sample_range` lets the
+  kernel's fixed [−1, 1] clamp clip to [−r, r]; POST_COEF1 carries the matching factor r.
+- POST_COEF1, POST_COEF2 = c1, c2; POST_LOGVAR (FIXED_LARGE_LOGVAR, LOG_BETA) = log σ² as the variance type needs.
+
+diffusers' DDIM with `clip_sample=True` and `use_clipped_model_output=False` (its default) mixes the *clipped* x̂0
+with the *unclipped* ε; that is not affine in (clip(x̂0), x_t), so it runs as two fused calls: y = √ᾱ_prev·clip(x̂0)
++ d·e_x·x_t, then x_{t-1} = y + d·e_o·model_output + σ·z, where ε = e_x·x_t + e_o·model_output.
+
+Noise. Steps with noise take `variance_noise` when given, else draw it exactly as diffusers does
+(`diffusers.utils.torch_utils.randn_tensor(model_output.shape, generator=generator, ...)`), at the same steps, so the
+same generator gives the same images. The one exception: DDPM skips the draw at t = 0 only when `timestep` is a
+Python int; for a tensor timestep (what pipelines pass) deciding t > 0 would read the device, so the noise is drawn
+and the kernel masks it at t = 0 (row 0): the image is identical, the generator ends one draw further on.
+
+Deviations from diffusers (documented, tested):
+
+- DDIM's previous timestep is the next one in `self.timesteps` (−1 after the last), where diffusers uses
+  t − T // N. The two agree for "leading" spacing and for "trailing" spacing when N divides T; for "linspace"
+  (whose spacing is (T−1)/(N−1), not T//N) and "trailing" with N ∤ T diffusers steps to a timestep it never visits
+  (e.g. T = 1000, N = 10, linspace: 999 → 899 instead of 888). DDPM already uses the listed timestep in diffusers.
+- A timestep that is not in `self.timesteps` steps to the largest listed timestep below it (diffusers' DDPM raises;
+  DDIM uses t − T // N).
+- `variance_type="fixed_large_log"`: σ = exp(½ log β_t) = √β_t (Glide's max_log, as named); diffusers takes the
+  square root of log β_t < 0 and returns NaN images.
+- `thresholding=True` (dynamic thresholding, Imagen) is not supported: constructing raises ValueError. The per-sample
+  quantile it needs is a reduction the fused elementwise step does not do.
+- `eta` must be ≥ 0 (diffusers accepts a negative η, which flips the noise's sign). DDIM's direction coefficient
+  √(1 − ᾱ_s − σ²) is clamped at 0 (as in `fastdiff.ops.ddim_step`): diffusers returns NaN where it rounds below 0
+  (zero terminal SNR with η = 1 at ᾱ_t = 0) or is negative (η > 1).
+- `model_output` must have `sample`'s dtype and device, and C channels (2C for the learned variance types).
+- `variance_type="learned"` (the model's channels C..2C are the variance itself) costs one extra pass: the kernel
+  takes a log-variance, so the step passes [ε, log v] (`learned_range` needs none).
+
+Extra (not in diffusers): the attribute `backend` (None: `fastdiff.ops.use_backend`'s choice) forces a fastdiff
+backend ("reference", "cpu", "cuda", "triton"); DDPM's `step` also accepts `variance_noise=`.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+import torch
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as exc:  # pragma: no cover - exercised only without the optional dependency
+    raise ImportError("fastdiff.adapters.diffusers needs the diffusers package: pip install 'fastdiff[diffusers]'"
+                      ) from exc
+
+from fastdiff.diffusion.schedules import betas_for_alpha_bar, cosine_alpha_bar
+from fastdiff.ops import _backend
+from fastdiff.ops import _common as C
+from fastdiff.ops import _table as T
+from fastdiff.ops.ddpm_step import reference as _ddpm_reference
+from fastdiff.ops.q_sample import q_sample
+
+__all__ = ["FastDDIMScheduler", "FastDDPMScheduler"]
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SPACINGS = ("leading", "linspace", "trailing")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+DDPM_BETA_SCHEDULES = DDIM_BETA_SCHEDULES + ("laplace", "sigmoid")
+_PRED_CODE = {"epsilon": C.PREDICTIONS["epsilon"], "sample": C.PREDICTIONS["x0"],
+              "v_prediction": C.PREDICTIONS["v"]}
+_FIXED_SMALL = C.VAR_TYPES["fixed_small"]
+_FIXED_LARGE = C.VAR_TYPES["fixed_large"]
+_LEARNED = C.VAR_TYPES["learned"]
+_LEARNED_RANGE = C.VAR_TYPES["learned_range"]
+
+
+# --------------------------------------------------------------------------------------------- schedules
+
+
+def laplace_alpha_bar(t: float) -> float:
+    """ᾱ(t) of the Laplace noise schedule (Hang et al. 2024, diffusers' "laplace"): λ = −½·sgn(½−t)·log(1−2|½−t|),
+    ᾱ = √(e^λ / (1 + e^λ)), with 1e-6 inside the log as diffusers."""
+    lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+    snr = math.exp(lmb)
+    return math.sqrt(snr / (1 + snr))
+
+
+def make_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
+               trained_betas, allowed: tuple[str, ...]) -> torch.Tensor:
+    """β: float32 [T] exactly as diffusers builds it (same float32 ops, so ᾱ matches bit for bit)."""
+    n = num_train_timesteps
+    if trained_betas is not None:
+        return torch.tensor(trained_betas, dtype=torch.float32)
+    if beta_schedule not in allowed:
+        raise NotImplementedError(f"beta_schedule must be one of {allowed} (or pass trained_betas), "
+                                  f"got {beta_schedule!r}")
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":  # latent diffusion's schedule: linear in √β
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":  # Improved DDPM eq. 17, β ≤ 0.999
+        return torch.tensor(betas_for_alpha_bar(n, cosine_alpha_bar).tolist(), dtype=torch.float32)
+    if beta_schedule == "laplace":
+        return torch.tensor(betas_for_alpha_bar(n, laplace_alpha_bar).tolist(), dtype=torch.float32)
+    return torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start  # GeoDiff "sigmoid"
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """β rescaled so that ᾱ_{T-1} = 0 (Lin et al. 2023, "Common Diffusion Noise Schedules ... are Flawed",
+    Algorithm 1): √ᾱ shifted to end at 0 and scaled to keep √ᾱ_0; float32 like diffusers."""
+    sqrt_ac = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_ac[0].clone(), sqrt_ac[-1].clone()
+    sqrt_ac = (sqrt_ac - last) * (first / (first - last))
+    ac = sqrt_ac ** 2
+    alphas = torch.cat([ac[0:1], ac[1:] / ac[:-1]])
+    return 1 - alphas
+
+
+def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str, steps_offset: int
+                     ) -> np.ndarray:
+    """The N inference timesteps, descending, int64 — diffusers' three spacings (Lin et al. 2023, Table 2):
+    leading = k·(T//N) + steps_offset, linspace = round(linspace(0, T−1, N)), trailing = round(T − k·T/N) − 1."""
+    t, n = num_train_timesteps, num_inference_steps
+    if spacing == "linspace":
+        return np.linspace(0, t - 1, n).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        return (np.arange(0, n) * (t // n)).round()[::-1].copy().astype(np.int64) + steps_offset
+    if spacing == "trailing":
+        return np.round(np.arange(t, 0, -t / n)).astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+
+
+def previous_map(timesteps: np.ndarray, num_train_timesteps: int) -> np.ndarray:
+    """prev[t] for every t in [0, T): the largest listed timestep below t, −1 when there is none (int64 [T])."""
+    listed = np.sort(np.asarray(timesteps, dtype=np.int64))
+    pos = np.searchsorted(listed, np.arange(num_train_timesteps), side="left")  # listed[pos-1] < t
+    return np.where(pos > 0, listed[np.maximum(pos - 1, 0)], -1)
+
+
+# ----------------------------------------------------------------------------------------- coefficient rows
+
+
+def prediction_code(prediction: str, r: float) -> int:
+    """The kernel's prediction code for diffusers' prediction_type and clip range r (see `_x0_columns`)."""
+    if prediction == "sample" and r != 1.0:
+        return C.PREDICTIONS["epsilon"]
+    return _PRED_CODE[prediction]
+
+
+def _x0_columns(table: np.ndarray, ac: np.ndarray, prediction: str, r: float) -> None:
+    """Fill the x̂0 columns (DDPM eq. 15 for ε, x̂0 = √ᾱ x − √(1−ᾱ) v for v) pre-divided by the clip range r,
+    for the kernel's `prediction_code(prediction, r)`."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # ᾱ_{T-1} = 0 under zero-terminal-SNR: inf, as diffusers
+        table[:, T.SQRT_RECIP_AC] = 1.0 / (np.sqrt(ac) * r)
+        table[:, T.SQRT_RECIPM1_AC] = np.sqrt(1.0 - ac) / (np.sqrt(ac) * r)
+    table[:, T.SQRT_AC] = np.sqrt(ac) / r
+    table[:, T.SQRT_1M_AC] = np.sqrt(1.0 - ac) / r
+    if prediction == "sample" and r != 1.0:  # x̂0/r = 0·x − (−1/r)·out through the ε layout
+        table[:, T.SQRT_RECIP_AC] = 0.0
+        table[:, T.SQRT_RECIPM1_AC] = -1.0 / r
+
+
+def _new_table(ac: np.ndarray, ac_prev: np.ndarray) -> np.ndarray:
+    table = np.zeros((len(ac), T.NCOEF), dtype=np.float64)
+    table[:, T.AC] = ac
+    table[:, T.AC_PREV] = ac_prev
+    return table
+
+
+def _log(v: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):  # log 0 = −inf: the kernel's exp(½·(−inf)) = 0 adds no noise
+        return np.log(v)
+
+
+# ------------------------------------------------------------------------------------------------ the base
+
+
+class _FastScheduler(SchedulerMixin, ConfigMixin):
+    """What both schedulers share: β/ᾱ, timesteps, tables on the device, argument checks, the kernel call."""
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+    _beta_schedules: tuple[str, ...] = DDIM_BETA_SCHEDULES
+
+    def _init_common(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                     prediction_type, thresholding, clip_sample, clip_sample_range, timestep_spacing,
+                     steps_offset, rescale_betas_zero_snr):
+        if thresholding:
+            raise ValueError(f"{type(self).__name__} does not support thresholding=True (dynamic thresholding needs "
+                             "a per-sample quantile the fused step does not compute); use diffusers' "
+                             f"{type(self).__name__[4:]} or clip_sample/clip_sample_range instead")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {timestep_spacing!r}")
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
+        if clip_sample and not clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be > 0 when clip_sample=True, got {clip_sample_range!r}")
+        if not isinstance(steps_offset, int) or steps_offset < 0:
+            raise ValueError(f"steps_offset must be an int >= 0, got {steps_offset!r}")
+        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                                self._beta_schedules)
+        if self.betas.shape != (num_train_timesteps,):
+            raise ValueError(f"trained_betas must have num_train_timesteps = {num_train_timesteps} entries, got "
+                             f"shape {tuple(self.betas.shape)}")
+        if rescale_betas_zero_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
+        #: r: x̂0 is clipped to [-r, r]; the kernel clips x̂0/r to [-1, 1] (1 when clipping is off).
+        self._clip_range = float(clip_sample_range) if clip_sample else 1.0
+        self._pred_code = prediction_code(prediction_type, self._clip_range)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64))
+        #: fastdiff backend for the step kernel; None follows `fastdiff.ops.use_backend` ("auto" by default).
+        self.backend = None
+        self._reset_tables(self.timesteps.numpy(), None)
+
+    # ------------------------------------------------------------------ timesteps
+
+    def _reset_tables(self, timesteps: np.ndarray, device) -> None:
+        self._listed = np.asarray(timesteps, dtype=np.int64)
+        self._prev = previous_map(self._listed, self.config.num_train_timesteps)
+        self._prev_device = {}
+        self._tables = {}  # (kind, options..., device, dtype) -> [T, NCOEF] tables
+        self._rows = {}  # (device, N) -> int64 [T, N]: rows[t] is timestep t as the kernel's [N] row index
+        self._q_table = None
+
+    def _check_num_inference_steps(self, num_inference_steps) -> int:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
+        n = int(num_inference_steps)
+        total = self.config.num_train_timesteps
+        if n < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+        if n > total:
+            raise ValueError(f"`num_inference_steps`: {n} cannot be larger than `self.config.train_timesteps`: "
+                             f"{total} as the unet model trained with this scheduler can only handle maximal {total} "
+                             "timesteps.")
+        return n
+
+    def _set_listed(self, timesteps: np.ndarray, device) -> None:
+        total = self.config.num_train_timesteps
+        if timesteps.size and (timesteps.max() >= total or timesteps.min() < 0):
+            raise ValueError(f"timesteps must lie in [0, num_train_timesteps = {total}), got min {timesteps.min()} "
+                             f"max {timesteps.max()} (timestep_spacing={self.config.timestep_spacing!r}, "
+                             f"steps_offset={self.config.steps_offset})")
+        self.timesteps = torch.from_numpy(timesteps).to(device)
+        self._reset_tables(timesteps, device)
+
+    def previous_timestep(self, timestep):
+        """The timestep the step from `timestep` lands on: the next one in `self.timesteps`, −1 after the last
+        (an int for an int; a tensor on the same device for a tensor, looked up without a host read)."""
+        if isinstance(timestep, torch.Tensor):
+            key = timestep.device
+            if key not in self._prev_device:
+                self._prev_device[key] = torch.from_numpy(self._prev).to(key)
+            return self._prev_device[key][timestep.long()]
+        return int(self._prev[self._check_int_timestep(timestep)])
+
+    def _check_int_timestep(self, timestep) -> int:
+        t = int(timestep)
+        if not 0 <= t < self.config.num_train_timesteps:
+            raise ValueError(f"timestep must lie in [0, num_train_timesteps = {self.config.num_train_timesteps}), "
+                             f"got {t}")
+        return t
+
+    # ------------------------------------------------------------------ step plumbing
+
+    def _alpha_prev(self, final: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ᾱ_t, ᾱ_prev) float64 [T] from the float32 ᾱ (diffusers' values), ᾱ_prev = `final` after the last step."""
+        ac = self.alphas_cumprod.double().numpy()
+        ac_prev = np.where(self._prev >= 0, ac[np.maximum(self._prev, 0)], final)
+        return ac, ac_prev
+
+    def _device_table(self, key: tuple, device, dtype: torch.dtype, build) -> tuple[torch.Tensor, ...]:
+        """The tables for `key` on `device` (float64 for float64 samples, else float32), built once per
+        set_timesteps by build() -> tuple of float64 [T, NCOEF] arrays."""
+        table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        full = key + (device, table_dtype)
+        if full not in self._tables:
+            self._tables[full] = tuple(torch.as_tensor(a, dtype=table_dtype).to(device) for a in build())
+        return self._tables[full]
+
+    def _row_index(self, timestep, sample: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        """(int64 [N] table rows on sample's device, timestep as a host int or None when it is a tensor)."""
+        n = sample.shape[0]
+        if isinstance(timestep, torch.Tensor):
+            if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
+                raise TypeError(f"timestep must be an int or an integer tensor, got dtype {timestep.dtype}")
+            if timestep.numel() == 1:
+                return timestep.to(device=sample.device, dtype=torch.int64).reshape(1).expand(n), None
+            if timestep.shape != (n,):
+                raise ValueError(f"timestep must be a scalar or have shape [N] = [{n}], got {tuple(timestep.shape)}")
+            return timestep.to(device=sample.device, dtype=torch.int64), None
+        if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)):
+            raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
+        t = self._check_int_timestep(timestep)
+        key = (sample.device, n)
+        if key not in self._rows:
+            total = self.config.num_train_timesteps
+            self._rows[key] = torch.arange(total, device=sample.device).unsqueeze(1).expand(total, n).contiguous()
+        return self._rows[key][t], t
+
+    def _check_step_args(self, model_output, sample, channels_factor: int) -> None:
+        C.check_float("sample", sample)
+        if sample.dim() < 2:
+            raise ValueError(f"sample must be [N, C, ...] with at least 2 dims, got shape {tuple(sample.shape)}")
+        if not isinstance(model_output, torch.Tensor):
+            raise TypeError(f"model_output must be a torch.Tensor, got {type(model_output).__name__}")
+        if model_output.device != sample.device:
+            raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}")
+        if model_output.dtype != sample.dtype:
+            raise TypeError(f"model_output has dtype {model_output.dtype} but sample has {sample.dtype}; cast one")
+        want = (sample.shape[0], channels_factor * sample.shape[1], *sample.shape[2:])
+        if tuple(model_output.shape) != want:
+            extra = " (ε and the variance channels)" if channels_factor == 2 else ""
+            raise ValueError(f"model_output must have shape {want}{extra} for sample {tuple(sample.shape)}, got "
+                             f"{tuple(model_output.shape)}")
+
+    def _noise(self, model_output, sample, generator, variance_noise) -> torch.Tensor:
+        """The step's z: variance_noise, or randn_tensor(...) exactly as diffusers draws it."""
+        if variance_noise is not None:
+            if generator is not None:
+                raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
+                                 "`generator` or `variance_noise` stays `None`.")
+            if not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != sample.shape:
+                raise ValueError(f"variance_noise must be a tensor of sample's shape {tuple(sample.shape)}, got "
+                                 f"{getattr(variance_noise, 'shape', type(variance_noise).__name__)}")
+            if variance_noise.device != sample.device or variance_noise.dtype != sample.dtype:
+                raise ValueError(f"variance_noise must have sample's device and dtype ({sample.device}, "
+                                 f"{sample.dtype}), got ({variance_noise.device}, {variance_noise.dtype})")
+            return variance_noise
+        return randn_tensor(tuple(sample.shape), generator=generator, device=model_output.device,
+                            dtype=model_output.dtype)
+
+    def _kernel(self, device: torch.device):
+        """The fused affine step `fastdiff.ops.ddpm_step` for this device and backend (schema argument order)."""
+        name = _backend.resolve("ddpm_step", device, backend=self.backend)
+        return _backend.implementation("ddpm_step", name, _ddpm_reference)
+
+    # ------------------------------------------------------------------ diffusers API
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """The model input for `timestep`: `sample` itself (DDPM/DDIM need no input scaling)."""
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """q(x_t | x_0): √ᾱ_t x_0 + √(1 − ᾱ_t) ε (DDPM eq. 4). original_samples, noise: [N, ...]; timesteps: [N] (the
+        fused `q_sample` op) or anything diffusers broadcasts (a scalar, [1])."""
+        if not isinstance(timesteps, torch.Tensor):
+            timesteps = torch.as_tensor(timesteps)
+        timesteps = timesteps.to(original_samples.device)
+        if (original_samples.dim() >= 1 and timesteps.shape == original_samples.shape[:1]
+                and noise.shape == original_samples.shape and noise.dtype == original_samples.dtype
+                and original_samples.is_floating_point() and not timesteps.is_floating_point()):
+            if self._q_table is None or self._q_table.device != original_samples.device:
+                ac = self.alphas_cumprod.double().numpy()
+                table = _new_table(ac, ac)
+                table[:, T.SQRT_AC], table[:, T.SQRT_1M_AC] = np.sqrt(ac), np.sqrt(1.0 - ac)
+                self._q_table = torch.as_tensor(table, dtype=torch.float32).to(original_samples.device)
+            return q_sample(original_samples, timesteps, noise, self._q_table, backend=self.backend)
+        ac = self.alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype)[timesteps]
+        shape = (-1,) + (1,) * (original_samples.dim() - 1)
+        return ac.flatten().sqrt().reshape(shape) * original_samples + (1 - ac).flatten().sqrt().reshape(shape) * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho, "Progressive Distillation", §4); shapes as add_noise."""
+        timesteps = torch.as_tensor(timesteps).to(sample.device)
+        ac = self.alphas_cumprod.to(device=sample.device, dtype=sample.dtype)[timesteps]
+        shape = (-1,) + (1,) * (sample.dim() - 1)
+        return ac.flatten().sqrt().reshape(shape) * noise - (1 - ac).flatten().sqrt().reshape(shape) * sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+# ------------------------------------------------------------------------------------------------ DDPM
+
+
+class FastDDPMScheduler(_FastScheduler):
+    """diffusers' `DDPMScheduler` (Ho et al. 2020; Improved DDPM's learned variance) on the fused step kernel.
+
+    Same constructor, config and methods as `diffusers.DDPMScheduler` (see the module docstring for the few
+    deviations). `step` computes x_{t-1} = μ̃_t(x_t, x̂0) + [t > 0]·σ_t·z with μ̃_t = c1·x̂0 + c2·x_t the posterior
+    mean (DDPM eq. 7; x̂0 from eq. 15, or the model's sample / v; clipped to ±clip_sample_range), where for the step
+    t → s = the next listed timestep, α_t = ᾱ_t/ᾱ_s, β_t = 1 − α_t, c1 = √ᾱ_s·β_t/(1 − ᾱ_t),
+    c2 = √α_t·(1 − ᾱ_s)/(1 − ᾱ_t), and σ²_t = β̃_t = (1 − ᾱ_s)/(1 − ᾱ_t)·β_t (fixed_small, fixed_small_log; clamped
+    at 1e-20), β_t (fixed_large, fixed_large_log), the model's v (learned), or
+    exp(frac·log β_t + (1 − frac)·log β̃_t), frac = (v + 1)/2 (learned_range, Improved DDPM eq. 15).
+    """
+
+    _beta_schedules = DDPM_BETA_SCHEDULES
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas: np.ndarray | list[float] | None = None,
+                 variance_type: str = "fixed_small", clip_sample: bool = True, prediction_type: str = "epsilon",
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+                 clip_sample_range: float = 1.0, sample_max_value: float = 1.0, timestep_spacing: str = "leading",
+                 steps_offset: int = 0, rescale_betas_zero_snr: bool = False):
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+        self._init_common(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                          thresholding, clip_sample, clip_sample_range, timestep_spacing, steps_offset,
+                          rescale_betas_zero_snr)
+        self.one = torch.tensor(1.0)
+        self.custom_timesteps = False
+        self.variance_type = variance_type
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      timesteps: list[int] | None = None) -> None:
+        """Choose the N timesteps to visit (descending) and build the step table on `device`.
+
+        Either num_inference_steps (spaced by `timestep_spacing`, `steps_offset`) or custom `timesteps`
+        (strictly descending ints in [0, T)), not both.
+        """
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None:
+            ts = np.array([int(t) for t in timesteps], dtype=np.int64)
+            if ts.size == 0:
+                raise ValueError("timesteps must not be empty")
+            if np.any(np.diff(ts) >= 0):
+                raise ValueError(f"`custom_timesteps` must be in descending order, got {ts.tolist()}")
+            if ts[0] >= self.config.num_train_timesteps:
+                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: "
+                                 f"{self.config.num_train_timesteps}.")
+            if ts[-1] < 0:
+                raise ValueError(f"timesteps must be >= 0, got {ts[-1]}")
+            self.num_inference_steps = len(ts)
+            self.custom_timesteps = True
+        else:
+            if num_inference_steps is None:
+                raise ValueError("pass num_inference_steps or timesteps to set_timesteps")
+            self.num_inference_steps = self._check_num_inference_steps(num_inference_steps)
+            self.custom_timesteps = False
+            ts = spaced_timesteps(self.config.num_train_timesteps, self.num_inference_steps,
+                                  self.config.timestep_spacing, self.config.steps_offset)
+        self._set_listed(ts, device)
+
+    def _build(self) -> tuple[np.ndarray]:
+        """The [T, NCOEF] row of every step t → prev(t) (see the class docstring), float64."""
+        ac, ac_prev = self._alpha_prev(1.0)
+        r = self._clip_range
+        table = _new_table(ac, ac_prev)
+        alpha = ac / ac_prev
+        beta = 1.0 - alpha
+        table[:, T.POST_COEF1] = np.sqrt(ac_prev) * beta / (1.0 - ac) * r
+        table[:, T.POST_COEF2] = np.sqrt(alpha) * (1.0 - ac_prev) / (1.0 - ac)
+        post_var = np.maximum((1.0 - ac_prev) / (1.0 - ac) * beta, 1e-20)
+        table[:, T.POST_VAR] = post_var
+        table[:, T.POST_LOGVAR] = _log(post_var)
+        table[:, T.LOG_BETA] = _log(beta)
+        table[:, T.FIXED_LARGE_LOGVAR] = _log(beta)
+        _x0_columns(table, ac, self.config.prediction_type, r)
+        return (table,)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True, *,
+             variance_noise: torch.Tensor | None = None) -> DDPMSchedulerOutput | tuple:
+        """One ancestral step x_t -> x_{t-1} in one fused kernel call (DDPM eq. 7 / Algorithm 2).
+
+        model_output: [N, C, ...] (ε, x0 or v per prediction_type), or [N, 2C, ...] with variance channels for
+        variance_type learned / learned_range; timestep: int or integer tensor (scalar or [N]); sample: x_t
+        [N, C, ...]; generator: for the noise z (see the module docstring); variance_noise: z itself (fastdiff
+        extension). Returns DDPMSchedulerOutput(prev_sample, pred_original_sample), or that tuple.
+        """
+        vt = self.config.variance_type
+        learned = vt in ("learned", "learned_range")
+        self._check_step_args(model_output, sample, 2 if learned else 1)
+        rows, host_t = self._row_index(timestep, sample)
+        (table,) = self._device_table(("ddpm",), sample.device, sample.dtype, self._build)
+        noise = None
+        if host_t is None or host_t > 0:
+            noise = self._noise(model_output, sample, generator, variance_noise)
+        if vt == "learned":  # the kernel takes log σ²; diffusers' channels are σ²
+            c = sample.shape[1]
+            model_output = torch.cat([model_output[:, :c], model_output[:, c:].log()], dim=1)
+        code = {"learned": _LEARNED, "learned_range": _LEARNED_RANGE, "fixed_large": _FIXED_LARGE,
+                "fixed_large_log": _FIXED_LARGE}.get(vt, _FIXED_SMALL)
+        prev_sample, x0 = self._kernel(sample.device)(
+            sample, model_output, None, table, rows, self._pred_code, code, bool(self.config.clip_sample), 1.0,
+            noise, -1, 0, True)
+        if self._clip_range != 1.0:  # the kernel returns x̂0/r
+            x0 = x0 * self._clip_range
+        if not return_dict:
+            return prev_sample, x0
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+# ------------------------------------------------------------------------------------------------ DDIM
+
+
+class FastDDIMScheduler(_FastScheduler):
+    """diffusers' `DDIMScheduler` (Song et al. 2021) on the fused step kernel.
+
+    Same constructor, config and methods as `diffusers.DDIMScheduler` (see the module docstring for the few
+    deviations, chiefly: the previous timestep s is the next listed one). `step` computes DDIM eq. 12,
+    x_{t-1} = √ᾱ_s·x̂0 + √(1 − ᾱ_s − σ²)·ε̂ + σ·z, σ = η·√((1 − ᾱ_s)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_s)) (eq. 16), with ᾱ_s
+    = final_alpha_cumprod after the last step (1 when set_alpha_to_one, else ᾱ_0). ε̂ is re-derived from the
+    clipped x̂0 when use_clipped_model_output or clipping is off (one kernel call: c1·clip(x̂0) + c2·x_t + σz with
+    c1 = √ᾱ_s − d√ᾱ_t/√(1−ᾱ_t), c2 = d/√(1−ᾱ_t), d = √(1 − ᾱ_s − σ²)), else it is the model's own ε (two calls).
+    """
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas: np.ndarray | list[float] | None = None,
+                 clip_sample: bool = True, set_alpha_to_one: bool = True, steps_offset: int = 0,
+                 prediction_type: str = "epsilon", thresholding: bool = False,
+                 dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
+                 sample_max_value: float = 1.0, timestep_spacing: str = "leading",
+                 rescale_betas_zero_snr: bool = False):
+        self._init_common(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                          thresholding, clip_sample, clip_sample_range, timestep_spacing, steps_offset,
+                          rescale_betas_zero_snr)
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Choose the N timesteps to visit (descending, by `timestep_spacing` and `steps_offset`) on `device`."""
+        self.num_inference_steps = self._check_num_inference_steps(num_inference_steps)
+        ts = spaced_timesteps(self.config.num_train_timesteps, self.num_inference_steps,
+                              self.config.timestep_spacing, self.config.steps_offset)
+        self._set_listed(ts, device)
+
+    def _build(self, eta: float, raw_eps: bool) -> tuple[np.ndarray, ...]:
+        """Rows for one η: (table,) for ε̂ from the clipped x̂0, or (first, second) for the model's own ε."""
+        ac, ac_prev = self._alpha_prev(float(self.final_alpha_cumprod))
+        prediction = self.config.prediction_type
+        r = self._clip_range
+        sigma2 = eta * eta * ((1.0 - ac_prev) / (1.0 - ac)) * (1.0 - ac / ac_prev)
+        # 1 − ᾱ_s − σ² ≥ 0 for η ≤ 1 up to rounding; clamped at 0 as fastdiff.ops.ddim_step does (diffusers'
+        # float32 value turns slightly negative at ᾱ_t = 0 under zero terminal SNR with η = 1, giving NaN).
+        d = np.sqrt(np.maximum(1.0 - ac_prev - sigma2, 0.0))
+        first = _new_table(ac, ac_prev)
+        _x0_columns(first, ac, prediction, r)
+        if not raw_eps:
+            first[:, T.POST_COEF1] = (np.sqrt(ac_prev) - d * np.sqrt(ac) / np.sqrt(1.0 - ac)) * r
+            first[:, T.POST_COEF2] = d / np.sqrt(1.0 - ac)
+            first[:, T.POST_LOGVAR] = _log(sigma2)
+            return (first,)
+        # ε = e_x·x_t + e_o·out for the unclipped model output
+        if prediction == "epsilon":
+            e_x, e_o = np.zeros_like(ac), np.ones_like(ac)
+        elif prediction == "sample":
+            e_x, e_o = 1.0 / np.sqrt(1.0 - ac), -np.sqrt(ac) / np.sqrt(1.0 - ac)
+        else:
+            e_x, e_o = np.sqrt(1.0 - ac), np.sqrt(ac)
+        first[:, T.POST_COEF1] = np.sqrt(ac_prev) * r
+        first[:, T.POST_COEF2] = d * e_x
+        first[:, T.POST_LOGVAR] = -np.inf  # no noise in the first call
+        second = _new_table(ac, ac_prev)
+        second[:, T.POST_COEF1] = d * e_o
+        second[:, T.POST_COEF2] = 1.0
+        second[:, T.POST_LOGVAR] = _log(sigma2)
+        return first, second
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
+        """One DDIM step x_t -> x_{t-1} (DDIM eq. 12) in one fused kernel call (two for clip_sample without
+        use_clipped_model_output).
+
+        model_output: [N, C, ...] (ε, x0 or v per prediction_type); timestep: int or integer tensor (scalar or
+        [N]); sample: x_t [N, C, ...]; eta: η ≥ 0 (0 = DDIM, 1 = DDPM-like); generator / variance_noise: the noise z
+        when η > 0 (drawn as diffusers does). Returns DDIMSchedulerOutput(prev_sample, pred_original_sample), or
+        that tuple.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if isinstance(eta, (torch.Tensor, bool)) or not isinstance(eta, Real):
+            raise TypeError(f"eta must be a float (a tensor would need a host read per step), got "
+                            f"{type(eta).__name__}")
+        eta = float(eta)
+        if not eta >= 0.0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self._check_step_args(model_output, sample, 1)
+        rows, _ = self._row_index(timestep, sample)
+        raw_eps = bool(self.config.clip_sample) and not use_clipped_model_output
+        tables = self._device_table(("ddim", eta, raw_eps), sample.device, sample.dtype,
+                                    lambda: self._build(eta, raw_eps))
+        noise = self._noise(model_output, sample, generator, variance_noise) if eta > 0 else None
+        kernel = self._kernel(sample.device)
+        clip = bool(self.config.clip_sample)
+        if len(tables) == 1:
+            prev_sample, x0 = kernel(sample, model_output, None, tables[0], rows, self._pred_code, _FIXED_SMALL,
+                                     clip, 1.0, noise, -1, 0, True)
+        else:
+            partial, x0 = kernel(sample, model_output, None, tables[0], rows, self._pred_code, _FIXED_SMALL, clip,
+                                 1.0, None, -1, 0, True)
+            prev_sample, _ = kernel(partial, model_output, None, tables[1], rows, C.PREDICTIONS["x0"], _FIXED_SMALL,
+                                    False, 1.0, noise, -1, 0, False)
+        if self._clip_range != 1.0:  # the kernel returns x̂0/r
+            x0 = x0 * self._clip_range
+        if not return_dict:
+            return prev_sample, x0
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
