@@ -25,11 +25,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import this fastdiff, installed or not
-SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_adagn.py", "bench_attention.py",
-          "bench_unet.py")
-#: Baselines (reference eager, its torch.compile, torch SDPA for attention) and fastdiff's fused providers
-#: (one backend, or `auto`: the fastest backend per op, used for whole models).
-PROVIDERS = ("reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto")
+SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_schedulers.py", "bench_adagn.py",
+          "bench_attention.py", "bench_unet.py")
+#: Baselines (reference eager, its torch.compile, torch SDPA for attention, diffusers' own schedulers) and fastdiff's
+#: fused providers (one backend, or `auto`: the fastest backend per op, used for whole models).
+PROVIDERS = ("diffusers", "reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto")
+BASELINES = ("reference", "compile", "sdpa", "diffusers")
 FUSED = ("cpu", "cuda", "triton", "auto")
 
 PROBE = """
@@ -153,13 +154,13 @@ def build_table(data: dict) -> tuple[str, float | None]:
             work[(ex["suite"], *key)] = ("flops", ex["flops"])
         elif ex.get("bytes_moved"):
             work[(ex["suite"], *key)] = ("bytes", ex["bytes_moved"])
-    order = {"step": 0, "loop": 1, "adagn": 2, "attention": 3, "unet": 4}
+    order = {"step": 0, "loop": 1, "scheduler": 2, "adagn": 3, "attention": 4, "unet": 5}
     tables = []
     for suite in sorted(rows, key=lambda name: (order.get(name, 9), name)):
         suite_rows = rows[suite]
         present = [p for p in PROVIDERS if any(p in r for r in suite_rows.values())]
         fused = [p for p in FUSED if p in present]
-        baselines = [b for b in ("reference", "compile", "sdpa") if b in present]
+        baselines = [b for b in BASELINES if b in present]
         kinds = {work[(suite, *k)][0] for k in suite_rows if (suite, *k) in work}
         head = ["case", "shape", "dtype"] + [f"{p} (median)" for p in present]
         head += [f"{p} vs {b}" for b in baselines for p in fused]
@@ -202,7 +203,9 @@ def report(data: dict, info: dict, gpu: bool) -> str:
              f"({info['compile_backend_reason']}). Speedups: fused provider's median vs reference eager and vs "
              "compile (and SDPA), same run. ddim_cfg_noise = DDIM η=1 + CFG s=3 + in-kernel Philox noise; "
              "ddim = η=0; ddpm_learned_range = Improved-DDPM step, 2C-channel output; ddim50_loop = sample_ddim, "
-             "50 steps; adagn = GroupNorm(32) + scale/shift + SiLU; qkv_attention = ADM attention, head dim 64 "
+             "50 steps; scheduler = 50 steps of diffusers' DDIM/DDPMScheduler (diffusers) vs FastDDIM/DDPMScheduler "
+             "(reference/cpu/... = the backend of its fused step), model replaced by a fixed tensor; "
+             "adagn = GroupNorm(32) + scale/shift + SiLU; qkv_attention = ADM attention, head dim 64 "
              "(reference = guided-diffusion's einsum); unet = ADM UNet (benchmarks/bench_unet.py), auto = fused "
              "backends.")
     return "\n".join([f"# fastdiff benchmarks — {info['date']}", "", f"Device: {device}", "",
