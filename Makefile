@@ -40,6 +40,7 @@ demo: install
 
 bench: install
 	$(PYTHON) benchmarks/run.py
+	$(PYTHON) benchmarks/report.py
 
 # Compile every CUDA source for sm_80 and sm_90: no GPU needed. The .cu files include no torch headers.
 cuda-check:
@@ -56,6 +57,7 @@ gpu-check:
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m gpu tests
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 	$(PYTHON) benchmarks/run.py --gpu
+	$(PYTHON) benchmarks/report.py
 
 clean:
 	rm -rf build *.egg-info fastdiff/_C*.so .venv/.fastdiff-installed .fastdiff-installed-system demo_out
