@@ -136,7 +136,8 @@ def _adm_model(provider: str):
             p.normal_(0.0, 0.02)
 
     def forward(x, t, y):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA graph capture
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             out = net(x, t, y)
         return out[:, :3].float()
 

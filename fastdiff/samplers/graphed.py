@@ -351,6 +351,9 @@ class GraphedSampler:
     classifier-free s (ε = ε_u + s(ε_c − ε_u)) with uncond_kwargs the unconditional branch's kwargs;
     model_kwargs: example tensors ([N, ...]) whose buffers later calls refill; dtype: of x (bf16 models: bf16).
     prediction / var_type / clip_denoised override what the diffusion or scheduler says.
+    Mixed precision: put torch.autocast(..., cache_enabled=False) inside the model callable (a cast-weight cache
+    kept across the capture would point outside the graph's memory). Diffusers schedulers with clip_sample=True
+    follow guided-diffusion: ε is re-derived from the clipped x̂0 (diffusers' use_clipped_model_output=True).
 
     Raises RuntimeError on a non-CUDA device and GraphCaptureError when the capture fails.
     """
