@@ -21,8 +21,10 @@ per-step tensor built on the host. The columns are used as follows (`fastdiff.op
 - POST_COEF1, POST_COEF2 = c1, c2; POST_LOGVAR (FIXED_LARGE_LOGVAR, LOG_BETA) = log σ² as the variance type needs.
 
 diffusers' DDIM with `clip_sample=True` and `use_clipped_model_output=False` (its default) mixes the *clipped* x̂0
-with the *unclipped* ε; that is not affine in (clip(x̂0), x_t), so it runs as two fused calls: y = √ᾱ_prev·clip(x̂0)
-+ d·e_x·x_t, then x_{t-1} = y + d·e_o·model_output + σ·z, where ε = e_x·x_t + e_o·model_output.
+with the *unclipped* ε = e_x·x_t + e_o·model_output; that adds a third term d·e_o·model_output. With η = 0 and ε or v
+prediction (e_o ≥ 0) it rides in the kernel's noise slot (z = model_output, std = d·e_o): still one call. Otherwise
+(η > 0, or `sample` prediction) it is two fused calls: y = √ᾱ_prev·clip(x̂0) + d·e_x·x_t, then
+x_{t-1} = y + d·e_o·model_output + σ·z.
 
 Noise. Steps with noise take `variance_noise` when given, else draw it exactly as diffusers does
 (`diffusers.utils.torch_utils.randn_tensor(model_output.shape, generator=generator, ...)`), at the same steps, so the
@@ -302,24 +304,29 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
             self._tables[full] = tuple(torch.as_tensor(a, dtype=table_dtype).to(device) for a in build())
         return self._tables[full]
 
-    def _row_index(self, timestep, sample: torch.Tensor) -> tuple[torch.Tensor, int | None]:
-        """(int64 [N] table rows on sample's device, timestep as a host int or None when it is a tensor)."""
+    def _row_index(self, timestep, sample: torch.Tensor, shift: int = 0) -> tuple[torch.Tensor, int | None]:
+        """(int64 [N] table rows = timestep + shift on sample's device, timestep as a host int or None when it is a
+        tensor). DDIM's tables have one leading unused row (shift 1), so the kernel's t = 0 noise mask never
+        applies to them; DDPM's rows are the timesteps themselves (no noise at t = 0, as DDPM eq. 7 / Alg. 2)."""
         n = sample.shape[0]
         if isinstance(timestep, torch.Tensor):
             if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
                 raise TypeError(f"timestep must be an int or an integer tensor, got dtype {timestep.dtype}")
             if timestep.numel() == 1:
-                return timestep.to(device=sample.device, dtype=torch.int64).reshape(1).expand(n), None
-            if timestep.shape != (n,):
+                rows = timestep.to(device=sample.device, dtype=torch.int64).reshape(1).expand(n)
+            elif timestep.shape == (n,):
+                rows = timestep.to(device=sample.device, dtype=torch.int64)
+            else:
                 raise ValueError(f"timestep must be a scalar or have shape [N] = [{n}], got {tuple(timestep.shape)}")
-            return timestep.to(device=sample.device, dtype=torch.int64), None
+            return (rows + shift if shift else rows), None
         if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)):
             raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
         t = self._check_int_timestep(timestep)
-        key = (sample.device, n)
+        key = (sample.device, n, shift)
         if key not in self._rows:
             total = self.config.num_train_timesteps
-            self._rows[key] = torch.arange(total, device=sample.device).unsqueeze(1).expand(total, n).contiguous()
+            rows = torch.arange(shift, total + shift, device=sample.device)
+            self._rows[key] = rows.unsqueeze(1).expand(total, n).contiguous()
         return self._rows[key][t], t
 
     def _check_step_args(self, model_output, sample, channels_factor: int) -> None:
@@ -516,11 +523,13 @@ class FastDDIMScheduler(_FastScheduler):
     """diffusers' `DDIMScheduler` (Song et al. 2021) on the fused step kernel.
 
     Same constructor, config and methods as `diffusers.DDIMScheduler` (see the module docstring for the few
-    deviations, chiefly: the previous timestep s is the next listed one). `step` computes DDIM eq. 12,
+    deviations, chiefly: the previous timestep s is the next listed one). `step` computes DDIM eq. 12 (table row
+    t + 1 holds the step from t),
     x_{t-1} = √ᾱ_s·x̂0 + √(1 − ᾱ_s − σ²)·ε̂ + σ·z, σ = η·√((1 − ᾱ_s)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_s)) (eq. 16), with ᾱ_s
     = final_alpha_cumprod after the last step (1 when set_alpha_to_one, else ᾱ_0). ε̂ is re-derived from the
-    clipped x̂0 when use_clipped_model_output or clipping is off (one kernel call: c1·clip(x̂0) + c2·x_t + σz with
-    c1 = √ᾱ_s − d√ᾱ_t/√(1−ᾱ_t), c2 = d/√(1−ᾱ_t), d = √(1 − ᾱ_s − σ²)), else it is the model's own ε (two calls).
+    clipped x̂0 when use_clipped_model_output or clipping is off (one kernel call: c1·clip(x̂0) + c2·x_t + σz
+    with c1 = √ᾱ_s − d√ᾱ_t/√(1−ᾱ_t), c2 = d/√(1−ᾱ_t), d = √(1 − ᾱ_s − σ²)), else it is the model's own ε (one
+    call at η = 0 for ε / v prediction, else two; see `_build`).
     """
 
     @register_to_config
@@ -544,7 +553,13 @@ class FastDDIMScheduler(_FastScheduler):
         self._set_listed(ts, device)
 
     def _build(self, eta: float, raw_eps: bool) -> tuple[np.ndarray, ...]:
-        """Rows for one η: (table,) for ε̂ from the clipped x̂0, or (first, second) for the model's own ε."""
+        """Rows (t + 1, see `_row_index`) for one η: (table,) for one kernel call, (first, second) for two.
+
+        ε̂ from the clipped x̂0: c1·clip(x̂0) + c2·x_t + σz in one call. The model's own ε = e_x·x_t + e_o·out
+        (clip_sample without use_clipped_model_output): √ᾱ_s·clip(x̂0) + d·e_x·x_t + d·e_o·out + σz; with η = 0
+        and e_o ≥ 0 (ε, v) the out term rides in the kernel's noise slot (z = out, std = d·e_o): one call; else a
+        second call adds d·e_o·out + σz to the first's result.
+        """
         ac, ac_prev = self._alpha_prev(float(self.final_alpha_cumprod))
         prediction = self.config.prediction_type
         r = self._clip_range
@@ -554,12 +569,12 @@ class FastDDIMScheduler(_FastScheduler):
         d = np.sqrt(np.maximum(1.0 - ac_prev - sigma2, 0.0))
         first = _new_table(ac, ac_prev)
         _x0_columns(first, ac, prediction, r)
+        shifted = lambda table: np.concatenate([table[:1], table])  # noqa: E731 - row 0 unused
         if not raw_eps:
             first[:, T.POST_COEF1] = (np.sqrt(ac_prev) - d * np.sqrt(ac) / np.sqrt(1.0 - ac)) * r
             first[:, T.POST_COEF2] = d / np.sqrt(1.0 - ac)
             first[:, T.POST_LOGVAR] = _log(sigma2)
-            return (first,)
-        # ε = e_x·x_t + e_o·out for the unclipped model output
+            return (shifted(first),)
         if prediction == "epsilon":
             e_x, e_o = np.zeros_like(ac), np.ones_like(ac)
         elif prediction == "sample":
@@ -568,12 +583,15 @@ class FastDDIMScheduler(_FastScheduler):
             e_x, e_o = np.sqrt(1.0 - ac), np.sqrt(ac)
         first[:, T.POST_COEF1] = np.sqrt(ac_prev) * r
         first[:, T.POST_COEF2] = d * e_x
+        if eta == 0.0 and prediction != "sample":
+            first[:, T.POST_LOGVAR] = 2.0 * _log(d * e_o)
+            return (shifted(first),)
         first[:, T.POST_LOGVAR] = -np.inf  # no noise in the first call
         second = _new_table(ac, ac_prev)
         second[:, T.POST_COEF1] = d * e_o
         second[:, T.POST_COEF2] = 1.0
         second[:, T.POST_LOGVAR] = _log(sigma2)
-        return first, second
+        return shifted(first), shifted(second)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
@@ -596,7 +614,7 @@ class FastDDIMScheduler(_FastScheduler):
         if not eta >= 0.0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self._check_step_args(model_output, sample, 1)
-        rows, _ = self._row_index(timestep, sample)
+        rows, _ = self._row_index(timestep, sample, shift=1)
         raw_eps = bool(self.config.clip_sample) and not use_clipped_model_output
         tables = self._device_table(("ddim", eta, raw_eps), sample.device, sample.dtype,
                                     lambda: self._build(eta, raw_eps))
@@ -604,6 +622,8 @@ class FastDDIMScheduler(_FastScheduler):
         kernel = self._kernel(sample.device)
         clip = bool(self.config.clip_sample)
         if len(tables) == 1:
+            if raw_eps:  # η = 0: the model's ε (or v) term rides in the noise slot, see _build
+                noise = model_output
             prev_sample, x0 = kernel(sample, model_output, None, tables[0], rows, self._pred_code, _FIXED_SMALL,
                                      clip, 1.0, noise, -1, 0, True)
         else:

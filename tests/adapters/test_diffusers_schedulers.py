@@ -126,13 +126,14 @@ def test_ddim_loop_matches_diffusers_math_with_listed_prev(prediction, spacing, 
 
 @pytest.mark.parametrize("kwargs", [
     dict(steps_offset=1, set_alpha_to_one=False),
+    dict(set_alpha_to_one=False),  # t = 0 listed: its step has d = √(1 − ᾱ_0) > 0 and must not be masked
     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1),
     dict(beta_schedule="squaredcos_cap_v2", clip_sample_range=1.5),
     dict(trained_betas=torch.linspace(1e-4, 0.03, 1000).tolist(), clip_sample_range=0.5, prediction_type="sample"),
     dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
          clip_sample=False),
     dict(num_train_timesteps=200, prediction_type="v_prediction", clip_sample_range=2.0),
-], ids=["offset-noAlphaOne", "sd-scaled-linear", "cos-range1.5", "trained-range0.5", "zero-snr", "T200-range2"])
+], ids=["offset-noAlphaOne", "noAlphaOne", "sd-scaled-linear", "cos-range1.5", "trained-range0.5", "zero-snr", "T200-range2"])
 @pytest.mark.parametrize("eta", [0.0, 1.0], ids=["eta0", "eta1"])
 def test_ddim_config_variants(kwargs, eta):
     model = toy_model(kwargs.get("prediction_type", "epsilon"))
