@@ -133,7 +133,8 @@ def test_ddim_loop_matches_diffusers_math_with_listed_prev(prediction, spacing, 
     dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
          clip_sample=False),
     dict(num_train_timesteps=200, prediction_type="v_prediction", clip_sample_range=2.0),
-], ids=["offset-noAlphaOne", "noAlphaOne", "sd-scaled-linear", "cos-range1.5", "trained-range0.5", "zero-snr", "T200-range2"])
+], ids=["offset-noAlphaOne", "noAlphaOne", "sd-scaled-linear", "cos-range1.5", "trained-range0.5", "zero-snr",
+        "T200-range2"])
 @pytest.mark.parametrize("eta", [0.0, 1.0], ids=["eta0", "eta1"])
 def test_ddim_config_variants(kwargs, eta):
     model = toy_model(kwargs.get("prediction_type", "epsilon"))
