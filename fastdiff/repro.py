@@ -6,6 +6,7 @@
 - hybrid-vs-simple: Improved DDPM §3 — the hybrid objective with learned variance reaches lower bits/dim than
   L_simple with fixed variance for the same training budget (digits_hybrid vs digits_uncond).
 - dg-toy, guidance-digits: the guidance experiments (`fastdiff.guidance_repro`).
+- siddm-mog: SIDDM vs DDGAN vs DDPM/DDIM at 1-8 steps on the 25-Gaussian grid (`fastdiff.siddm_repro`).
 --quick shortens every run to check the pipeline; its numbers do not test the claims.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from fastdiff.config import load_config
 from fastdiff.guidance_repro import dg_toy, guidance_digits
 from fastdiff.runs import load_run, make_trainer, timed
+from fastdiff.siddm_repro import siddm_mog
 
 
 def toy_samplers(out, quick: bool = False, seed: int = 0) -> dict:
@@ -79,4 +81,4 @@ def _bar(path: Path, rows: list[dict]) -> None:
 
 
 EXPERIMENTS = {"toy-samplers": toy_samplers, "digits-samplers": digits_samplers, "hybrid-vs-simple": hybrid_vs_simple,
-               "dg-toy": dg_toy, "guidance-digits": guidance_digits}
+               "dg-toy": dg_toy, "guidance-digits": guidance_digits, "siddm-mog": siddm_mog}
