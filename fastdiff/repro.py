@@ -7,6 +7,8 @@
   L_simple with fixed variance for the same training budget (digits_hybrid vs digits_uncond).
 - dg-toy, guidance-digits: the guidance experiments (`fastdiff.guidance_repro`).
 - siddm-mog: SIDDM vs DDGAN vs DDPM/DDIM at 1-8 steps on the 25-Gaussian grid (`fastdiff.siddm_repro`).
+- siddm-digits: 4-step SIDDM (UNet generator and discriminator) vs DDIM-4 / DDPM-4 of an ε-model trained on the same
+  data budget, on the 8×8 digits (`fastdiff.siddm_digits`).
 --quick shortens every run to check the pipeline; its numbers do not test the claims.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from fastdiff.config import load_config
 from fastdiff.guidance_repro import dg_toy, guidance_digits
 from fastdiff.runs import load_run, make_trainer, timed
+from fastdiff.siddm_digits import siddm_digits
 from fastdiff.siddm_repro import siddm_mog
 
 
@@ -81,4 +84,5 @@ def _bar(path: Path, rows: list[dict]) -> None:
 
 
 EXPERIMENTS = {"toy-samplers": toy_samplers, "digits-samplers": digits_samplers, "hybrid-vs-simple": hybrid_vs_simple,
-               "dg-toy": dg_toy, "guidance-digits": guidance_digits, "siddm-mog": siddm_mog}
+               "dg-toy": dg_toy, "guidance-digits": guidance_digits, "siddm-mog": siddm_mog,
+               "siddm-digits": siddm_digits}

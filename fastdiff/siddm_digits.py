@@ -70,19 +70,32 @@ QUICK = dataclasses.replace(FULL, steps=120, batch_size=64, warmup_steps=10, ema
 # ---------------------------------------------------------------------------------------------------- training
 
 
+def _train_seconds(trainer, out: Path) -> float:
+    """Train (resuming) and return the training wall time summed over every call that trained in out/ (kept in
+    out/train_seconds.json), so a rerun that finds the finished checkpoint still reports the original time."""
+    from fastdiff.runs import timed
+
+    record = out / "train_seconds.json"
+    before = json.loads(record.read_text())["seconds"] if record.is_file() else 0.0
+    result, seconds = timed(trainer.train, resume=True)
+    if result["elapsed_s"] > 0 and result["samples_per_s"] > 0:   # some steps ran in this call
+        before += seconds
+        record.write_text(json.dumps({"seconds": before, "step": result["step"]}))
+    return before
+
+
 def train_eps(out: Path, cfg: SIDDMDigitsConfig, seed: int = 0):
     """The ε-model (configs/digits_uncond.toml's UNet and L_simple) for cfg.steps steps of cfg.batch_size images,
     trained (or resumed) in out/; returns (LoadedRun with its EMA weights, training seconds)."""
     from fastdiff.config import load_config
-    from fastdiff.runs import load_run, make_trainer, timed
+    from fastdiff.runs import load_run, make_trainer
 
     overrides = [f"train.total_steps={cfg.steps}", f"train.batch_size={cfg.batch_size}",
                  f"train.save_interval={cfg.steps}", f"train.warmup_steps={cfg.warmup_steps}",
                  f"train.lr={cfg.eps_lr}", 'train.lr_decay="cosine"', f"train.ema_rates=[{cfg.ema_rate}]",
                  f"train.seed={seed}"]
     trainer, _ = make_trainer(load_config(EPS_CONFIG, overrides), out)
-    _, seconds = timed(trainer.train, resume=True)
-    return load_run(out), seconds
+    return load_run(out), _train_seconds(trainer, out)
 
 
 def build_siddm(cfg: SIDDMDigitsConfig):
@@ -101,7 +114,6 @@ def train_siddm(out: Path, cfg: SIDDMDigitsConfig, seed: int = 0):
     """SIDDM on the digits for cfg.steps two-player steps of cfg.batch_size images, trained (or resumed) in out/;
     returns (generator in eval mode with its EMA weights, few-step diffusion, training seconds)."""
     from fastdiff.data import load_digits
-    from fastdiff.runs import timed
     from fastdiff.training import TrainConfig, Trainer, copy_ema_, load_run_checkpoint
 
     torch.manual_seed(seed)
@@ -113,7 +125,7 @@ def train_siddm(out: Path, cfg: SIDDMDigitsConfig, seed: int = 0):
                      player_optim={"generator": optim, "discriminator": {**optim, "lr": cfg.lr_d}})
     run_config = {"siddm_digits": json.loads(json.dumps(dataclasses.asdict(cfg)))}
     trainer = Trainer(pair, objective, load_digits(8), tc, out, run_config=run_config)
-    _, seconds = timed(trainer.train, resume=True)
+    seconds = _train_seconds(trainer, out)
     _, state = load_run_checkpoint(out)
     pair.load_state_dict(state["model"])
     copy_ema_(pair, state, cfg.ema_rate)
