@@ -95,7 +95,8 @@ def train_eps(out: Path, cfg: SIDDMDigitsConfig, seed: int = 0):
                  f"train.lr={cfg.eps_lr}", 'train.lr_decay="cosine"', f"train.ema_rates=[{cfg.ema_rate}]",
                  f"train.seed={seed}"]
     trainer, _ = make_trainer(load_config(EPS_CONFIG, overrides), out)
-    return load_run(out), _train_seconds(trainer, out)
+    seconds = _train_seconds(trainer, out)
+    return load_run(out), seconds
 
 
 def build_siddm(cfg: SIDDMDigitsConfig):
