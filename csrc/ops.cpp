@@ -1,6 +1,8 @@
 // Every fastdiff op schema, in one place (DESIGN §2). Kernels: csrc/cpu/<op>.cpp (CPU) and
 // csrc/cuda/<op>_torch.cpp (CUDA); fake kernels and autograd formulas: fastdiff/ops/_register.py.
 // The positional signature of each `reference` in fastdiff/ops/<op>.py is its schema.
+// Sampler steps key their in-kernel noise by `seed` (an int; -1: none) or by `seed_tensor` (int64 [] or [1] on
+// x's device, read by the kernel, so a captured CUDA graph replays with the value it holds; seed must then be -1).
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -8,11 +10,11 @@ TORCH_LIBRARY(fastdiff, m) {
   m.def(
       "ddim_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, float eta, "
       "int prediction, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, int offset, "
-      "bool return_x0) -> (Tensor, Tensor)");
+      "bool return_x0, Tensor? seed_tensor=None) -> (Tensor, Tensor)");
   m.def(
       "ddpm_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, "
       "int prediction, int var_type, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, "
-      "int offset, bool return_x0) -> (Tensor, Tensor)");
+      "int offset, bool return_x0, Tensor? seed_tensor=None) -> (Tensor, Tensor)");
   m.def("q_sample(Tensor x_start, Tensor noise, Tensor coefs, Tensor t) -> Tensor");
   m.def("posterior_mean_variance(Tensor x_start, Tensor x_t, Tensor coefs, Tensor t) -> (Tensor, Tensor, Tensor)");
   m.def("randn_like(Tensor x, int seed, int offset) -> Tensor");

@@ -55,9 +55,10 @@ def split_float(value: float) -> tuple[float, float]:
     return hi, float(value - hi)
 
 
-def noise_mode(noise, seed: int) -> int:
-    """0: no noise term, 1: the caller's noise tensor, 2: in-kernel Philox(seed, offset)."""
-    if seed >= 0:
+def noise_mode(noise, seed: int, seed_tensor=None) -> int:
+    """0: no noise term, 1: the caller's noise tensor, 2: in-kernel Philox(seed, offset) with an int seed or
+    the device seed tensor (read by the kernel)."""
+    if seed >= 0 or seed_tensor is not None:
         return 2
     return 1 if noise is not None else 0
 
@@ -67,9 +68,11 @@ class StepLaunch:
 
     `inputs` are the kernels' leading arguments (x, x_stride, mo, mo_stride, mu, mu_stride, noise, noise_stride);
     `outputs` their (out, x0) pointers (x0 aliases out when not stored). `empty` means nothing to launch.
+    `seed` is the kernels' (seed, seed_ptr, SEED_FROM_PTR) triple: the int seed (>= 0, else 0) and, with a device
+    seed tensor ([] or [1] int64), its pointer read by the kernel (else x, never read).
     """
 
-    def __init__(self, x, model_output, model_output_uncond, noise, seed: int, return_x0: bool):
+    def __init__(self, x, model_output, model_output_uncond, noise, seed: int, return_x0: bool, seed_tensor=None):
         self.n = x.shape[0]
         self.m = x[0].numel() if self.n else 0
         self.x_prev = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -80,7 +83,8 @@ class StepLaunch:
         xr, x_stride = rows(x)
         mo, mo_stride = rows(model_output)
         mu, mu_stride = rows(model_output_uncond) if model_output_uncond is not None else (mo, mo_stride)
-        self.noise_mode = noise_mode(noise, seed)
+        self.noise_mode = noise_mode(noise, seed, seed_tensor)
+        self.seed = (max(seed, 0), xr, False) if seed_tensor is None else (0, seed_tensor.reshape(1), True)
         nz, nz_stride = rows(noise) if self.noise_mode == 1 else (xr, x_stride)
         self.inputs = (xr, x_stride, mo, mo_stride, mu, mu_stride, nz, nz_stride)
         self.outputs = (self.x_prev, self.x0 if return_x0 else self.x_prev)

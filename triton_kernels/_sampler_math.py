@@ -148,6 +148,15 @@ def philox_normal(seed, offset, counter):
 
 
 @triton.jit
+def step_seed(seed, seed_ptr, SEED_FROM_PTR: tl.constexpr):
+    """The Philox seed: the int64 at seed_ptr (device memory, so a captured CUDA graph sees its value at replay)
+    when SEED_FROM_PTR, else the scalar `seed`."""
+    if SEED_FROM_PTR:
+        seed = tl.load(seed_ptr)
+    return seed
+
+
+@triton.jit
 def step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE: tl.constexpr, ACC: tl.constexpr):
     """The step's noise z for the tile: the caller's tensor (NOISE == 1) or Philox at flat index n·M + i (NOISE == 2)."""
     if NOISE == 1:

@@ -16,9 +16,10 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& x, const at::
                                                  const at::Tensor& coefs, const at::Tensor& t, double eta,
                                                  int64_t prediction, bool clip_denoised, double guidance_scale,
                                                  const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
-                                                 bool return_x0) {
+                                                 bool return_x0, const c10::optional<at::Tensor>& seed_tensor) {
   check_prediction(prediction);
-  const StepArgs a = check_step(x, model_output, model_output_uncond, coefs, t, noise, seed, offset);
+  const StepArgs a = check_step(x, model_output, model_output_uncond, coefs, t, noise, seed, offset, seed_tensor);
+  seed = host_seed(a, seed);
   at::Tensor x_prev = at::empty_like(a.x);
   at::Tensor x0_out = return_x0 ? at::empty_like(a.x) : at::empty({0}, a.x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "ddim_step_cpu", [&] {

@@ -20,13 +20,15 @@ __global__ void ddim_step_kernel(Rows rows, TableArgs table, StepParams p) {
   T* x0_out = static_cast<T*>(p.x0);
   const int64_t m = rows.m, vecs = m / V;
   const A scale = static_cast<A>(p.guidance_scale);
+  const bool seeded = noise == nullptr && has_philox_seed(p);
+  const uint64_t seed = seeded ? step_seed(p) : 0;
   for (int64_t n = blockIdx.y; n < rows.n; n += gridDim.y) {
     R row[coef::NCOEF];
     const int64_t tn = table.t[n];
     load_row(static_cast<const R*>(table.coefs), table.table_len, tn, row);
     const DdimCoefs<A> c = ddim_coefs<A>(row, tn != 0, static_cast<A>(p.eta), p.prediction, p.clip);
     // Philox normals are finite, so a zero noise scale (t = 0 or η = 0) adds exactly nothing: skip them.
-    const bool philox_noise = noise == nullptr && p.seed >= 0 && c.noise_scale != A(0);
+    const bool philox_noise = seeded && c.noise_scale != A(0);
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < vecs;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t i = n * m + j * V;  // flat element index into x-shaped tensors
@@ -46,7 +48,7 @@ __global__ void ddim_step_kernel(Rows rows, TableArgs table, StepParams p) {
           r += c.noise_scale * to_acc(z.v[k]);
         } else if (philox_noise) {
           const uint64_t counter = static_cast<uint64_t>(p.offset) + static_cast<uint64_t>(i + k);
-          r += c.noise_scale * static_cast<A>(philox::randn(p.seed, counter));
+          r += c.noise_scale * static_cast<A>(philox::randn(seed, counter));
         }
         res.v[k] = from_acc<T>(r);
         x0v.v[k] = from_acc<T>(x0);

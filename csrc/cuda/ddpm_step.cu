@@ -22,7 +22,8 @@ __global__ void ddpm_step_kernel(Rows rows, TableArgs table, StepParams p) {
   const int64_t m = rows.m, vecs = m / V;
   const A scale = static_cast<A>(p.guidance_scale);
   const bool learned = p.var_type >= VAR_LEARNED;
-  const bool noisy = noise != nullptr || p.seed >= 0;
+  const bool noisy = noise != nullptr || has_philox_seed(p);
+  const uint64_t seed = noise == nullptr && noisy ? step_seed(p) : 0;
   for (int64_t n = blockIdx.y; n < rows.n; n += gridDim.y) {
     R row[coef::NCOEF];
     const int64_t tn = table.t[n];
@@ -48,7 +49,7 @@ __global__ void ddpm_step_kernel(Rows rows, TableArgs table, StepParams p) {
         if (noisy) {
           const A std = learned ? ddpm_learned_std(c, to_acc(var.v[k])) : c.fixed_std;
           const uint64_t counter = static_cast<uint64_t>(p.offset) + static_cast<uint64_t>(i + k);
-          const A zk = noise != nullptr ? to_acc(z.v[k]) : static_cast<A>(philox::randn(p.seed, counter));
+          const A zk = noise != nullptr ? to_acc(z.v[k]) : static_cast<A>(philox::randn(seed, counter));
           r += std * zk;
         }
         res.v[k] = from_acc<T>(r);

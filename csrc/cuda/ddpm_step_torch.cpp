@@ -13,9 +13,10 @@ std::tuple<at::Tensor, at::Tensor> ddpm_step_cuda(const at::Tensor& x, const at:
                                                   const at::Tensor& coefs, const at::Tensor& t, int64_t prediction,
                                                   int64_t var_type, bool clip_denoised, double guidance_scale,
                                                   const c10::optional<at::Tensor>& noise, int64_t seed,
-                                                  int64_t offset, bool return_x0) {
+                                                  int64_t offset, bool return_x0,
+                                                  const c10::optional<at::Tensor>& seed_tensor) {
   check_prediction(prediction);
-  const StepArgs a = check_step(x, model_output, model_output_uncond, coefs, t, noise, seed, offset);
+  const StepArgs a = check_step(x, model_output, model_output_uncond, coefs, t, noise, seed, offset, seed_tensor);
   check_learned_var(a, var_type);
   const c10::cuda::CUDAGuard guard(a.x.device());
   at::Tensor x_prev = at::empty_like(a.x);

@@ -54,6 +54,15 @@ __device__ __forceinline__ void load_row(const R* coefs, int64_t table_len, int6
   for (int k = 0; k < coef::NCOEF; ++k) row[k] = ok ? coefs[t * coef::NCOEF + k] : R(NAN);
 }
 
+// Whether a step draws in-kernel Philox noise, and its seed: *seed_ptr (device memory, so a captured CUDA graph
+// sees the value at replay) or the scalar seed. Read once per thread; the 8 bytes sit in L2 after the first warp.
+__host__ __device__ __forceinline__ bool has_philox_seed(const StepParams& p) {
+  return p.seed_ptr != nullptr || p.seed >= 0;
+}
+__device__ __forceinline__ uint64_t step_seed(const StepParams& p) {
+  return static_cast<uint64_t>(p.seed_ptr != nullptr ? *p.seed_ptr : p.seed);
+}
+
 constexpr int kThreads = 256;
 
 // Launch shape over [N, M / V]: grid y strides samples, grid x strides vectors within a row (both grid-stride loops).

@@ -30,8 +30,12 @@ struct StepParams {
   int prediction = 0, var_type = 0;
   bool clip = false;
   double eta = 0.0, guidance_scale = 1.0;
-  int64_t seed = -1, offset = 0;  // seed < 0: no in-kernel noise
+  int64_t seed = -1, offset = 0;  // seed < 0 and no seed_ptr: no in-kernel noise
+  // Non-null: the Philox seed is read from this device int64 (seed is ignored), so a CUDA graph that captured
+  // the launch draws new noise when the value changes. The offset stays a kernel scalar (fixed per captured step).
+  const int64_t* seed_ptr = nullptr;
 };
+
 
 // DDIM eq. 12 and DDPM eq. 7 steps (see fastdiff/sampler_math.h).
 void launch_ddim_step(DType dtype, Rows rows, TableArgs table, const StepParams& p, cudaStream_t stream);

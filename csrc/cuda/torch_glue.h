@@ -55,6 +55,7 @@ inline StepParams step_params(const StepArgs& a, at::Tensor& out, at::Tensor& x0
   p.guidance_scale = guidance_scale;
   p.seed = seed;
   p.offset = offset;
+  p.seed_ptr = a.seed.defined() ? a.seed.data_ptr<int64_t>() : nullptr;
   return p;
 }
 

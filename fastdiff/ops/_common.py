@@ -98,11 +98,24 @@ def check_guidance_scale(guidance_scale) -> float:
     return g
 
 
-def check_noise_args(x, noise, seed, offset, stochastic: bool, generator=None) -> int:
-    """Validate the noise source; returns the seed for in-kernel noise (-1 when a tensor or nothing is used).
+def check_seed_tensor(x: torch.Tensor, seed: torch.Tensor) -> None:
+    """A device seed: an int64 tensor of shape [] or [1] on x's device. Its value (in [0, 2**63)) is read by the
+    kernel, not the host, so a CUDA graph replays with whatever the tensor holds."""
+    if seed.dtype != torch.int64:
+        raise TypeError(f"seed must be an int or an int64 tensor of shape [] or [1], got a {seed.dtype} tensor")
+    if seed.dim() > 1 or seed.numel() != 1:
+        raise ValueError(f"seed must be an int or an int64 tensor of shape [] or [1], got shape {tuple(seed.shape)}")
+    if seed.device != x.device:
+        raise ValueError(f"seed is on {seed.device} but x is on {x.device}; a seed tensor lives on x's device")
 
-    With neither `noise` nor `seed` for a stochastic step, a seed is drawn from `generator` (or torch's
-    default CPU generator) so results still follow torch.manual_seed and no device sync is needed.
+
+def check_noise_args(x, noise, seed, offset, stochastic: bool, generator=None) -> tuple[int, torch.Tensor | None]:
+    """Validate the noise source; returns (seed, seed_tensor), the op schema's pair: the int seed for in-kernel
+    noise (-1 when a tensor, a device seed or nothing is used) and the device seed tensor (or None).
+
+    seed may be an int or an int64 [] / [1] tensor on x's device (`check_seed_tensor`). With neither `noise`
+    nor `seed` for a stochastic step, a seed is drawn from `generator` (or torch's default CPU generator) so
+    results still follow torch.manual_seed and no device sync is needed.
     """
     if noise is not None and seed is not None:
         raise ValueError("pass either noise (a tensor) or seed (in-kernel Philox noise), not both")
@@ -110,13 +123,17 @@ def check_noise_args(x, noise, seed, offset, stochastic: bool, generator=None) -
         check_float("noise", noise, like=x)
         if noise.shape != x.shape:
             raise ValueError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
-        return -1
+        return -1, None
+    if isinstance(seed, torch.Tensor):
+        check_seed_tensor(x, seed)
+        philox.check_seed_offset(0, offset)
+        return -1, seed
     if seed is None:
         if not stochastic:
-            return -1
+            return -1, None
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     philox.check_seed_offset(seed, offset)
-    return seed
+    return seed, None
 
 
 def check_x(x: torch.Tensor) -> None:
@@ -153,10 +170,13 @@ def predict_x0(prediction: int, x, out, coefs, t, dtype):
     return g(T.SQRT_AC) * x - g(T.SQRT_1M_AC) * out
 
 
-def step_noise(x, noise, seed: int, offset: int, dtype):
-    """The step's standard normal noise: the caller's tensor, or Philox(seed, offset + flat index)."""
+def step_noise(x, noise, seed: int, offset: int, dtype, seed_tensor=None):
+    """The step's standard normal noise: the caller's tensor, or Philox(seed, offset + flat index) with the seed
+    an int (>= 0) or the device tensor `seed_tensor` ([] or [1] int64), or None for no noise term."""
     if noise is not None:
         return noise.to(dtype)
+    if seed_tensor is not None:
+        return philox.randn(x.shape, seed_tensor, offset, device=x.device).to(dtype)
     if seed >= 0:
         return philox.randn(x.shape, seed, offset, device=x.device).to(dtype)
     return None

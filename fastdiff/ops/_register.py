@@ -10,9 +10,10 @@ from fastdiff.ops import posterior_mean_variance as _pmv
 from fastdiff.ops import q_sample as _qs
 
 
-def _step_fake(x, model_output, model_output_uncond, coefs, t, *args):
+def _step_fake(x, return_x0: bool):
+    """(x_{t-1}, x̂0) of a sampler step: contiguous like x: [N, C, ...]; x̂0 empty [0] unless return_x0."""
     return torch.empty_like(x, memory_format=torch.contiguous_format), (
-        torch.empty_like(x, memory_format=torch.contiguous_format) if args[-1] else x.new_empty(0))
+        torch.empty_like(x, memory_format=torch.contiguous_format) if return_x0 else x.new_empty(0))
 
 
 def _q_sample_setup(ctx, inputs, output):
@@ -36,11 +37,11 @@ def register() -> None:
     if not _ext.has_cpu_kernels():
         return
     torch.library.register_fake("fastdiff::ddim_step")(
-        lambda x, mo, mou, coefs, t, eta, pred, clip, scale, noise, seed, offset, rx0:
-        _step_fake(x, mo, mou, coefs, t, rx0))
+        lambda x, mo, mou, coefs, t, eta, pred, clip, scale, noise, seed, offset, rx0, seed_tensor=None:
+        _step_fake(x, rx0))
     torch.library.register_fake("fastdiff::ddpm_step")(
-        lambda x, mo, mou, coefs, t, pred, vt, clip, scale, noise, seed, offset, rx0:
-        _step_fake(x, mo, mou, coefs, t, rx0))
+        lambda x, mo, mou, coefs, t, pred, vt, clip, scale, noise, seed, offset, rx0, seed_tensor=None:
+        _step_fake(x, rx0))
     torch.library.register_fake("fastdiff::q_sample")(
         lambda x_start, noise, coefs, t: torch.empty_like(x_start, memory_format=torch.contiguous_format))
 

@@ -9,13 +9,14 @@ from fastdiff.ops import _table as T
 
 
 def reference(x, model_output, model_output_uncond, coefs, t, prediction: int, var_type: int, clip_denoised: bool,
-              guidance_scale: float, noise, seed: int, offset: int, return_x0: bool):
+              guidance_scale: float, noise, seed: int, offset: int, return_x0: bool, seed_tensor=None):
     """x_{t-1} = μ̃_t(x_t, x̂0) + [t > 0] exp(½ log σ²_t) z, with μ̃_t = coef1 x̂0 + coef2 x_t (DDPM eq. 7).
 
     log σ²_t: fixed_small = log β̃_t (clipped), fixed_large = log β_t (β̃_1 at t = 0), learned = v,
     learned_range = frac·log β_t + (1 − frac)·log β̃_t with frac = (v + 1)/2 (Improved DDPM eq. 15), where
     v are model_output's channels C..2C (taken from the conditional output under guidance).
-    Shapes as in ddim_step. Returns (x_{t-1}, x̂0) with x̂0 empty unless return_x0.
+    Shapes and the noise (noise / seed / seed_tensor) as in ddim_step's reference. Returns (x_{t-1}, x̂0) with
+    x̂0 empty unless return_x0.
     """
     acc = C.acc_dtype(x.dtype)
     g = lambda col: C.gather(coefs, t, col, x.dim(), acc)  # noqa: E731
@@ -27,7 +28,7 @@ def reference(x, model_output, model_output_uncond, coefs, t, prediction: int, v
         x0 = x0.clamp(-1.0, 1.0)
     mean = g(T.POST_COEF1) * x0 + g(T.POST_COEF2) * xf
     log_var = log_variance(model_output, coefs, t, var_type, channels, acc)
-    z = C.step_noise(x, noise, seed, offset, acc)
+    z = C.step_noise(x, noise, seed, offset, acc, seed_tensor)
     x_prev = mean
     if z is not None:
         nonzero = (t != 0).to(acc).reshape(-1, *([1] * (x.dim() - 1)))
@@ -53,13 +54,14 @@ def log_variance(model_output, coefs, t, var_type: int, channels: int, dtype):
 
 def ddpm_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, t, *, prediction="epsilon",
               var_type="fixed_small", clip_denoised: bool = False, model_output_uncond: torch.Tensor | None = None,
-              guidance_scale: float = 1.0, noise: torch.Tensor | None = None, seed: int | None = None,
+              guidance_scale: float = 1.0, noise: torch.Tensor | None = None, seed: int | torch.Tensor | None = None,
               offset: int = 0, generator: torch.Generator | None = None, return_x0: bool = False,
               backend: str | None = None):
     """One ancestral DDPM step x_t -> x_{t-1}, fused into one kernel.
 
     x: [N, C, ...]; model_output: [N, C, ...], or [N, 2C, ...] for var_type 'learned'/'learned_range';
-    coefs: [T, NCOEF]; t: int64 [N]. Guidance, clipping and noise options as in `ddim_step`.
+    coefs: [T, NCOEF]; t: int64 [N]. Guidance, clipping and noise options as in `ddim_step` (seed: an int, or
+    an int64 [] / [1] tensor on x's device read by the kernel, for CUDA graphs).
     Returns x_{t-1}, or (x_{t-1}, x̂0) when return_x0.
     """
     C.check_x(x)
@@ -74,8 +76,8 @@ def ddpm_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     t = C.check_coefs_t(x, coefs, t)
     scale = C.check_guidance_scale(guidance_scale)
     pred = C.prediction_code(prediction)
-    seed = C.check_noise_args(x, noise, seed, offset, stochastic=True, generator=generator)
+    seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=True, generator=generator)
     impl = _backend.implementation("ddpm_step", _backend.resolve("ddpm_step", x.device, backend=backend), reference)
     x_prev, x0 = impl(x, model_output, model_output_uncond, coefs, t, pred, vt, bool(clip_denoised), scale,
-                      noise, seed, int(offset), bool(return_x0))
+                      noise, seed, int(offset), bool(return_x0), seed_tensor)
     return (x_prev, x0) if return_x0 else x_prev

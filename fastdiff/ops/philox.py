@@ -6,6 +6,9 @@ u = float32(int32 word, negatives mapped by -x-1) · 4.6566127342e-10 and the no
 √(−2 log max(u1, 1e-7)) · cos(2π u2). The same steps live in csrc/include/fastdiff/philox.h;
 the Triton kernels call tl.randn itself (triton_kernels/_sampler_math.py). Here uint32 words are
 held in int64 tensors; products are split into 16-bit halves so no int64 multiply overflows.
+
+The seed may be a Python int or a 0-dim int64 tensor (a device seed, as the fused steps' `seed_tensor`): every
+constant is a Python scalar, so the stream creates no tensor from host data and a CUDA graph can capture it.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi & _M32, lo
 
 
-def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
-    """Ten Philox-4x32 rounds on counter words c0..c3 (int64 tensors holding uint32) under key (k0, k1)."""
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Ten Philox-4x32 rounds on counter words c0..c3 (int64 tensors holding uint32) under key (k0, k1)
+    (ints, or 0-dim int64 tensors holding uint32)."""
     for _ in range(10):
         hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
@@ -40,7 +44,8 @@ def _uniform(word: torch.Tensor) -> torch.Tensor:
     """Triton's uint_to_uniform_float for 32-bit words: [0, 1) float32."""
     signed = torch.where(word >= 2**31, word - 2**32, word)
     signed = torch.where(signed < 0, -signed - 1, signed)
-    return signed.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32, device=word.device)
+    # A Python float scalar multiplies in float32 as a float32 tensor would (a pinned test checks the bits).
+    return signed.to(torch.float32) * 4.6566127342e-10
 
 
 def check_seed_offset(seed: int, offset: int) -> None:
@@ -51,20 +56,25 @@ def check_seed_offset(seed: int, offset: int) -> None:
         raise ValueError(f"offset must be an int in [0, 2**63), got {offset!r}")
 
 
-def randn_counters(seed: int, counters: torch.Tensor) -> torch.Tensor:
-    """Standard normals (float32) for int64 counters under `seed`: Triton's tl.randn(seed, counters)."""
+def randn_counters(seed, counters: torch.Tensor) -> torch.Tensor:
+    """Standard normals (float32) for int64 counters under `seed` (an int, or a 0-dim int64 tensor on the
+    counters' device holding a value in [0, 2**63)): Triton's tl.randn(seed, counters)."""
     c0 = counters & _M32
     c1 = (counters >> 32) & _M32
     zero = torch.zeros_like(c0)
     w0, w1, _, _ = philox4x32_10(c0, c1, zero, zero, seed & _M32, (seed >> 32) & _M32)
     u1 = torch.clamp_min(_uniform(w0), 1.0e-7)
-    two_pi = torch.tensor(6.283185307179586, dtype=torch.float32, device=counters.device)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(two_pi * _uniform(w1))
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * _uniform(w1))
 
 
-def randn(shape, seed: int, offset: int = 0, device=None) -> torch.Tensor:
-    """float32 normals of `shape`; element j (row-major) uses counter offset + j."""
-    check_seed_offset(seed, offset)
+def randn(shape, seed, offset: int = 0, device=None) -> torch.Tensor:
+    """float32 normals of `shape`; element j (row-major) uses counter offset + j. seed: an int, or a 0-dim /
+    [1] int64 tensor on `device` whose value is read on the device (no host sync)."""
+    if isinstance(seed, torch.Tensor):
+        check_seed_offset(0, offset)
+        seed = seed.reshape(())
+    else:
+        check_seed_offset(seed, offset)
     numel = 1
     for s in shape:
         numel *= int(s)

@@ -10,12 +10,9 @@ classifier-free guidance, as `fastdiff.samplers._loop.model_outputs`) followed b
 else (shape, steps, η, guidance scale, schedule) is fixed at capture; build another sampler to change it.
 
 Noise (DESIGN §3): step i uses the Philox stream at offset `step_offset(i)`, as the eager loop with `seed=` does.
-The fused ops take their seed as a kernel scalar argument, which a graph would freeze, so inside the graph the
-step noise is computed from the seed held in a device tensor with the same Philox4x32-10 + Box-Muller math
-(`fastdiff.ops.philox`) in int64 tensor ops, and handed to the fused step as its `noise` tensor. A replay with a
-new seed therefore needs no re-capture. Cost: ~250 small elementwise kernels per stochastic step inside the graph
-(none for DDIM with η = 0); a `seed_ptr` variant of the step kernels (read the seed from device memory) would
-remove them.
+The fused steps draw it in-kernel, keyed by the seed held in a 0-dim int64 device buffer that they read from
+device memory (`ops.ddim_step(..., seed=<tensor>)`); only the offset is a kernel scalar, fixed per captured step.
+A replay with a new seed therefore needs no re-capture and costs nothing extra: one fused kernel per step.
 """
 from __future__ import annotations
 
@@ -165,24 +162,6 @@ def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None
 # ----------------------------------------------------------------------------------------------- the loop
 
 
-def philox_normals(counters: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """float32 normals of the DESIGN §3 stream for int64 counters under a 0-dim int64 device tensor `seed`:
-    `fastdiff.ops.philox.randn_counters` with the seed read from device memory and no host-created constants, so
-    it can be captured in a CUDA graph (the uniform/Box-Muller lines mirror philox._uniform; a test pins them)."""
-    m32 = 0xFFFFFFFF
-    c0, c1 = counters & m32, (counters >> 32) & m32
-    zero = torch.zeros_like(c0)
-    w0, w1, _, _ = philox.philox4x32_10(c0, c1, zero, zero, seed & m32, (seed >> 32) & m32)
-
-    def uniform(word):
-        signed = torch.where(word >= 2**31, word - 2**32, word)
-        signed = torch.where(signed < 0, -signed - 1, signed)
-        return signed.to(torch.float32) * 4.6566127342e-10
-
-    u1 = torch.clamp_min(uniform(w0), 1.0e-7)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * uniform(w1))
-
-
 def _tensor_output(out):
     """A model's output as a tensor: diffusers' UNet2DOutput (.sample) and tuples (their first element) too."""
     if isinstance(out, torch.Tensor):
@@ -232,7 +211,6 @@ class StaticLoop:
         self.kwargs = self._static("model_kwargs", model_kwargs or {}, n)
         self.uncond = self._static("uncond_kwargs", uncond_kwargs or {}, n) if uncond_kwargs else None
         self.stochastic = plan.sampler == "ddpm" or eta > 0.0
-        self.counters = torch.arange(numel, dtype=torch.int64, device=self.device)
         self.table = step_table(betas_for_timesteps(plan.alphas_cumprod, plan.table_ts), device=self.device)
         s = len(plan.table_ts)
         self.rows = torch.arange(s, device=self.device).unsqueeze(1).expand(s, n).contiguous()
@@ -291,9 +269,8 @@ class StaticLoop:
             kwargs = dict(opts)
             if out_u is not None:
                 kwargs.update(model_output_uncond=out_u, guidance_scale=self.guidance_scale)
-            if self.stochastic:
-                z = philox_normals(self.counters + step_offset(i), self.seed)
-                kwargs["noise"] = z.view(self.shape).to(x.dtype)
+            if self.stochastic:  # in-kernel noise keyed by the device seed: the graph reads its value at replay
+                kwargs.update(seed=self.seed, offset=step_offset(i))
             x = step(x, out, self.table, self.rows[k], **kwargs)
         return x
 

@@ -56,3 +56,36 @@ def test_ddim_final_step_returns_x0(backend):
                             backend=backend)
     torch.testing.assert_close(out, x0, atol=1e-6, rtol=1e-6)
     assert x0.abs().max() <= 1.0
+
+
+SEED_BACKENDS = ["reference", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _seed_inputs(device, dtype, shape=(3, 2, 5, 7), channels=2):
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    mo_shape = (shape[0], channels * shape[1]) + shape[2:]
+    eps, eps_u = (torch.randn(mo_shape, generator=gen).to(device, dtype) for _ in range(2))
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 50).double().numpy(), device=device)
+    return x, eps, eps_u, coefs, torch.tensor([49, 17, 3], device=device)
+
+
+@pytest.mark.parametrize("name", SEED_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_ddim_seed_tensor_equals_int_seed(name, dtype):
+    """seed as an int64 [] or [1] tensor on x's device (read by the kernel) gives the int seed's result bit for bit."""
+    device = backend_device(name)
+    x, eps, eps_u, coefs, t = _seed_inputs(device, dtype)
+    seed, offset = int(torch.randint(0, 2**62, (1,))) * 2 + 1, (3 << 32) + 11
+    kw = {"eta": 1.0, "model_output_uncond": eps_u, "guidance_scale": 3.0, "offset": offset, "return_x0": True,
+          "backend": name}
+    want, x0 = ops.ddim_step(x, eps, coefs, t, seed=seed, **kw)
+    for seed_tensor in (torch.tensor(seed, device=device), torch.tensor([seed], device=device)):
+        got, got_x0 = ops.ddim_step(x, eps, coefs, t, seed=seed_tensor, **kw)
+        assert torch.equal(got, want) and torch.equal(got_x0, x0)
+    other = ops.ddim_step(x, eps, coefs, t, seed=torch.tensor(seed + 1, device=device), **kw)[0]
+    assert (other.float() - want.float()).abs().max() > 1e-2  # the tensor's value keys the noise
+    # η = 0 draws no noise, whatever the seed tensor
+    kw["eta"] = 0.0
+    assert torch.equal(ops.ddim_step(x, eps, coefs, t, seed=torch.tensor(seed, device=device), **kw)[0],
+                       ops.ddim_step(x, eps, coefs, t, **kw)[0])

@@ -53,3 +53,22 @@ def test_ddpm_step_empty(backend):
     out = ops.ddpm_step(x, torch.empty(0, 6, 4, device=device), coefs, torch.empty(0, dtype=torch.int64,
                         device=device), var_type="learned_range", seed=3, backend=backend)
     assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("var_type", ["fixed_small", "learned_range"])
+def test_ddpm_seed_tensor_equals_int_seed(name, var_type):
+    """seed as an int64 [] or [1] tensor on x's device (read by the kernel) gives the int seed's result bit for bit."""
+    device = backend_device(name)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    x = torch.randn(3, 2, 5, 7, generator=gen).to(device)
+    mo = torch.randn(3, 4, 5, 7, generator=gen).to(device)
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 50).double().numpy(), device=device)
+    t = torch.tensor([49, 17, 0], device=device)
+    seed, offset = int(torch.randint(0, 2**62, (1,))) * 2 + 1, 5 << 32
+    kw = {"var_type": var_type, "offset": offset, "backend": name}
+    want = ops.ddpm_step(x, mo, coefs, t, seed=seed, **kw)
+    for seed_tensor in (torch.tensor(seed, device=device), torch.tensor([seed], device=device)):
+        assert torch.equal(ops.ddpm_step(x, mo, coefs, t, seed=seed_tensor, **kw), want)
+    other = ops.ddpm_step(x, mo, coefs, t, seed=torch.tensor(seed + 1, device=device), **kw)
+    assert (other[:2] - want[:2]).abs().max() > 1e-3 and torch.equal(other[2], want[2])  # t = 0: no noise

@@ -52,6 +52,48 @@ def test_step_errors(args, name):
         ops.posterior_mean_variance(x, eps[:1], t, coefs, backend=name)
 
 
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
+def test_bad_seed_tensor_is_named(args, name):
+    x, eps, coefs, t = args
+    for step in (ops.ddpm_step, lambda *a, **k: ops.ddim_step(*a, eta=1.0, **k)):
+        with pytest.raises(TypeError, match=r"seed must be an int or an int64 tensor of shape \[\] or \[1\], got a "
+                                            r"torch.int32 tensor"):
+            step(x, eps, coefs, t, seed=torch.tensor(3, dtype=torch.int32), backend=name)
+        with pytest.raises(TypeError, match="seed must be an int or an int64 tensor.*torch.float32"):
+            step(x, eps, coefs, t, seed=torch.tensor(3.0), backend=name)
+        with pytest.raises(ValueError, match=r"seed must be an int or an int64 tensor .*got shape \(2,\)"):
+            step(x, eps, coefs, t, seed=torch.tensor([3, 4]), backend=name)
+        with pytest.raises(ValueError, match=r"got shape \(1, 1\)"):
+            step(x, eps, coefs, t, seed=torch.tensor([[3]]), backend=name)
+        with pytest.raises(ValueError, match="seed is on meta but x is on cpu"):
+            step(x, eps, coefs, t, seed=torch.tensor(3, device="meta"), backend=name)
+        with pytest.raises(ValueError, match="either noise"):
+            step(x, eps, coefs, t, seed=torch.tensor(3), noise=torch.randn_like(x), backend=name)
+
+
+def test_cpp_kernel_checks_the_seed_tensor(args):
+    """The C++ op's own checks of seed_tensor (int64 [] or [1] on x's device, not with an int seed or noise, and
+    on CPU a value in [0, 2**63))."""
+    x, eps, coefs, t = args
+
+    def step(seed, seed_tensor, noise=None):
+        return torch.ops.fastdiff.ddpm_step(x, eps, None, coefs, t, 0, 0, False, 1.0, noise, seed, 0, False,
+                                            seed_tensor)[0]
+
+    bad = r"seed_tensor must be an int64 tensor of shape \[\] or \[1\], got "
+    with pytest.raises(RuntimeError, match=bad + "dtype Int"):
+        step(-1, torch.tensor(3, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match=bad + r"shape \[2\]"):
+        step(-1, torch.tensor([3, 4]))
+    with pytest.raises(RuntimeError, match="not both"):
+        step(3, torch.tensor(3))
+    with pytest.raises(RuntimeError, match="either noise"):
+        step(-1, torch.tensor(3), torch.randn_like(x))
+    with pytest.raises(RuntimeError, match=r"seed must be an int in \[0, 2\*\*63\), got -5 \(the value of seed_tensor"):
+        step(-1, torch.tensor(-5))
+    assert torch.equal(step(-1, torch.tensor([9])), step(9, None))
+
+
 def test_device_mismatch_is_named(args):
     x, eps, coefs, t = args
     meta = torch.randn(2, 3, 4, device="meta")

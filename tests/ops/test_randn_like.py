@@ -58,3 +58,18 @@ def test_noise_statistics():
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
     # Neighbouring counters are uncorrelated.
     assert abs(float((z[1:] * z[:-1]).mean())) < 0.01
+
+
+def test_reference_stream_with_a_seed_tensor_is_bit_identical():
+    """A 0-dim / [1] int64 seed tensor gives the int seed's stream bit for bit (the reference of the fused steps'
+    seed_tensor), with no host constants: the values below were computed with float32 tensor constants."""
+    seed = random.Random(RUN_SEED).randrange(2**63)
+    offset = (7 << 32) + 13
+    ref = philox.randn((1000,), seed, offset)
+    for seed_tensor in (torch.tensor(seed), torch.tensor([seed])):
+        assert torch.equal(philox.randn((1000,), seed_tensor, offset), ref)
+    assert torch.equal(ref, ops.randn_like(torch.empty(1000), seed=seed, offset=offset, backend="reference"))
+    # The Python-scalar constants round exactly as float32 tensor constants would.
+    u = torch.rand(1000)
+    assert torch.equal(u * 4.6566127342e-10, u * torch.tensor(4.6566127342e-10, dtype=torch.float32))
+    assert torch.equal(6.283185307179586 * u, torch.tensor(6.283185307179586, dtype=torch.float32) * u)

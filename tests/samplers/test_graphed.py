@@ -7,9 +7,8 @@ import torch
 
 from fastdiff import ops
 from fastdiff.diffusion import create_gaussian_diffusion
-from fastdiff.ops import philox
 from fastdiff.samplers import GraphCaptureError, GraphedSampler, sample_ddim, sample_ddpm
-from fastdiff.samplers.graphed import StaticLoop, capture_hint, philox_normals, sampling_plan
+from fastdiff.samplers.graphed import StaticLoop, capture_hint, sampling_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 AC = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
@@ -95,13 +94,28 @@ def test_capture_hints_name_the_likely_cause():
 # ----------------------------------------------------------------------------------------------- the loop's math
 
 
-def test_philox_normals_from_a_seed_tensor_match_the_reference_stream():
-    seed = int(torch.randint(0, 2**62, (1,)))
-    offset = (7 << 32) + 13
-    counters = torch.arange(1000, dtype=torch.int64) + offset
-    got = philox_normals(counters, torch.tensor(seed, dtype=torch.int64))
-    assert torch.equal(got, philox.randn((1000,), seed, offset))
-    assert torch.equal(got, ops.randn_like(torch.empty(1000), seed=seed, offset=offset, backend="reference"))
+def test_static_loop_keys_step_noise_by_its_device_seed_buffer(monkeypatch):
+    """The loop hands the fused step its seed buffer (no noise tensor): what the buffer holds when the loop runs,
+    not what it held when the loop was built, keys the noise, as in a graph replay."""
+    calls = []
+    real = ops.ddpm_step
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    loop = _loop(toy_model, sampling_plan(AC, 4, "ddpm"), (2, 3, 4, 4), backend="cpu")
+    x_T = torch.randn(2, 3, 4, 4)
+    loop.load(x_T, 5, {})
+    monkeypatch.setattr(ops, "ddpm_step", spy)
+    first = loop.run()
+    monkeypatch.undo()
+    assert [c["seed"] is loop.seed and "noise" not in c for c in calls] == [True] * 4
+    assert [c["offset"] for c in calls] == [(i + 1) << 32 for i in range(4)]
+    loop.seed.fill_(6)  # as a replay would see it
+    second = loop.run()
+    loop.load(x_T, 6, {})
+    assert torch.equal(second, loop.run()) and not torch.equal(first, second)
 
 
 def _loop(model, plan, shape, **kw):
@@ -110,8 +124,9 @@ def _loop(model, plan, shape, **kw):
     return StaticLoop(model, plan, shape, **{**base, **kw})
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_static_loop_matches_the_eager_fused_ddim_loop_with_cfg_and_noise(backend):
+    """Bit for bit: the loop's steps read the seed from its device buffer, the eager loop passes it as an int."""
     shape, steps, seed = (3, 2, 5, 7), 10, int(torch.randint(0, 2**40, (1,)))
     y, null = torch.tensor([0, 1, 2]), torch.full((3,), 3)
     x_T = torch.randn(shape)
@@ -122,14 +137,14 @@ def test_static_loop_matches_the_eager_fused_ddim_loop_with_cfg_and_noise(backen
     timesteps = list(range(0, 1000, 100))
     expected = sample_ddim(toy_model, x_T, timesteps, {"y": y}, alphas_cumprod=AC, eta=1.0, seed=seed,
                            guidance_scale=3.0, uncond_args={"y": null}, disable=True, backend=backend)
-    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    assert torch.equal(got, expected)
     # a new seed and new labels through the same buffers give the eager result for them
     y2 = torch.tensor([2, 2, 0])
     loop.load(x_T, seed + 1, {"y": y2})
     expected2 = sample_ddim(toy_model, x_T, timesteps, {"y": y2}, alphas_cumprod=AC, eta=1.0, seed=seed + 1,
                             guidance_scale=3.0, uncond_args={"y": null}, disable=True, backend=backend)
     got2 = loop.run()
-    torch.testing.assert_close(got2, expected2, atol=2e-5, rtol=1e-5)
+    assert torch.equal(got2, expected2)
     assert (got2 - got).abs().max() > 1e-3
 
 

@@ -68,12 +68,40 @@ inline void check_randn_args(const at::Tensor& x, int64_t seed, int64_t offset) 
 // Contiguous views and row lengths of a sampler step's arguments (ddim_step / ddpm_step).
 struct StepArgs {
   at::Tensor x, mo, mou, coefs, t, noise;  // mou / noise undefined when absent
+  at::Tensor seed;                         // the device seed (int64, one element), undefined when absent
   int64_t n, m, mo_row, mou_row;           // N, M = x[0].numel(), Mo = model_output[0].numel(), Mu likewise
 };
 
+// seed_tensor: an int64 tensor of shape [] or [1] on x's device holding the Philox seed, in place of the int
+// `seed` (which must then be -1). Returns it as one contiguous element, or an undefined tensor when absent.
+inline at::Tensor check_seed_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& seed_tensor,
+                                    const at::Tensor& noise, int64_t seed) {
+  if (!seed_tensor.has_value()) return at::Tensor();
+  const at::Tensor& s = *seed_tensor;
+  TORCH_CHECK(s.scalar_type() == at::kLong, "seed_tensor must be an int64 tensor of shape [] or [1], got dtype ",
+              s.scalar_type());
+  TORCH_CHECK(s.dim() <= 1 && s.numel() == 1, "seed_tensor must be an int64 tensor of shape [] or [1], got shape ",
+              s.sizes());
+  TORCH_CHECK(s.device() == x.device(), "seed_tensor is on ", s.device(), " but x is on ", x.device());
+  TORCH_CHECK(seed < 0, "pass the seed either as the int seed or as seed_tensor, not both (got seed=", seed, ")");
+  TORCH_CHECK(!noise.defined(), "pass either noise (a tensor) or seed_tensor (in-kernel Philox noise), not both");
+  return s.reshape({1}).contiguous();
+}
+
+// The int seed of a CPU step: `seed`, or the value of the CPU seed tensor (reading it costs no sync), checked
+// to be a 63-bit non-negative integer like an int seed; -1 when there is no in-kernel noise.
+inline int64_t host_seed(const StepArgs& a, int64_t seed) {
+  if (!a.seed.defined()) return seed;
+  TORCH_CHECK(a.seed.is_cpu(), "host_seed reads CPU seed tensors only, got one on ", a.seed.device());
+  const int64_t v = a.seed.data_ptr<int64_t>()[0];
+  TORCH_CHECK(v >= 0, "seed must be an int in [0, 2**63), got ", v, " (the value of seed_tensor)");
+  return v;
+}
+
 inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
                            const c10::optional<at::Tensor>& model_output_uncond, const at::Tensor& coefs,
-                           const at::Tensor& t, const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset) {
+                           const at::Tensor& t, const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
+                           const c10::optional<at::Tensor>& seed_tensor) {
   check_float("x", x);
   TORCH_CHECK(x.dim() >= 2, "x must be [N, C, ...] with at least 2 dims, got shape ", x.sizes());
   check_model_output("model_output", model_output, x);
@@ -88,6 +116,7 @@ inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
     a.noise = noise->contiguous();
   }
   check_seed_offset(seed, offset);
+  a.seed = check_seed_tensor(x, seed_tensor, a.noise, seed);
   a.t = check_coefs_t(x, coefs, t);
   a.x = x.contiguous();
   a.mo = model_output.contiguous();
