@@ -9,11 +9,23 @@ in bench_sampler_step.py.
 `test_adm64_cfg_ddim50` (CUDA only, GPU.md / issue 7): the ImageNet-64 ADM (bench_unet's adm64_imagenet with a
 1001st, null class) sampled with DDIM-50, η = 0, classifier-free guidance s = 4 (one forward on the doubled batch),
 batch 1 / 4 / 16, bf16 autocast over fp32 weights. Providers: `reference` (every fastdiff op on its plain-PyTorch
-backend, eager loop), `compile` (torch.compile(mode="max-autotune") of that reference model and step, eager loop),
-`auto` (fused kernels, eager loop), `fused+graph` (fused kernels, whole loop as one CUDA graph: GraphedSampler),
-`diffusers` (diffusers' DDIMScheduler.step loop around the fused model).
+backend, eager loop), `compile` (torch.compile(mode="max-autotune", dynamic=False) of that reference model, eager
+loop), `auto` (fused kernels, eager loop), `fused+graph` (fused kernels, whole loop as one CUDA graph:
+GraphedSampler), `diffusers` (diffusers' DDIMScheduler.step loop around the fused model). Every row records the
+first (warm-up) call's seconds as `warmup_s`: for `compile` that is the max-autotune compile.
+
+Time budget (GPU.md: all of `make gpu-check` in ~10 minutes): max-autotune benchmarks Triton GEMM/conv templates
+for every distinct conv/matmul shape of the ADM (dozens at 64², 32², 16², 8²), minutes per batch size on 16 CPU
+cores, and each batch size is a separate compile. So `compile` runs at batch 16 only (the GPU-bound case, where
+autotuned kernels matter most) unless --bench-full (all of ADM_BATCHES); FASTDIFF_BENCH_COMPILE_MODE overrides the
+mode (e.g. "max-autotune-no-cudagraphs"; the default keeps inductor's CUDA graphs, the issue's baseline).
+`fused+graph` rows also record the GPU idle time of one replay as a fraction of its wall time
+(`gpu_idle_frac`, `fastdiff_bench.gpu_idle`; target <= 5%).
 """
 from __future__ import annotations
+
+import os
+import time
 
 import fastdiff_bench as fb
 import numpy as np
@@ -88,6 +100,8 @@ ADM64 = {"image_size": 64, "in_channels": 3, "model_channels": 192, "out_channel
          "use_scale_shift_norm": True, "resblock_updown": True, "num_classes": 1001}  # class 1000: the null label
 ADM_PROVIDERS = ("reference", "compile", "auto", "fused+graph", "diffusers")
 ADM_BATCHES = (1, 4, 16)
+ADM_COMPILE_BATCHES = (16,)  # max-autotune compiles per batch size take minutes: see the module docstring
+COMPILE_MODE = os.environ.get("FASTDIFF_BENCH_COMPILE_MODE", "max-autotune")
 CFG_SCALE = 4.0
 
 
@@ -142,7 +156,7 @@ def _adm_model(provider: str):
         return out[:, :3].float()
 
     if provider == "compile":
-        forward = torch.compile(forward, mode="max-autotune")
+        forward = torch.compile(forward, mode=COMPILE_MODE, dynamic=False)  # one static compile per batch size
     if provider not in ("reference", "compile"):
         return forward, None
     inner = forward
@@ -161,6 +175,9 @@ def test_adm64_cfg_ddim50(benchmark, request, provider, batch):
     device, _ = fb.runnable_or_skip(request.config, None)
     if device != "cuda":
         pytest.skip("adm64_cfg_ddim50: the ImageNet-64 ADM end to end is GPU-only (minutes per call on 2 CPU cores)")
+    if provider == "compile" and batch not in ADM_COMPILE_BATCHES and not request.config.getoption("--bench-full"):
+        pytest.skip(f"compile: {COMPILE_MODE} compiles take minutes per batch size; batch {batch} runs with "
+                    f"--bench-full (default: batches {ADM_COMPILE_BATCHES})")
     ac = np.cumprod(1.0 - get_named_beta_schedule("linear", fb.NUM_TIMESTEPS))
     shape = (batch, 3, 64, 64)
     x_t = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
@@ -181,13 +198,28 @@ def test_adm64_cfg_ddim50(benchmark, request, provider, batch):
         with torch.no_grad():
             return loop()
 
-    with torch.no_grad():
-        run()  # warm-up: Triton / inductor (max-autotune) compiles, cuDNN autotuning
+    start = time.perf_counter()
+    run()  # warm-up: Triton / inductor (max-autotune) compiles, cuDNN autotuning
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - start
     case = "adm64_cfg_ddim50"
     benchmark.group = f"{case} | b{batch} | bfloat16"
     benchmark.extra_info.update(suite="loop", provider=provider, case=case, shape=f"adm64-b{batch}",
-                                dtype="bfloat16", device=device, steps=len(TIMESTEPS), cfg_scale=CFG_SCALE)
+                                dtype="bfloat16", device=device, steps=len(TIMESTEPS), cfg_scale=CFG_SCALE,
+                                warmup_s=warmup_s)
+    if provider == "compile":
+        benchmark.extra_info["compile_mode"] = COMPILE_MODE
+    if provider == "fused+graph":
+        record_gpu_idle(benchmark, lambda: sampler(x_t, seed=5, clone=False))
     if smoke_mode(request.config):
         benchmark(run)
         return
     fb.measure(benchmark, run, None, device=device)
+
+
+def record_gpu_idle(benchmark, replay) -> None:
+    """GPU idle time of `replay` (a GraphedSampler call) into extra_info (fastdiff_bench.gpu_idle), or why not."""
+    try:
+        benchmark.extra_info.update(fb.gpu_idle(replay), gpu_idle_target=0.05)
+    except RuntimeError as exc:  # no CUPTI: the timing still counts, the idle figure is owed
+        benchmark.extra_info["gpu_idle_error"] = str(exc)

@@ -224,6 +224,84 @@ def gpu_median_seconds(call: Callable[[], object]) -> tuple[float, str]:
     return times[len(times) // 2], "cuda events"
 
 
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by [start, end) intervals (overlaps, e.g. concurrent kernels, counted once)."""
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(intervals):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return total + (cur_end - cur_start if cur_end is not None else 0.0)
+
+
+#: Chrome-trace categories of device work (kernels, copies, memsets) in a torch.profiler trace.
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_idle(call: Callable[[], object], replays: int = 3) -> dict:
+    """GPU idle time of `call` (e.g. a CUDA graph replay) as a fraction of its wall time, over `replays` calls.
+
+    One torch.profiler (CUPTI) session; each call runs inside a `record_function` range that also records CUDA
+    events around it and synchronises, so all its device work falls inside that range. Per call: wall = the
+    CUDA-event time from just before `call` to just after it (GPU clock: graph launch latency and gaps included),
+    busy = the union of its device intervals (kernels, memcpy, memset). Returns the medians over calls of
+    {"gpu_idle_frac": 1 − busy/wall, "gpu_busy_s", "gpu_wall_s", "gpu_idle_frac_span": 1 − busy/(last device end
+    − first device start) (gaps between device ops alone), "gpu_device_ops": device ops per call}.
+    Raises RuntimeError when the profiler records no device work (CUPTI unavailable).
+    """
+    import json
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    call()
+    torch.cuda.synchronize()
+    walls = []
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(replays):
+            with record_function(f"fastdiff_idle_{i}"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                call()
+                end.record()
+                torch.cuda.synchronize()
+            walls.append(start.elapsed_time(end) * 1e-3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    return idle_from_trace(trace.get("traceEvents", []) if isinstance(trace, dict) else trace, walls)
+
+
+def idle_from_trace(events: list[dict], walls: list[float]) -> dict:
+    """`gpu_idle`'s figures from chrome-trace events (µs) and the per-call CUDA-event wall times (s): call i's
+    device ops are those starting inside its CPU range "fastdiff_idle_<i>"; medians over calls (by idle)."""
+    span = lambda e: (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)))  # noqa: E731
+    complete = [e for e in events if e.get("ph") == "X"]
+    ranges = {e["name"]: span(e) for e in complete if str(e.get("name", "")).startswith("fastdiff_idle_")
+              and e.get("cat") != "gpu_user_annotation"}  # the CPU range, not its device-side mirror
+    device = [span(e) for e in complete if e.get("cat") in DEVICE_CATEGORIES]
+    rows = []
+    for i, wall in enumerate(walls):
+        lo, hi = ranges.get(f"fastdiff_idle_{i}", (None, None))
+        mine = [d for d in device if lo is not None and lo <= d[0] <= hi]
+        if not mine:
+            raise RuntimeError("torch.profiler recorded no device activity for the call (CUPTI unavailable?): "
+                               "cannot measure GPU idle time")
+        busy = _union_length(mine) * 1e-6
+        extent = (max(e for _, e in mine) - min(s for s, _ in mine)) * 1e-6
+        rows.append((1.0 - busy / wall, busy, wall, 1.0 - busy / extent, len(mine)))
+    rows.sort()
+    idle, busy, wall, idle_span, ops = rows[len(rows) // 2]
+    return {"gpu_idle_frac": idle, "gpu_busy_s": busy, "gpu_wall_s": wall, "gpu_idle_frac_span": idle_span,
+            "gpu_device_ops": ops}
+
+
 def synced(call: Callable[[], object], device: str) -> Callable[[], object]:
     """`call` followed by a device synchronisation, so a wall clock measures the work and not the launch."""
     if device != "cuda":

@@ -7,8 +7,12 @@ table of speedups per provider and PNG bar charts, with the machine they came fr
 Per result row (suite, case, shape, dtype) the table gives the reference's median time and every other provider's
 speedup over it, measured in the same run (DESIGN §7): compile (torch.compile of the reference), sdpa (attention),
 fused (the fastest of fastdiff's fused backends cpu / cuda / triton / auto, named in the cell), fused+graph
-(GraphedSampler) and diffusers (its own scheduler loop with the same model). Writes <stem>-report.md and one
-<stem>-<suite>.png per suite next to the JSON (or in --out-dir) and prints the Markdown.
+(GraphedSampler) and diffusers (its own scheduler loop with the same model). Rows without a reference eager
+provider (the `pipeline` suite: a stock diffusers DDIMPipeline vs fastdiff's scheduler, patch and graph) take
+`diffusers` as their baseline instead. Rows that recorded the GPU idle time of a CUDA graph replay
+(extra_info `gpu_idle_frac`, bench_sampling_loop's fused+graph) get a second table against the 5% target.
+Writes <stem>-report.md and one <stem>-<suite>.png per suite next to the JSON (or in --out-dir) and prints the
+Markdown.
 """
 from __future__ import annotations
 
@@ -25,7 +29,10 @@ FUSED = ("cpu", "cuda", "triton", "auto")
 #: Report columns in order: (column, providers it takes the fastest of).
 COLUMNS = (("compile", ("compile",)), ("sdpa", ("sdpa",)), ("fused", FUSED), ("fused+graph", ("fused+graph",)),
            ("diffusers", ("diffusers",)))
-SUITE_ORDER = {"step": 0, "loop": 1, "adagn": 2, "attention": 3, "unet": 4}
+SUITE_ORDER = {"step": 0, "loop": 1, "pipeline": 2, "adagn": 3, "attention": 4, "unet": 5}
+#: A row's baseline: the first of these it measured (reference eager; else the stock diffusers pipeline).
+BASELINES = ("reference", "diffusers")
+IDLE_TARGET = 0.05
 README_HEADING = "## Benchmarks"
 
 
@@ -69,14 +76,22 @@ def collect(data: dict) -> dict:
     return rows
 
 
+def baseline(times: dict) -> str | None:
+    """The provider a row's speedups are over: reference eager, else diffusers (stock pipeline rows), else None."""
+    return next((p for p in BASELINES if times.get(p)), None)
+
+
 def speedups(times: dict) -> dict:
-    """{column: (speedup over reference, provider)} for one row; columns without a measured provider (or rows
-    without a reference) are absent. times: {provider: median seconds}."""
-    ref = times.get("reference")
+    """{column: (speedup over the baseline, provider)} for one row; columns without a measured provider, the
+    baseline's own column, and rows without a baseline are absent. times: {provider: median seconds}."""
+    base = baseline(times)
     out = {}
-    if not ref:
+    if base is None:
         return out
+    ref = times[base]
     for column, providers in COLUMNS:
+        if column == base:
+            continue
         have = [(times[p], p) for p in providers if times.get(p)]
         if have:
             best, provider = min(have)
@@ -129,7 +144,9 @@ def table(data: dict, suites=None) -> str:
         for key in sorted(rows[suite], key=lambda k: (k[0], _natural(k[1]), k[2])):
             times = rows[suite][key]
             sp = speedups(times)
-            cells = [suite, *key, fmt_time(times["reference"]) if "reference" in times else "—"]
+            base = baseline(times)
+            cells = [suite, *key, "—" if base is None else fmt_time(times[base]) + (
+                "" if base == "reference" else f" ({base})")]
             for column in present:
                 if column not in sp:
                     cells.append("—")
@@ -143,17 +160,58 @@ def table(data: dict, suites=None) -> str:
     return "\n".join(lines)
 
 
+def idle_rows(data: dict, suites=None) -> list[tuple]:
+    """[(suite, case, shape, dtype, provider, extra_info)] of rows that recorded GPU idle time (gpu_idle_frac) or
+    why it could not be measured (gpu_idle_error)."""
+    out = []
+    for bench in data.get("benchmarks", []):
+        extra = bench.get("extra_info", {})
+        if ("gpu_idle_frac" in extra or "gpu_idle_error" in extra) and (suites is None or extra.get("suite") in
+                                                                          suites):
+            out.append((extra["suite"], extra["case"], str(extra["shape"]), extra["dtype"], extra["provider"], extra))
+    return sorted(out, key=lambda r: (SUITE_ORDER.get(r[0], 9), r[1], _natural(r[2]), r[3], r[4]))
+
+
+def idle_table(data: dict, suites=None) -> str:
+    """Markdown table of GPU idle time per recorded row: idle % of wall (target <= 5%), idle % of the span from the
+    first to the last device op, device busy and wall time, device ops; '' when no row recorded it."""
+    rows = idle_rows(data, suites)
+    if not rows:
+        return ""
+    head = ["suite", "case", "shape", "dtype", "provider", "GPU idle % of wall", f"≤ {IDLE_TARGET:.0%}",
+            "idle % between ops", "busy", "wall", "device ops"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for suite, case, shape, dtype, provider, ex in rows:
+        if "gpu_idle_frac" not in ex:
+            lines.append("| " + " | ".join([suite, case, shape, dtype, provider, "not measured: "
+                                            + ex["gpu_idle_error"][:80]] + ["—"] * 5) + " |")
+            continue
+        idle = ex["gpu_idle_frac"]
+        lines.append("| " + " | ".join([
+            suite, case, shape, dtype, provider, f"{100 * idle:.1f}%", "yes" if idle <= IDLE_TARGET else "NO",
+            f"{100 * ex.get('gpu_idle_frac_span', float('nan')):.1f}%", fmt_time(ex["gpu_busy_s"]),
+            fmt_time(ex["gpu_wall_s"]), str(ex.get("gpu_device_ops", "—"))]) + " |")
+    return "\n".join(lines)
+
+
 def markdown(data: dict, source: str = "", suites=None) -> str:
-    """The report: machine line, how to read the table, the table (of `suites`, None: all)."""
-    note = ("Speedup = reference eager median / provider median, same run (>1: faster). fused = the fastest of "
-            "fastdiff's fused backends (named); fused+graph = the whole loop as one CUDA graph (GraphedSampler); "
-            "diffusers = diffusers' scheduler loop with the same model.")
+    """The report: machine line, how to read the table, the table (of `suites`, None: all), and the GPU idle
+    table when rows recorded it."""
+    note = ("Speedup = baseline median / provider median, same run (>1: faster); the baseline is reference eager, "
+            "or for rows without one (pipeline) the stock diffusers pipeline, named in the cell. fused = the "
+            "fastest of fastdiff's fused backends (named); fused+graph = the whole loop as one CUDA graph "
+            "(GraphedSampler); diffusers = diffusers' scheduler loop with the same model.")
     src = f" (`{source}`)" if source else ""
-    return "\n".join([f"Machine: {machine(data)}{src}", "", note, "", table(data, suites), ""])
+    parts = [f"Machine: {machine(data)}{src}", "", note, "", table(data, suites), ""]
+    idle = idle_table(data, suites)
+    if idle:
+        parts += ["GPU idle time of one CUDA graph replay (torch.profiler device ops vs CUDA-event wall time; "
+                  f"target ≤ {IDLE_TARGET:.0%} of wall):", "", idle, ""]
+    return "\n".join(parts)
 
 
 def charts(data: dict, stem: Path) -> list[Path]:
-    """One PNG per suite: horizontal bars of each provider's speedup over reference eager (log scale), per row.
+    """One PNG per suite: horizontal bars of each provider's speedup over the row's baseline (log scale), per row.
     Returns the written paths (<stem>-<suite>.png)."""
     import matplotlib
 
@@ -177,7 +235,8 @@ def charts(data: dict, stem: Path) -> list[Path]:
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(keys))])
         ax.set_yticklabels([" | ".join(k) for k in keys], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("speedup over reference eager (log)")
+        ax.set_xlabel("speedup over reference eager (log)" if suite != "pipeline" else
+                      "speedup over the stock diffusers pipeline (log)")
         ax.set_title(f"{suite} — {machine(data).split(';')[0]}", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()

@@ -25,13 +25,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import this fastdiff, installed or not
-SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_schedulers.py", "bench_adagn.py",
-          "bench_attention.py", "bench_unet.py")
+SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_pipeline.py", "bench_schedulers.py",
+          "bench_adagn.py", "bench_attention.py", "bench_unet.py")
 #: Baselines (reference eager, its torch.compile, torch SDPA for attention, diffusers' own schedulers) and fastdiff's
 #: fused providers (one backend, or `auto`: the fastest backend per op, used for whole models).
-PROVIDERS = ("diffusers", "reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto")
+PROVIDERS = ("diffusers", "reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto", "fused+graph")
 BASELINES = ("reference", "compile", "sdpa", "diffusers")
-FUSED = ("cpu", "cuda", "triton", "auto")
+FUSED = ("cpu", "cuda", "triton", "auto", "fused+graph")
 
 PROBE = """
 import importlib, torch
@@ -154,7 +154,7 @@ def build_table(data: dict) -> tuple[str, float | None]:
             work[(ex["suite"], *key)] = ("flops", ex["flops"])
         elif ex.get("bytes_moved"):
             work[(ex["suite"], *key)] = ("bytes", ex["bytes_moved"])
-    order = {"step": 0, "loop": 1, "scheduler": 2, "adagn": 3, "attention": 4, "unet": 5}
+    order = {"step": 0, "loop": 1, "pipeline": 2, "scheduler": 3, "adagn": 4, "attention": 5, "unet": 6}
     tables = []
     for suite in sorted(rows, key=lambda name: (order.get(name, 9), name)):
         suite_rows = rows[suite]
@@ -205,6 +205,8 @@ def report(data: dict, info: dict, gpu: bool) -> str:
              "ddim = η=0; ddpm_learned_range = Improved-DDPM step, 2C-channel output; ddim50_loop = sample_ddim, "
              "50 steps; scheduler = 50 steps of diffusers' DDIM/DDPMScheduler (diffusers) vs FastDDIM/DDPMScheduler "
              "(reference/cpu/... = the backend of its fused step), model replaced by a fixed tensor; "
+             "pipeline = diffusers' DDIMPipeline with a UNet2DModel, 50 steps: stock (diffusers) vs "
+             "FastDDIMScheduler + adapters.patch (auto) and + GraphedSampler (fused+graph); "
              "adagn = GroupNorm(32) + scale/shift + SiLU; qkv_attention = ADM attention, head dim 64 "
              "(reference = guided-diffusion's einsum); unet = ADM UNet (benchmarks/bench_unet.py), auto = fused "
              "backends.")

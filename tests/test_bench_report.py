@@ -110,3 +110,72 @@ def test_newest_results_file(tmp_path):
     import os
     os.utime(a, (1e9, 1e9))
     assert report.newest(tmp_path) == b
+
+
+def test_pipeline_rows_take_the_stock_diffusers_pipeline_as_baseline():
+    data = _data()
+    data["benchmarks"] += [_row("diffusers", 9.0, case="unet2d_cifar32_ddim50", shape="cifar32-b16", dtype="float32",
+                                suite="pipeline", cuda=0.6),
+                           _row("auto", 9.0, case="unet2d_cifar32_ddim50", shape="cifar32-b16", dtype="float32",
+                                suite="pipeline", cuda=0.5),
+                           _row("fused+graph", 9.0, case="unet2d_cifar32_ddim50", shape="cifar32-b16",
+                                dtype="float32", suite="pipeline", cuda=0.3)]
+    times = report.collect(data)["pipeline"][("unet2d_cifar32_ddim50", "cifar32-b16", "float32")]
+    assert report.baseline(times) == "diffusers" and report.baseline({"auto": 1.0}) is None
+    sp = report.speedups(times)
+    assert sp == {"fused": (pytest.approx(1.2), "auto"), "fused+graph": (2.0, "fused+graph")}  # no diffusers column
+    lines = [line for line in report.markdown(data).splitlines() if line.startswith("| ")]
+    assert ("| pipeline | unet2d_cifar32_ddim50 | cifar32-b16 | float32 | 600.00 ms (diffusers) | — | 1.20x (auto) | "
+            "2.00x | — | — |") in lines
+    # the loop row keeps reference eager as its baseline, diffusers as a column
+    assert report.speedups(report.collect(data)["loop"][("adm64_cfg_ddim50", "adm64-b4", "bfloat16")])["diffusers"]
+
+
+def test_gpu_idle_table():
+    data = _data()
+    assert report.idle_table(data) == "" and "GPU idle" not in report.markdown(data)
+    data["benchmarks"][3]["extra_info"].update(gpu_idle_frac=0.031, gpu_idle_frac_span=0.012, gpu_busy_s=0.3876,
+                                               gpu_wall_s=0.4, gpu_device_ops=2551)
+    data["benchmarks"].append(_row("fused+graph", 1.0, shape="adm64-b1", cuda=0.2))
+    data["benchmarks"][-1]["extra_info"].update(gpu_idle_frac=0.08, gpu_idle_frac_span=0.05, gpu_busy_s=0.184,
+                                                gpu_wall_s=0.2, gpu_device_ops=2551)
+    data["benchmarks"].append(_row("fused+graph", 1.0, shape="adm64-b16", cuda=0.2))
+    data["benchmarks"][-1]["extra_info"]["gpu_idle_error"] = "torch.profiler recorded no device activity"
+    text = report.markdown(data)
+    lines = text[text.index("GPU idle time"):].splitlines()
+    assert lines[2].startswith("| suite | case | shape | dtype | provider | GPU idle % of wall | ≤ 5% |")
+    assert lines[4] == ("| loop | adm64_cfg_ddim50 | adm64-b1 | bfloat16 | fused+graph | 8.0% | NO | 5.0% | "
+                        "184.00 ms | 200.00 ms | 2551 |")
+    assert lines[5] == ("| loop | adm64_cfg_ddim50 | adm64-b4 | bfloat16 | fused+graph | 3.1% | yes | 1.2% | "
+                        "387.60 ms | 400.00 ms | 2551 |")
+    assert lines[6].startswith("| loop | adm64_cfg_ddim50 | adm64-b16 | bfloat16 | fused+graph | not measured: "
+                               "torch.profiler recorded no device activity |")
+    assert report.idle_table(data, ["step"]) == ""
+
+
+def test_gpu_idle_figures_from_a_profiler_trace():
+    """benchmarks/fastdiff_bench.idle_from_trace: device ops grouped by the call's CPU range, overlaps counted once."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import fastdiff_bench as fb
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def ev(name, cat, ts, dur):
+        return {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur}
+
+    events = [ev("fastdiff_idle_0", "user_annotation", 0, 1000), ev("fastdiff_idle_1", "user_annotation", 2000, 1000),
+              ev("fastdiff_idle_0", "gpu_user_annotation", 100, 700),  # device mirror: ignored
+              ev("k1", "kernel", 100, 300), ev("k2", "kernel", 350, 150), ev("copy", "gpu_memcpy", 600, 200),
+              ev("k3", "kernel", 2100, 800), ev("cudaGraphLaunch", "cuda_runtime", 2050, 10),
+              {"ph": "i", "name": "marker", "ts": 2500}]
+    # call 0: busy = [100, 500) + [600, 800) = 600 µs of a 1 ms wall; call 1: 800 µs of 0.9 ms
+    out = fb.idle_from_trace(events, [1e-3, 0.9e-3])
+    assert out["gpu_device_ops"] == 3 and out["gpu_busy_s"] == pytest.approx(600e-6)  # the median call: idle 40%
+    assert out["gpu_idle_frac"] == pytest.approx(0.4) and out["gpu_idle_frac_span"] == pytest.approx(1 - 600 / 700)
+    lone = fb.idle_from_trace(events, [0.9e-3, 1e-3][:1])
+    assert lone["gpu_idle_frac"] == pytest.approx(1 - 600e-6 / 0.9e-3)
+    with pytest.raises(RuntimeError, match="no device activity"):
+        fb.idle_from_trace([ev("fastdiff_idle_0", "user_annotation", 0, 10)], [1e-3])
