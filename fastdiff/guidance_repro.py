@@ -183,7 +183,7 @@ def guidance_digits(out, quick: bool = False, seed: int = 0) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    total = 300 if quick else 1500              # digits_cfg's budget (the demo model's)
+    total = 300 if quick else 1500              # half the demo model's budget: enough for the guidance claims
     n = 200 if quick else 500
     cfg_scales, cg_scales, dg_scales = ((0, 3), (0, 2, 8), (0, 1)) if quick else ((0, 1, 3), (0, 1, 2, 4, 8), (0, 1, 2))
     _train("digits_cfg", out / "model", _schedule(total))
