@@ -13,7 +13,11 @@ DDPM-4 of an ε-model trained on the same data budget.
 - Metrics: Fréchet distance and k-NN precision / recall in the features of fastdiff's digits classifier
   (`fastdiff.metrics.digits`), against all 1797 digits; a fresh real subset of the same size gives the floor.
 
---quick shortens everything to check the pipeline in about two CPU minutes; its numbers do not test the claim.
+Measured (full run, seed 0, one torch thread, 800 steps × 128 images = 102,400 images each, 1000 samples): FD
+SIDDM-4 16.3 (precision 0.851, recall 0.781), DDIM-4 115.9 (0.717, 0.692), DDPM-4 262.6 (0.310, 0.545); training
+284 s (ε-model) + 951 s (SIDDM) on 2 cores shared with other jobs (load 4-9), ~9 s of sampling and metrics.
+--quick (120 steps × 64 images, 200 samples) takes under a minute on an idle core and about three minutes under that
+load; its numbers only check that the pipeline learns (SIDDM-4 FD 156-169 vs DDIM-4 296-351 over seeds 0-2).
 """
 from __future__ import annotations
 
@@ -189,7 +193,7 @@ def siddm_digits(out, quick: bool = False, seed: int = 0, cfg: SIDDMDigitsConfig
              f"G(x_t, t, z) (nz = {cfg.nz}), a UNet discriminator (encoder: logit + AFD regression, decoder: "
              f"denoising), λ_AFD = {cfg.lambda_afd:g}, λ_denoise = {cfg.lambda_denoise:g}, T = {T} VP-SDE steps. "
              f"{n} samples per row; FD and precision/recall in the digits classifier's features against all 1797 "
-             "digits.")
+             "digits; the floor row is a random subset of those digits (so its precision is 1 by construction).")
     lines = [f"# siddm-digits ({'quick' if quick else 'full'} run)", "", setup, "",
              "| method | FD ↓ | precision ↑ | recall ↑ | train (s) | sample (s) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['fd']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
