@@ -182,6 +182,11 @@ class UNetDDGANDiscriminator(EncoderUNetModel):
     in_channels: the data's channels C (the encoder reads 2·C); every other EncoderUNetModel keyword argument is
     accepted except out_channels (1) and pool (adaptive). num_classes: optional class conditioning by projection
     (Miyato & Koyama 2018): logit += ⟨embed(y), pooled features⟩. forward(x_prev, t, x_t, y) -> logit [N].
+
+    DDGAN's R1 penalty differentiates the input gradient again (double backward). The middle block's attention is
+    always there (ADM), and on CPU the `auto` backend's attention (PyTorch's flash SDPA) has no double backward
+    ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"): train with
+    R1 under `fastdiff.ops.use_backend("reference")` there, or with r1_gamma = 0.
     """
 
     def __init__(self, *, in_channels: int, num_classes: int | None = None, **encoder_kwargs):

@@ -150,6 +150,20 @@ def test_ddgan_discriminator_reads_both_inputs():
     assert DD.in_channels == 6 and DD.data_channels == 3
 
 
+def test_ddgan_r1_double_backward_with_the_reference_backend():
+    """DDGAN's R1 penalty (a gradient of the input gradient) reaches the discriminator's parameters."""
+    from fastdiff import ops
+
+    DD = randomize_(UNetDDGANDiscriminator(in_channels=3, **_ddgan_kw()))
+    x, t, _ = _inputs()
+    x.requires_grad_(True)
+    with ops.use_backend("reference"):
+        (g,) = torch.autograd.grad(DD(x, t, torch.randn_like(x)).sum(), x, create_graph=True)
+        g.square().sum().backward()
+    assert DD.input_blocks[0][0].weight.grad.abs().sum() > 0
+    assert DD.middle_block[1].qkv.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------------------- generator
 
 
