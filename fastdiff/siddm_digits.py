@@ -14,8 +14,9 @@ DDPM-4 of an ε-model trained on the same data budget.
   (`fastdiff.metrics.digits`), against all 1797 digits; a fresh real subset of the same size gives the floor.
 
 Measured (full run, seed 0, one torch thread, 800 steps × 128 images = 102,400 images each, 1000 samples): FD
-SIDDM-4 16.3 (precision 0.851, recall 0.781), DDIM-4 115.9 (0.717, 0.692), DDPM-4 262.6 (0.310, 0.545); training
-284 s (ε-model) + 951 s (SIDDM) on 2 cores shared with other jobs (load 4-9), ~9 s of sampling and metrics.
+SIDDM-4 16.3 (precision 0.851, recall 0.781), DDIM-4 100.6 (0.683, 0.729), DDPM-4 247.0 (0.325, 0.570); wall time
+567 s (training 134 s ε-model + 426 s SIDDM, ~8 s sampling and metrics) on a 2-core machine shared with other jobs
+(load 2.5-4). An earlier run under heavier load (4-9) took 284 s + 951 s and gave SIDDM-4 16.3, DDIM-4 115.9.
 --quick (120 steps × 64 images, 200 samples) takes under a minute on an idle core and about three minutes under that
 load; its numbers only check that the pipeline learns (SIDDM-4 FD 156-169 vs DDIM-4 296-351 over seeds 0-2).
 """
