@@ -11,14 +11,14 @@ DDPM-4 of an ε-model trained on the same data budget.
 - Same data budget: both train for `steps` steps of `batch_size` images, so each sees steps × batch_size images (the
   SIDDM players share each batch: the discriminator's and the generator's updates read the same images).
 - Metrics: Fréchet distance and k-NN precision / recall in the features of fastdiff's digits classifier
-  (`fastdiff.metrics.digits`), against all 1797 digits; a fresh real subset of the same size gives the floor.
+  (`fastdiff.metrics.digits`), against all 1797 digits; a random subset of them of the same size gives the floor.
 
 Measured (full run, seed 0, one torch thread, 800 steps × 128 images = 102,400 images each, 1000 samples): FD
 SIDDM-4 16.3 (precision 0.851, recall 0.781), DDIM-4 100.6 (0.683, 0.729), DDPM-4 247.0 (0.325, 0.570); wall time
 567 s (training 134 s ε-model + 426 s SIDDM, ~8 s sampling and metrics) on a 2-core machine shared with other jobs
 (load 2.5-4). An earlier run under heavier load (4-9) took 284 s + 951 s and gave SIDDM-4 16.3, DDIM-4 115.9.
---quick (120 steps × 64 images, 200 samples) takes under a minute on an idle core and about three minutes under that
-load; its numbers only check that the pipeline learns (SIDDM-4 FD 156-169 vs DDIM-4 296-351 over seeds 0-2).
+--quick (120 steps × 64 images, 200 samples) takes under a minute on an idle core and about three minutes under
+load 4-9; its numbers only check that the pipeline learns (SIDDM-4 FD 156-169 vs DDIM-4 296-351 over seeds 0-2).
 """
 from __future__ import annotations
 
