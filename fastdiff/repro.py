@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from fastdiff.config import load_config
 from fastdiff.guidance_repro import dg_toy, guidance_digits
 from fastdiff.runs import load_run, make_trainer, timed
