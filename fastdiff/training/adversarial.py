@@ -390,18 +390,21 @@ class SIDDMObjective(_AdversarialObjective):
     diffusion: few_step_diffusion(T); nz: latent size of z; lambda_afd: λ_AFD ≥ 0 (0: the marginal GAN alone);
     lambda_denoise: weight ≥ 0 of the discriminator's denoising regulariser ‖D_den(x_{t−1}, t) − x_0‖²;
     num_classes: labels passed to both networks as y, or None; reduction: "sum" (the papers' ‖·‖²) or "mean" over
-    the non-batch dimensions of every squared error.
-    Terms: discriminator "d_real", "d_fake" (softplus losses), "afd_regression", "denoise"; generator "g_adv",
+    the non-batch dimensions of every squared error; r1_gamma: γ ≥ 0 of an optional R1 penalty
+    γ/2 ‖∇_{x_{t−1}} D_φ(x_{t−1}, t)‖² on real x_{t−1} (as DDGANObjective's). R1 is NOT part of SIDDM's objective:
+    default 0 (off); a run that sets it adds an explicit extra regulariser of the discriminator.
+    Terms: discriminator "d_real", "d_fake" (softplus losses), "afd_regression", "denoise"[, "r1"]; generator "g_adv",
     "afd_cross_entropy" ((1 − β)‖x'_{t−1} − x_{t−1}‖²/β), "afd_entropy" (−‖C_ψ(x'_{t−1}) − x'_t‖²/β).
     """
 
     _afd_noise = True
 
     def __init__(self, diffusion: GaussianDiffusion, nz: int, lambda_afd: float = 1.0, lambda_denoise: float = 1.0,
-                 num_classes: int | None = None, reduction: str = "sum"):
+                 num_classes: int | None = None, reduction: str = "sum", r1_gamma: float = 0.0):
         super().__init__(diffusion, nz, num_classes, reduction)
         self.lambda_afd = _check_weight("lambda_afd", lambda_afd)
         self.lambda_denoise = _check_weight("lambda_denoise", lambda_denoise)
+        self.r1_gamma = _check_weight("r1_gamma", r1_gamma)
 
     def _call_d(self, model, x_prev, t, y):
         out = model.discriminator(x_prev, t) if y is None else model.discriminator(x_prev, t, y=y)
@@ -418,10 +421,16 @@ class SIDDMObjective(_AdversarialObjective):
         x_prev, x_t = self._pairs(x_start, phase)
         with torch.no_grad():
             fake = self._fake(model, x_t, phase, y)
+        if self.r1_gamma > 0:
+            x_prev = x_prev.detach().requires_grad_(True)
         logit_real, _, denoised = self._call_d(model, x_prev, phase.t, y)
         logit_fake, afd_pred, _ = self._call_d(model, fake, phase.t, y)
         terms = {"d_real": F.softplus(-logit_real), "d_fake": F.softplus(logit_fake)}
         loss = terms["d_real"] + terms["d_fake"]
+        if self.r1_gamma > 0:
+            (grad,) = torch.autograd.grad(logit_real.sum(), x_prev, create_graph=True)
+            terms["r1"] = grad.float().square().flatten(1).sum(1)
+            loss = loss + 0.5 * self.r1_gamma * terms["r1"]
         if self.lambda_afd > 0:  # C_ψ: max_ψ E log p_ψ(x'_t | x'_{t−1}), a Gaussian likelihood: an L2 regression
             fake_t = q_step(self.diffusion, fake, phase.t, phase.eps_afd.to(fake.dtype))
             terms["afd_regression"] = self._sq(afd_pred, fake_t)

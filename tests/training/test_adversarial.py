@@ -329,6 +329,40 @@ def test_ddgan_losses_r1_and_gradient_flow():
     assert all(p.grad is not None for p in pair.generator.parameters())
 
 
+def test_siddm_r1_option_is_off_by_default_and_exact():
+    """SIDDMObjective(r1_gamma=γ): the optional R1 term γ/2 ‖∇_{x_{t−1}} D_φ‖² on real x_{t−1} (default 0: absent),
+    reaching only the logit's parameters; the generator's loss is unchanged."""
+    d = few_step_diffusion(4)
+    assert SIDDMObjective(d, nz=NZ).r1_gamma == 0.0
+
+    class Linear(nn.Module):  # logit = w·x_prev: ∇_{x_{t−1}} D = w, so R1 = ‖w‖²; afd / denoised heads: a·x_prev
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([0.5, -1.5]))
+            self.a = nn.Parameter(torch.tensor(0.3))
+
+        def forward(self, x_prev, t):
+            return x_prev @ self.w, self.a * x_prev, self.a * x_prev
+
+    torch.manual_seed(0)
+    pair = AdversarialPair(MLPGenerator(2, nz=NZ, width=16, depth=1), Linear())
+    on, off = SIDDMObjective(d, nz=NZ, r1_gamma=0.4), SIDDMObjective(d, nz=NZ)
+    x0, draw = _data(), _draw(on)
+    loss_off, terms_off, _ = _backward(off, pair, x0, draw, "discriminator")
+    assert "r1" not in terms_off
+    w_off = pair.discriminator.w.grad.clone()
+    loss_on, terms_on, _ = _backward(on, pair, x0, draw, "discriminator")
+    assert float(terms_on["r1"]) == pytest.approx(0.5 ** 2 + 1.5 ** 2)
+    torch.testing.assert_close(loss_on, loss_off + 0.2 * 2.5, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pair.discriminator.w.grad - w_off, 0.4 * pair.discriminator.w.detach())
+    assert all(p.grad is None for p in pair.generator.parameters())
+    g_on, t_on, _ = _backward(on, pair, x0, draw, "generator")
+    g_off, t_off, _ = _backward(off, pair, x0, draw, "generator")
+    torch.testing.assert_close(g_on, g_off) and set(t_on) == set(t_off)
+    with pytest.raises(ValueError, match="r1_gamma"):
+        SIDDMObjective(d, nz=2, r1_gamma=-1)
+
+
 # ---------------------------------------------------------------------------------------------------- bad configs
 
 
