@@ -185,8 +185,9 @@ class UNetDDGANDiscriminator(EncoderUNetModel):
 
     DDGAN's R1 penalty differentiates the input gradient again (double backward). The middle block's attention is
     always there (ADM), and on CPU the `auto` backend's attention (PyTorch's flash SDPA) has no double backward
-    ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"): train with
-    R1 under `fastdiff.ops.use_backend("reference")` there, or with r1_gamma = 0.
+    ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"), so
+    DDGANObjective / SIDDMObjective run the discriminator's pass on real samples under the `reference` backend
+    whenever r1_gamma > 0.
     """
 
     def __init__(self, *, in_channels: int, num_classes: int | None = None, **encoder_kwargs):

@@ -375,6 +375,18 @@ class _AdversarialObjective:
         return torch.from_numpy(self.diffusion.betas).to(t.device)[t].float()
 
 
+def _r1_backend(r1_gamma: float):
+    """The fastdiff backend of the discriminator's pass on real samples: "reference" when the R1 penalty needs its
+    double backward (the fused attention backward kernels and PyTorch's flash SDPA have none), else unchanged."""
+    return ops.use_backend("reference") if r1_gamma > 0 else contextlib.nullcontext()
+
+
+def _r1(logit_real: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """‖∇_{x_{t−1}} D(x_{t−1})‖² per sample [N] (Mescheder et al. 2018's R1), differentiable for D's update."""
+    (grad,) = torch.autograd.grad(logit_real.sum(), x_prev, create_graph=True)
+    return grad.float().square().flatten(1).sum(1)
+
+
 def _logit(out, n: int, what: str) -> torch.Tensor:
     if out.dim() == 2 and out.shape[1] == 1:
         out = out[:, 0]
@@ -421,15 +433,14 @@ class SIDDMObjective(_AdversarialObjective):
         x_prev, x_t = self._pairs(x_start, phase)
         with torch.no_grad():
             fake = self._fake(model, x_t, phase, y)
-        if self.r1_gamma > 0:
-            x_prev = x_prev.detach().requires_grad_(True)
-        logit_real, _, denoised = self._call_d(model, x_prev, phase.t, y)
+        x_prev = x_prev.detach().requires_grad_(self.r1_gamma > 0)
+        with _r1_backend(self.r1_gamma):
+            logit_real, _, denoised = self._call_d(model, x_prev, phase.t, y)
         logit_fake, afd_pred, _ = self._call_d(model, fake, phase.t, y)
         terms = {"d_real": F.softplus(-logit_real), "d_fake": F.softplus(logit_fake)}
         loss = terms["d_real"] + terms["d_fake"]
         if self.r1_gamma > 0:
-            (grad,) = torch.autograd.grad(logit_real.sum(), x_prev, create_graph=True)
-            terms["r1"] = grad.float().square().flatten(1).sum(1)
+            terms["r1"] = _r1(logit_real, x_prev)
             loss = loss + 0.5 * self.r1_gamma * terms["r1"]
         if self.lambda_afd > 0:  # C_ψ: max_ψ E log p_ψ(x'_t | x'_{t−1}), a Gaussian likelihood: an L2 regression
             fake_t = q_step(self.diffusion, fake, phase.t, phase.eps_afd.to(fake.dtype))
@@ -477,13 +488,13 @@ class DDGANObjective(_AdversarialObjective):
         with torch.no_grad():
             fake = self._fake(model, x_t, phase, y)
         x_prev = x_prev.detach().requires_grad_(self.r1_gamma > 0)
-        logit_real = self._call_d(model, x_prev, phase.t, x_t, y)
+        with _r1_backend(self.r1_gamma):
+            logit_real = self._call_d(model, x_prev, phase.t, x_t, y)
         logit_fake = self._call_d(model, fake, phase.t, x_t, y)
         terms = {"d_real": F.softplus(-logit_real), "d_fake": F.softplus(logit_fake)}
         loss = terms["d_real"] + terms["d_fake"]
         if self.r1_gamma > 0:
-            (grad,) = torch.autograd.grad(logit_real.sum(), x_prev, create_graph=True)
-            terms["r1"] = grad.float().square().flatten(1).sum(1)
+            terms["r1"] = _r1(logit_real, x_prev)
             loss = loss + 0.5 * self.r1_gamma * terms["r1"]
         return loss, terms
 

@@ -164,6 +164,22 @@ def test_ddgan_r1_double_backward_with_the_reference_backend():
     assert DD.middle_block[1].qkv.weight.grad.abs().sum() > 0
 
 
+def test_ddgan_objective_r1_runs_on_the_default_backend():
+    """DDGANObjective's R1 pass switches to the reference backend itself: the default (auto) backend, whose CPU
+    attention has no double backward, trains the ADM discriminator with r1_gamma > 0."""
+    from fastdiff.training.adversarial import AdversarialPair, DDGANObjective, few_step_diffusion
+
+    DD = randomize_(UNetDDGANDiscriminator(in_channels=3, **_ddgan_kw()))
+    G = UNetGenerator(nz=100, **_kw())
+    objective = DDGANObjective(few_step_diffusion(4), nz=100, r1_gamma=0.5)
+    x, _, _ = _inputs()
+    draw = objective.draw(4, tuple(x.shape[1:]), torch.Generator().manual_seed(0))
+    loss, terms, _ = objective.losses(AdversarialPair(G, DD), x, None, draw, "discriminator")
+    loss.backward()
+    assert float(terms["r1"]) > 0
+    assert DD.middle_block[1].qkv.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------------------- generator
 
 
