@@ -46,8 +46,10 @@ def median_s(bench: dict) -> float:
     return float(value)
 
 
-def fmt_time(seconds: float) -> str:
-    """1.5e-4 -> '150.0 µs', 0.0123 -> '12.30 ms', 2.5 -> '2.50 s'."""
+def fmt_time(seconds: float | None) -> str:
+    """1.5e-4 -> '150.0 µs', 0.0123 -> '12.30 ms', 2.5 -> '2.50 s', None -> '—'."""
+    if seconds is None:
+        return "—"
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
@@ -55,7 +57,8 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
-def _natural(text: str) -> list:
+def natural(text: str) -> list:
+    """Sort key: '8x3x128x128' after '2x4x64x64', 'adm32-b4' before 'adm64-b1'."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text))]
 
 
@@ -141,7 +144,7 @@ def table(data: dict, suites=None) -> str:
         head.append("fused vs compile")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for suite in sorted(rows, key=lambda s: (SUITE_ORDER.get(s, 9), s)):
-        for key in sorted(rows[suite], key=lambda k: (k[0], _natural(k[1]), k[2])):
+        for key in sorted(rows[suite], key=lambda k: (k[0], natural(k[1]), k[2])):
             times = rows[suite][key]
             sp = speedups(times)
             base = baseline(times)
@@ -169,7 +172,7 @@ def idle_rows(data: dict, suites=None) -> list[tuple]:
         if ("gpu_idle_frac" in extra or "gpu_idle_error" in extra) and (suites is None or extra.get("suite") in
                                                                           suites):
             out.append((extra["suite"], extra["case"], str(extra["shape"]), extra["dtype"], extra["provider"], extra))
-    return sorted(out, key=lambda r: (SUITE_ORDER.get(r[0], 9), r[1], _natural(r[2]), r[3], r[4]))
+    return sorted(out, key=lambda r: (SUITE_ORDER.get(r[0], 9), r[1], natural(r[2]), r[3], r[4]))
 
 
 def idle_table(data: dict, suites=None) -> str:
@@ -220,7 +223,7 @@ def charts(data: dict, stem: Path) -> list[Path]:
 
     paths = []
     for suite, suite_rows in collect(data).items():
-        keys = sorted(suite_rows, key=lambda k: (k[0], _natural(k[1]), k[2]))
+        keys = sorted(suite_rows, key=lambda k: (k[0], natural(k[1]), k[2]))
         sp = [speedups(suite_rows[k]) for k in keys]
         columns = [c for c, _ in COLUMNS if any(c in s for s in sp)]
         if not columns:

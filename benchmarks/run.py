@@ -25,6 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import this fastdiff, installed or not
+sys.path.insert(0, str(HERE))
+from report import fmt_time, median_s, natural  # noqa: E402  (one formatter for run.py's table and report.py's)
 SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_pipeline.py", "bench_schedulers.py",
           "bench_adagn.py", "bench_attention.py", "bench_unet.py")
 #: Baselines (reference eager, its torch.compile, torch SDPA for attention, diffusers' own schedulers) and fastdiff's
@@ -114,26 +116,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def median_s(bench: dict) -> float:
-    """The time a row reports: the CUDA do_bench/event median when recorded, else pytest-benchmark's median."""
-    return float(bench["extra_info"].get("median_s") or bench["stats"]["median"])
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
-
-
-def _natural(text: str) -> list:
-    """Sort key: '8x3x128x128' after '2x4x64x64', 'adm32-b4' before 'adm64-b1'."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
 def build_table(data: dict) -> tuple[str, float | None]:
     """One Markdown table per suite: a row per case/shape/dtype with each provider's median, the fused providers'
     speedups vs reference, compile and (attention) SDPA, their % of copy bandwidth (where the row records the
@@ -169,10 +151,10 @@ def build_table(data: dict) -> tuple[str, float | None]:
         if "flops" in kinds:
             head += [f"{p} TFLOP/s" for p in present]
         lines = [f"### {suite}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for key in sorted(suite_rows, key=lambda k: (k[0], _natural(k[1]), k[2])):
+        for key in sorted(suite_rows, key=lambda k: (k[0], natural(k[1]), k[2])):
             r = suite_rows[key]
             kind, amount = work.get((suite, *key), (None, None))
-            cells = list(key) + [_fmt_time(r.get(p)) for p in present]
+            cells = list(key) + [fmt_time(r.get(p)) for p in present]
             cells += [f"{r[b] / r[p]:.2f}x" if p in r and b in r else "—" for b in baselines for p in fused]
             if "bytes" in kinds and copy_bw:
                 cells += [f"{100 * amount / r[p] / copy_bw:.0f}%" if kind == "bytes" and p in r else "—"
