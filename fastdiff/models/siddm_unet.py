@@ -46,6 +46,16 @@ def _check_2d(cls: str, kwargs: dict) -> None:
         raise ValueError(f"{cls} works on images: dims must be 2, got {kwargs['dims']}")
 
 
+def _image_to_image(cls: str, kwargs: dict, why: str) -> None:
+    """UNet kwargs of a 2-D network whose output is an image like its input: out_channels defaults to in_channels
+    and must equal it (`why` says what the output is)."""
+    _check_2d(cls, kwargs)
+    in_channels = kwargs.get("in_channels")
+    out_channels = kwargs.setdefault("out_channels", in_channels)
+    if out_channels != in_channels:
+        raise ValueError(f"{cls}: out_channels must equal in_channels = {in_channels} ({why}), got {out_channels}")
+
+
 class PixelNorm(nn.Module):
     """z / sqrt(mean(z²) + 1e-8) over features (StyleGAN's mapping-network input norm, as DDGAN's).
     z: [N, nz] -> [N, nz]."""
@@ -74,12 +84,7 @@ class UNetGenerator(UNetModel):
             raise ValueError(f"UNetGenerator: nz must be a positive int (the latent size), got {nz!r}")
         if isinstance(z_layers, bool) or not isinstance(z_layers, int) or z_layers < 0:
             raise ValueError(f"UNetGenerator: z_layers must be an int >= 0, got {z_layers!r}")
-        _check_2d("UNetGenerator", unet_kwargs)
-        in_channels = unet_kwargs.get("in_channels")
-        out_channels = unet_kwargs.setdefault("out_channels", in_channels)
-        if out_channels != in_channels:
-            raise ValueError(f"UNetGenerator: out_channels must equal in_channels = {in_channels} (G predicts x_0), "
-                             f"got {out_channels}")
+        _image_to_image("UNetGenerator", unet_kwargs, "G predicts x_0")
         super().__init__(**unet_kwargs)
         self.nz, self.z_layers = nz, z_layers
         emb = 4 * self.model_channels
@@ -123,12 +128,7 @@ class UNetSIDDMDiscriminator(UNetModel):
     """
 
     def __init__(self, **unet_kwargs):
-        _check_2d("UNetSIDDMDiscriminator", unet_kwargs)
-        in_channels = unet_kwargs.get("in_channels")
-        out_channels = unet_kwargs.setdefault("out_channels", in_channels)
-        if out_channels != in_channels:
-            raise ValueError(f"UNetSIDDMDiscriminator: out_channels must equal in_channels = {in_channels} (the "
-                             f"denoising output is an x_0), got {out_channels}")
+        _image_to_image("UNetSIDDMDiscriminator", unet_kwargs, "the denoising output is an x_0")
         super().__init__(**unet_kwargs)
         mc, mult = self.model_channels, self.channel_mult
         ch0, ch_mid = int(mult[0] * mc), int(mult[-1] * mc)
