@@ -136,7 +136,7 @@ class UNetSIDDMDiscriminator(UNetModel):
         self.logit_head = nn.Sequential(normalization(ch_mid), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
                                         zero_module(conv_nd(2, ch_mid, 1, 1)), nn.Flatten())
         self.afd_head = nn.Sequential(normalization(ch0 + ch_mid), nn.SiLU(),
-                                      zero_module(conv_nd(2, ch0 + ch_mid, in_channels, 3, padding=1)))
+                                      zero_module(conv_nd(2, ch0 + ch_mid, self.in_channels, 3, padding=1)))
 
     def _encode(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None):
         """The shared trunk: (middle-block output h [N, C_mid, H/ds, W/ds], input-block outputs hs, emb [N, E])."""
