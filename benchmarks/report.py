@@ -140,8 +140,9 @@ def table(data: dict, suites=None) -> str:
         rows = {k: v for k, v in rows.items() if k in suites}
     present = [c for c, _ in COLUMNS if any(c in speedups(t) for suite in rows.values() for t in suite.values())]
     head = ["suite", "case", "shape", "dtype", "reference"] + [f"{c} ×" for c in present]
-    if "fused" in present and "compile" in present:
-        head.append("fused vs compile")
+    # the fused provider against each other baseline of the same row (the ratio of their speedups)
+    versus = [c for c in ("compile", "diffusers") if "fused" in present and c in present]
+    head += [f"fused vs {c}" for c in versus]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for suite in sorted(rows, key=lambda s: (SUITE_ORDER.get(s, 9), s)):
         for key in sorted(rows[suite], key=lambda k: (k[0], natural(k[1]), k[2])):
@@ -156,9 +157,8 @@ def table(data: dict, suites=None) -> str:
                     continue
                 ratio, provider = sp[column]
                 cells.append(f"{ratio:.2f}x" + (f" ({provider})" if column == "fused" else ""))
-            if "fused" in present and "compile" in present:
-                both = "fused" in sp and "compile" in sp
-                cells.append(f"{sp['fused'][0] / sp['compile'][0]:.2f}x" if both else "—")
+            for c in versus:
+                cells.append(f"{sp['fused'][0] / sp[c][0]:.2f}x" if "fused" in sp and c in sp else "—")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default: next to the JSON)")
     parser.add_argument("--no-charts", action="store_true", help="Markdown only")
     parser.add_argument("--readme", type=Path, default=None, help="replace this README's '## Benchmarks' section")
-    parser.add_argument("--readme-suites", default="loop",
+    parser.add_argument("--readme-suites", default="loop,scheduler,pipeline",
                         help="comma-separated suites the README section shows (default: %(default)s; 'all')")
     args = parser.parse_args(argv)
     path = args.json or newest()
@@ -293,6 +293,8 @@ def main(argv=None) -> int:
     written = [] if args.no_charts else charts(data, stem)
     if args.readme:
         suites = None if args.readme_suites == "all" else [s for s in args.readme_suites.split(",") if s]
+        if suites is not None and args.readme_suites == parser.get_default("readme_suites"):
+            suites = [s for s in suites if s in collect(data)]  # the default names what a run may lack
         base = args.readme.resolve().parent
         rel = lambda p: p.resolve().relative_to(base) if p.resolve().is_relative_to(base) else p
         body = markdown(data, str(shown), suites)
