@@ -111,7 +111,7 @@ def make_betas(num_train_timesteps: int, beta_start: float, beta_end: float, bet
     n = num_train_timesteps
     if trained_betas is not None:
         return torch.tensor(trained_betas, dtype=torch.float32)
-    if beta_schedule not in allowed:
+    if beta_schedule not in allowed:  # NotImplementedError: the type diffusers' schedulers raise here
         raise NotImplementedError(f"beta_schedule must be one of {allowed} (or pass trained_betas), "
                                   f"got {beta_schedule!r}")
     if beta_schedule == "linear":
