@@ -78,6 +78,11 @@ class MogConfig:
     # chance); in_scale 5 (23 / 19, 23 / 30 %); in_scale 10 (12 / 12, 19 / 21 %); in_scale 10, lr_d 2e-3, lr_g 5e-4,
     # λ_denoise 0.1 (25 / 22, 26 / 27 %); in_scale 10, lr 1e-3, EMA 0.99, d_depth 3 (20 / 18, 34 / 39 %; 6000 steps:
     # 21 / 20, 29 / 33 %). None reaches the issue's ≥ 90 % within 3σ, so FULL keeps the settings above.
+    # Later probes (not wired in): data / 2.5 instead of / 12.5: 25 modes, 32 % (λ_denoise 0: 33 %; λ_AFD 0 collapses
+    # to 1 mode). Alone, this D (and a plain 3-layer MLP) cannot tell the modes from 3×-blurred ones in 1500 steps
+    # at either scale (loss 1.33-1.386); random Fourier-feature inputs (64 frequencies, σ 0.5-1 at / 2.5, 5 at
+    # / 12.5) make it learn (loss 1.06-1.08), but in T = 4 SIDDM that D then overpowers the MLP generator (0 modes at
+    # / 2.5; 3 modes, 60 % within 3σ at / 12.5): the next step is Fourier features for G too, then rebalancing.
     lambda_afd: float = 0.1
     lambda_denoise: float = 1.0
     r1_gamma: float = 0.05
