@@ -35,7 +35,6 @@ from conftest import smoke_mode
 
 from fastdiff import ops
 from fastdiff.diffusion.schedules import get_named_beta_schedule
-from fastdiff.ops import BackendUnavailableError
 from fastdiff.samplers import GraphedSampler, sample_ddim
 
 SHAPE = (2, 4, 64, 64)
@@ -72,16 +71,7 @@ def test_ddim50_loop(benchmark, request, provider, eta):
         loop = lambda: sample_ddim(model, x_t, TIMESTEPS, alphas_cumprod=ac, eta=eta,
                                    seed=5 if eta > 0 else None, disable=True, backend=provider)
 
-    def run():
-        out = loop()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    try:
-        run()
-    except (BackendUnavailableError, ModuleNotFoundError, NotImplementedError) as exc:
-        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
+    run = fb.synced_or_skip(loop, device, provider)
     case = f"ddim50_loop_eta{eta:g}"
     benchmark.group = f"{case} | {fb.shape_str(SHAPE)} | float32"
     benchmark.extra_info.update(suite="loop", provider=provider, case=case, shape=fb.shape_str(SHAPE),

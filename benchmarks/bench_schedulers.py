@@ -17,7 +17,6 @@ import torch
 
 import fastdiff_bench as fb
 from conftest import smoke_mode
-from fastdiff.ops import BackendUnavailableError
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
@@ -62,17 +61,11 @@ def test_scheduler_loop(benchmark, request, provider, case):
     model_output = torch.randn(SHAPE, generator=g).to(device)
     noise_gen = torch.Generator(device=device)
 
-    def run():
+    def loop():
         noise_gen.manual_seed(1)
-        out = scheduler_loop(scheduler, x_T, model_output, noise_gen, step_kwargs)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
+        return scheduler_loop(scheduler, x_T, model_output, noise_gen, step_kwargs)
 
-    try:
-        run()
-    except (BackendUnavailableError, ModuleNotFoundError, NotImplementedError) as exc:
-        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
+    run = fb.synced_or_skip(loop, device, provider)
     benchmark.group = f"{case} | {fb.shape_str(SHAPE)} | float32"
     benchmark.extra_info.update(suite="scheduler", provider=provider, case=case, shape=fb.shape_str(SHAPE),
                                 dtype="float32", device=device, steps=STEPS, threads=torch.get_num_threads())

@@ -163,6 +163,24 @@ def provider_unavailable(provider: str, device: str) -> str | None:
     return None if status.available else status.reason
 
 
+def synced_or_skip(fn: Callable[[], object], device: str, provider: str) -> Callable[[], object]:
+    """fn wrapped to wait for the device, after one call that skips the test when `provider` cannot run it (backend
+    missing, optional package absent, case unsupported)."""
+    from fastdiff.ops import BackendUnavailableError
+
+    def run():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    try:
+        run()
+    except (BackendUnavailableError, ModuleNotFoundError, NotImplementedError) as exc:
+        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
+    return run
+
+
 def configure_dynamo() -> None:
     """Allow one compiled graph per (case, dtype, shape class) without hitting Dynamo's recompile limit, which
     would silently fall back to eager and make `compile` look like `reference`."""
