@@ -1,15 +1,15 @@
 """`fastdiff repro siddm-mog`: SIDDM's Mixture-of-Gaussians experiment (Xu et al. 2023 §5.1, Fig. 3 / Table 1).
 
 Data: 25 equal Gaussians centred at (5i, 5j), i, j ∈ {−2, …, 2}, standard deviation 0.5 (a tenth of the spacing).
-Networks train on the data divided by MOG_DIVISOR = 12.5 (centres in [−0.8, 0.8], std 0.04: within 3σ inside
-[−1, 1], so the ε-model's samplers clip x̂_0 to [−1, 1] as for images), as DDGAN / SIDDM train on a normalised grid;
-every metric is computed on the original scale (samples multiplied back by 12.5).
+Every model trains on the data as it is: the few-step VP schedule ends at ᾱ_T = 4.3e-5, so x_T of even the outer
+modes (|x_0| ≤ 10) is N(0, I) to 0.07 in mean, and on this scale one step of noise at the last level (σ ≈ 0.7)
+leaves the modes apart, so the last denoising step is close to deterministic.
 
 Rows, for every T ∈ {1, 2, 4, 8} denoising steps: DDPM-T and DDIM-T (η = 0) respaced from one 1000-step ε-model
 (MLPDenoiser, L_simple) trained on the same data budget (steps × batch) as each adversarial model; DDGAN (joint
 discriminator, R1); SIDDM; SIDDM with λ_AFD = 0 (the marginal GAN alone). Columns: 2-D Fréchet distance of Gaussian
-fits, MMD² (RBF mixture, on the training scale), modes covered of 25 and the share of samples within 3σ of their nearest centre
-(fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
+fits, MMD² (RBF mixture, on x / 12.5), modes covered of 25 and the share of samples within 3σ of their nearest
+centre (fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
 SIDDM T).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MOG_SPACING = 5.0
 MOG_STD = 0.5
-MOG_DIVISOR = 12.5
+MMD_SCALE = 12.5  # MMD's RBF bandwidths (0.02-1) span the mode width to the extent of x / 12.5
 STEPS_T = (1, 2, 4, 8)
 QUICK_STEPS_T = (4,)
 
@@ -46,55 +46,44 @@ class MogConfig:
     """Hyper-parameters of siddm-mog (the same for every T and every adversarial row).
 
     n_train: training points; n_eval: samples per row; steps / batch_size: every model's budget (the ε-model gets
-    the same steps × batch); width / depth: MLP sizes (generator depth, discriminator d_depth); nz: latent size;
-    lr_g / lr_d, betas: Adam (DDGAN's (0.5, 0.9)); ema: the generator's EMA rate (ε-model too); lambda_afd,
-    lambda_denoise: SIDDM's weights; r1_gamma: DDGAN's R1 weight; lr_eps: the ε-model's lr; in_scale: the adversarial
-    nets' input scale (fastdiff.models.siddm; 1 = off); siddm_r1_gamma: an optional R1 penalty on SIDDM's
-    discriminator (not in SIDDM's objective; 0 = off).
+    the same steps × batch); width / depth: MLP sizes (generator depth, discriminator d_depth; the ε-model uses width
+    and depth); nz: latent size; lr_g / lr_d, betas: Adam (DDGAN's (0.5, 0.9)); ema: the generator's EMA rate
+    (ε-model too); fourier_sigma_g / fourier_sigma_d: σ of the generator's / discriminators' random Fourier features
+    (fastdiff.models.siddm); lambda_afd, lambda_denoise: SIDDM's weights; r1_gamma: DDGAN's R1 weight; lr_eps: the
+    ε-model's peak lr (cosine decay).
     """
 
     n_train: int = 25_000
     n_eval: int = 2_500
-    steps: int = 3_000
-    batch_size: int = 128
-    width: int = 64
+    steps: int = 8_000
+    batch_size: int = 256
+    width: int = 128
     depth: int = 3
-    d_depth: int = 2
+    d_depth: int = 3
     nz: int = 4
-    lr_g: float = 5e-4
-    lr_d: float = 5e-4
+    lr_g: float = 1e-3
+    lr_d: float = 1e-3
     betas: tuple = (0.5, 0.9)
-    ema: float = 0.999
-    # T = 4 SIDDM, 3000 steps (width 64, batch 128), one seed each: λ_AFD 1 / lr 2e-4: 21 modes, FD 1.83;
-    # λ_AFD 1 / lr 5e-4: 21 modes, FD 1.82; λ_AFD 0.1 / lr 2e-4: 23, FD 0.073; λ_AFD 0.1 / lr 5e-4: 25, FD 0.020
-    # (λ_AFD 0 / lr 2e-4: 6 modes, FD 41.6); every one ~29 % within 3σ.
-    # 29 % within 3σ is what a uniform smear over the grid scores (π·1.5² / 5² = 28 %): the samples carry no mode
-    # structure. Cause: the discriminator stays at chance (d_real ≈ d_fake ≈ log 2 for all 3000 steps); even alone,
-    # this D (or a plain 3-layer SiLU MLP), 1500 Adam steps at lr 1e-3, cannot tell the grid (std 0.04, 0.4 apart on
-    # the training scale) from a uniform square (loss stays 1.386; at in_scale 10 it falls to ~1.05), so the modes
-    # come from the AFD cross-entropy's regression toward the posterior mean. Further T = 4 SIDDM runs, 3000 steps,
-    # seed 0, (raw / EMA weights) modes, within 3σ: FULL (25 / 25, 27 % / 29 %, FD 0.02 EMA); λ_AFD 0.01 (7 / 8,
-    # 21 / 34 %); lr 2e-3 (17 / 10, 25 / 28 %); lr 2e-3 λ_denoise 0 (12 / 14, 25 / 24 %); SIDDM R1 γ 0.1 (D still at
-    # chance); in_scale 5 (23 / 19, 23 / 30 %); in_scale 10 (12 / 12, 19 / 21 %); in_scale 10, lr_d 2e-3, lr_g 5e-4,
-    # λ_denoise 0.1 (25 / 22, 26 / 27 %); in_scale 10, lr 1e-3, EMA 0.99, d_depth 3 (20 / 18, 34 / 39 %; 6000 steps:
-    # 21 / 20, 29 / 33 %). None reaches the issue's ≥ 90 % within 3σ, so FULL keeps the settings above.
-    # Later probes (not wired in): data / 2.5 instead of / 12.5: 25 modes, 32 % (λ_denoise 0: 33 %; λ_AFD 0 collapses
-    # to 1 mode). Alone, this D (and a plain 3-layer MLP) cannot tell the modes from 3×-blurred ones in 1500 steps
-    # at either scale (loss 1.33-1.386); random Fourier-feature inputs (64 frequencies, σ 0.5-1 at / 2.5, 5 at
-    # / 12.5) make it learn (loss 1.06-1.08), but in T = 4 SIDDM that D then overpowers the MLP generator (0 modes at
-    # / 2.5; 3 modes, 60 % within 3σ at / 12.5): the next step is Fourier features for G too, then rebalancing.
-    lambda_afd: float = 0.1
-    lambda_denoise: float = 1.0
+    ema: float = 0.99
+    # Fourier features: without them the discriminator stays at chance (d_real ≈ d_fake ≈ log 2; alone it cannot tell
+    # the grid from a 3×-blurred grid in 1500 steps) and every adversarial row smears over the grid (≈ 29 % within 3σ,
+    # what a uniform smear scores). σ ≈ 1/(2.5 · spacing) for D and 1/(1.7 · spacing) for G; a data scale of / 2.5
+    # (spacing 2, σ 0.3 / 0.5) plateaued at 91 % within 3σ, the data as it is (the last step nearly deterministic) at
+    # 93-95 %. Probes at T = 4 (seed 0, 4000 steps, EMA): λ_AFD 0.005: FD 0.058, 94 %; 0.016: 0.038, 93 %
+    # (6000 steps: 95 %); λ_AFD = 0: 24 modes, FD 2.07, 89 %. Through siddm_mog at 4000 steps, seeds 0 / 1: SIDDM
+    # 92.8 / 92.2 %, 25 / 25 modes; at 8000 steps, seed 0: 96.1 %. The AFD terms sum squared errors in data units, so
+    # λ_AFD and λ_denoise scale with 1 / data scale².
+    fourier_sigma_g: float = 0.2
+    fourier_sigma_d: float = 0.12
+    lambda_afd: float = 0.016
+    lambda_denoise: float = 0.02
     r1_gamma: float = 0.05
     lr_eps: float = 1e-3
-    in_scale: float = 1.0
-    siddm_r1_gamma: float = 0.0
 
 
 FULL = MogConfig()
-#: --quick: T = 4 only, small networks, 300 steps (checks the pipeline; a couple of CPU minutes).
-QUICK = dataclasses.replace(FULL, n_train=5_000, n_eval=1_000, steps=300, batch_size=128, width=48, depth=2,
-                            d_depth=1)
+#: --quick: T = 4 only, 1500 steps on 5000 points (about a CPU minute).
+QUICK = dataclasses.replace(FULL, n_train=5_000, n_eval=1_000, steps=1_500)
 
 
 def _train_config(cfg: MogConfig, seed: int, steps: int, lr: float, **kw):
@@ -122,14 +111,16 @@ def train_adversarial(kind: str, T: int, data: ArrayDataset, cfg: MogConfig, out
 
     diffusion = few_step_diffusion(T)
     torch.manual_seed(seed)
-    gen = MLPGenerator(2, nz=cfg.nz, width=cfg.width, depth=cfg.depth, in_scale=cfg.in_scale)
+    gen = MLPGenerator(2, nz=cfg.nz, width=cfg.width, depth=cfg.depth, num_steps=T,
+                       fourier_sigma=cfg.fourier_sigma_g)
+    d_kw = {"width": cfg.width, "depth": cfg.d_depth, "num_steps": T, "fourier_sigma": cfg.fourier_sigma_d}
     if kind == "ddgan":
-        disc = MLPDDGANDiscriminator(2, width=cfg.width, depth=cfg.d_depth, in_scale=cfg.in_scale)
+        disc = MLPDDGANDiscriminator(2, **d_kw)
         objective = DDGANObjective(diffusion, nz=cfg.nz, r1_gamma=cfg.r1_gamma)
     else:
-        disc = MLPSIDDMDiscriminator(2, width=cfg.width, depth=cfg.d_depth, in_scale=cfg.in_scale)
+        disc = MLPSIDDMDiscriminator(2, **d_kw)
         objective = SIDDMObjective(diffusion, nz=cfg.nz, lambda_afd=cfg.lambda_afd if kind == "siddm" else 0.0,
-                                   lambda_denoise=cfg.lambda_denoise, r1_gamma=cfg.siddm_r1_gamma)
+                                   lambda_denoise=cfg.lambda_denoise)
     optim = {"generator": {"lr": cfg.lr_g, "adam_betas": cfg.betas},
              "discriminator": {"lr": cfg.lr_d, "adam_betas": cfg.betas}}
     trainer = Trainer(AdversarialPair(gen, disc), objective, data, _train_config(cfg, seed, cfg.steps, cfg.lr_g,
@@ -159,15 +150,14 @@ def train_eps_model(data: ArrayDataset, cfg: MogConfig, out: Path, seed: int = 0
 
 
 def score(samples: torch.Tensor, reference: torch.Tensor, mixture: GaussianMixture) -> dict:
-    """FD, MMD², modes covered and the within-3σ share of samples: [N, 2] against reference: [M, 2], both on the
-    original scale. MMD² is taken on the training scale (/ MOG_DIVISOR), where its RBF bandwidths (0.02-1) span
-    the mode width to the data's extent."""
+    """FD, MMD² (on x / MMD_SCALE), modes covered and the within-3σ share of samples: [N, 2] against
+    reference: [M, 2]."""
     from fastdiff.metrics import gaussian_fd, mmd, mode_stats
 
     finite = torch.isfinite(samples).all(1)
     stats = mode_stats(samples, mixture)
     x = samples[finite]
-    return {"fd": gaussian_fd(x, reference), "mmd": mmd(x / MOG_DIVISOR, reference / MOG_DIVISOR),
+    return {"fd": gaussian_fd(x, reference), "mmd": mmd(x / MMD_SCALE, reference / MMD_SCALE),
             "modes": stats.modes_covered,
             "within_3sigma": stats.high_quality_share, "nonfinite": stats.nonfinite}
 
@@ -204,15 +194,15 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
     steps_t = tuple(steps_t or (QUICK_STEPS_T if quick else STEPS_T))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    original, scaled = mog25(), mog25(1.0 / MOG_DIVISOR)
+    original = mog25()
     g = torch.Generator().manual_seed(seed)
-    data = ArrayDataset(x=scaled.sample(cfg.n_train, generator=g), name="mog25")
+    data = ArrayDataset(x=original.sample(cfg.n_train, generator=g), name="mog25")
     reference = original.sample(cfg.n_eval, generator=g)
     start = time.perf_counter()
     rows, clouds, timings = [], {"data": reference}, {}
 
-    def add(method: str, T: int, scaled_samples: torch.Tensor, train_s: float, sample_s: float) -> None:
-        x = scaled_samples.float() * MOG_DIVISOR
+    def add(method: str, T: int, x: torch.Tensor, train_s: float, sample_s: float) -> None:
+        x = x.float()
         rows.append({"method": method, "T": T, **score(x, reference, original), "train_s": train_s,
                      "sample_s": sample_s})
         log.info("%s", rows[-1])
@@ -231,7 +221,7 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
                 for sampler in ("ddpm", "ddim"):
                     t0 = time.perf_counter()
                     x = generate(eps, diffusion.alphas_cumprod, cfg.n_eval, (2,), sampler=sampler, steps=T_,
-                                 var_type="fixed_small", clip_denoised=True, seed=seed + 1,
+                                 var_type="fixed_small", clip_denoised=False, seed=seed + 1,
                                  batch_size=cfg.n_eval)
                     add(f"{sampler.upper()}", T_, x, secs, time.perf_counter() - t0)
             continue
@@ -246,9 +236,9 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
     order = ["DDPM", "DDIM", "DDGAN", "SIDDM λ_AFD=0", "SIDDM"]
     rows.sort(key=lambda r: (order.index(r["method"]), r["T"]))
     lines = [f"# siddm-mog: 25 Gaussians at (5i, 5j), std {MOG_STD} ({'quick' if quick else 'full'} run)", "",
-             f"Training on the data / {MOG_DIVISOR:g}; metrics on the original scale, {cfg.n_eval} samples per row "
-             f"against {cfg.n_eval} data samples. Every model: {cfg.steps} steps × batch {cfg.batch_size} on "
-             f"{cfg.n_train} points (seed {seed}); MLP width {cfg.width}. DDPM/DDIM: one 1000-step ε-model respaced "
+             f"{cfg.n_eval} samples per row against {cfg.n_eval} data samples. Every model: {cfg.steps} steps × "
+             f"batch {cfg.batch_size} on {cfg.n_train} points (seed {seed}); MLP width {cfg.width}, Fourier σ "
+             f"{cfg.fourier_sigma_g:g} (G) / {cfg.fourier_sigma_d:g} (D). DDPM/DDIM: one 1000-step ε-model respaced "
              f"to T steps. SIDDM: λ_AFD = {cfg.lambda_afd:g}, λ_denoise = {cfg.lambda_denoise:g}; DDGAN: R1 γ = "
              f"{cfg.r1_gamma:g}. Wall time {wall / 60:.1f} min on {torch.get_num_threads()} thread(s).", "",
              "| method | T | Fréchet distance | MMD² | modes (of 25) | within 3σ |", "|---|---|---|---|---|---|"]

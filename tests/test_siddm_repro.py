@@ -1,4 +1,4 @@
-"""`fastdiff repro siddm-mog --quick` end to end (T = 4, small networks, 300 steps): every row, file and metric, and
+"""`fastdiff repro siddm-mog --quick` end to end (T = 4, 1500 steps): every row, file and metric, and
 SIDDM's samples measurably trained (bounds far from what a correct run gives, far beyond an untrained one)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastdiff.metrics import gaussian_fd
-from fastdiff.siddm_repro import MOG_DIVISOR, QUICK_STEPS_T, mog25, siddm_mog
+from fastdiff.siddm_repro import QUICK_STEPS_T, mog25, siddm_mog
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,15 @@ def test_quick_run_writes_every_row_and_file(quick_results):
 
 
 def test_quick_siddm_is_trained(quick_results):
-    """After 300 steps SIDDM-4 puts samples on the grid: ≥ 5 modes covered and ≥ 10 % of samples within 3σ of a
-    centre (a trained full run: 25 and > 90 %), and a Fréchet distance below that of the untrained chain's output
-    scale, x_T ~ N(0, I) mapped back to the original scale (≈ 59)."""
+    """After 1500 steps SIDDM-4 puts samples on the grid: ≥ 20 modes covered and ≥ 60 % of samples within 3σ of a
+    centre (seed 0 measured 25 and 89 %; a smear over the grid scores ≈ 29 %, the full run 96 %), a Fréchet distance
+    below DDIM-4's (1.2 vs 7.9) and far below the untrained chain's output, x_T ~ N(0, I)."""
     _, results = quick_results
-    siddm = next(r for r in results["rows"] if r["method"] == "SIDDM")
-    assert siddm["modes"] >= 5
-    assert siddm["within_3sigma"] >= 0.10
+    row = {r["method"]: r for r in results["rows"]}
+    siddm = row["SIDDM"]
+    assert siddm["modes"] >= 20
+    assert siddm["within_3sigma"] >= 0.60
+    assert siddm["fd"] < row["DDIM"]["fd"]
     g = torch.Generator().manual_seed(0)
     reference = mog25().sample(1000, generator=g)
-    prior = torch.randn(1000, 2, generator=g) * MOG_DIVISOR
-    assert siddm["fd"] < gaussian_fd(prior, reference)
+    assert siddm["fd"] < 0.1 * gaussian_fd(torch.randn(1000, 2, generator=g), reference)

@@ -255,7 +255,7 @@ def test_afd_regression_updates_only_the_regression_head_and_the_shared_trunk():
     g0 = _grads(pair.discriminator)
     changed = {n for n in g1 if g0[n] is None or not torch.allclose(g1[n], g0[n], atol=1e-7)}
     assert {n for n in changed if n.startswith("afd_head.")} == {n for n in g1 if n.startswith("afd_head.")}
-    assert any(n.startswith(("blocks.", "inp.")) for n in changed)           # the shared trunk
+    assert any(n.startswith("layers.") for n in changed)                     # the shared trunk
     assert not any(n.startswith(("out.", "denoise_head.")) for n in changed)  # the logit and denoising heads
     # and λ_AFD = 0 leaves the regression head untouched
     assert all(g0[n] is None for n in g0 if n.startswith("afd_head."))

@@ -22,9 +22,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(out, world_size):
+def _train(out, world_size, objective="diffusion"):
     cmd = [sys.executable, str(SCRIPT), str(out), "--steps", "10", "--save-interval", "10",
-           "--world-size", str(world_size), "--port", str(_free_port()),
+           "--world-size", str(world_size), "--port", str(_free_port()), "--objective", objective,
            # Adam's m/√v maps a ~1e-9 rounding-noise gradient (e.g. of a bias feeding a GroupNorm, whose true
            # gradient is 0) to a full ±lr step; ε = 1e-4 keeps such noise at ~1e-8 per step, so the comparison
            # measures the data-parallel machinery (after 10 steps at ε = 1e-8 the two runs differ by ~3e-4).
@@ -48,6 +48,21 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     assert one["model"]["out.2.weight"].abs().max() > 0
     log = (tmp_path / "w2" / "log.jsonl").read_text().splitlines()
     assert len(log) == 5, "rank 0 alone logs (every 2 steps)"
+
+
+def test_two_process_gloo_two_player_siddm_equals_one_process(tmp_path):
+    """SIDDM's generator and discriminator (each its own optimizer), the generator's EMA and the data order: a
+    2-process run equals the 1-process run at the same global batch."""
+    one = _train(tmp_path / "w1", 1, "siddm")
+    two = _train(tmp_path / "w2", 2, "siddm")
+    for key in ("model", "ema", "optimizer", "data"):
+        assert_tree_equal(two[key], one[key], key, atol=1e-6)
+    from run_train import siddm_pair
+
+    init = siddm_pair().state_dict()
+    for player in ("generator", "discriminator"):  # both players trained
+        assert not torch.equal(one["model"][f"{player}.layers.0.weight"], init[f"{player}.layers.0.weight"])
+    assert torch.equal(one["model"]["generator.fourier.B"], init["generator.fourier.B"])
 
 
 def test_helpers_single_process():
