@@ -11,6 +11,11 @@ discriminator, R1); SIDDM; SIDDM with λ_AFD = 0 (the marginal GAN alone). Colum
 fits, MMD² (RBF mixture, on x / 12.5), modes covered of 25 and the share of samples within 3σ of their nearest
 centre (fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
 SIDDM T).
+
+Measured (full run, seed 0, one torch thread on a 2-core AMD EPYC, 17.2 min wall for all 13 models): at T = 4,
+SIDDM FD 0.0056, 25 / 25 modes, 96.1 % within 3σ; SIDDM λ_AFD = 0: 4.34, 23, 89.5 %; DDGAN 1.14, 25, 84.2 %;
+DDIM-4 7.45, 25, 74.7 %; DDPM-4 14.09, 21, 74.7 % (fresh data: 0.061, 25, 98.9 %). --quick (T = 4, 1500 steps)
+takes about a minute: SIDDM 1.17, 25, 88.7 % vs DDIM-4 7.87, 19, 28.9 %.
 """
 from __future__ import annotations
 
