@@ -93,7 +93,7 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, reference, caplog):
     data = bytearray(newest.read_bytes())
     data[len(data) // 3] ^= 0xFF
     newest.write_bytes(bytes(data))
-    args = SimpleNamespace(out=str(out), steps=STEPS, save_interval=INTERVAL, adam_eps=1e-8)
+    args = SimpleNamespace(out=str(out), steps=STEPS, save_interval=INTERVAL, adam_eps=1e-8, objective="diffusion")
     torch.set_num_threads(1)
     trainer = run_train.build(args)
     with caplog.at_level(logging.WARNING, logger="fastdiff.training.checkpoint"):
