@@ -156,8 +156,10 @@ def _score(name: str, samples: torch.Tensor, seconds: float, out: Path, **extra)
 
 
 def siddm_digits(out, quick: bool = False, seed: int = 0, cfg: SIDDMDigitsConfig | None = None) -> dict:
-    """Train both models on the same budget, sample 4 steps each, write results.md / results.json and one PNG grid
-    per row in out/, print the table; returns the results dict."""
+    """4-step SIDDM vs DDIM-4 / DDPM-4 of an ε-model on the 8×8 digits, same data budget.
+
+    Trains both, samples 4 steps each, writes results.md / results.json and one PNG grid per row in out/, prints the
+    table; returns the results dict."""
     from fastdiff.data import load_digits
     from fastdiff.runs import timed
     from fastdiff.training.adversarial import sample_few_step

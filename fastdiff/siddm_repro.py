@@ -190,8 +190,9 @@ def _scatter(path: Path, clouds: dict, lim: float) -> None:
 
 
 def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: MogConfig | None = None) -> dict:
-    """SIDDM vs DDGAN vs DDPM/DDIM of an ε-model on the 25-Gaussian grid at T ∈ steps_t denoising steps (default
-    STEPS_T, QUICK_STEPS_T with quick); config: MogConfig (default FULL, or QUICK)."""
+    """SIDDM vs DDGAN vs DDPM/DDIM of an ε-model on the 25-Gaussian grid at 1, 2, 4 and 8 denoising steps.
+
+    steps_t: the T values (default STEPS_T, QUICK_STEPS_T with quick); config: MogConfig (default FULL, or QUICK)."""
     from fastdiff.samplers import generate
     from fastdiff.training.adversarial import sample_few_step
 
