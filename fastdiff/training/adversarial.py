@@ -381,10 +381,18 @@ def _r1_backend(r1_gamma: float):
     return ops.use_backend("reference") if r1_gamma > 0 else contextlib.nullcontext()
 
 
-def _r1(logit_real: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
-    """‖∇_{x_{t−1}} D(x_{t−1})‖² per sample [N] (Mescheder et al. 2018's R1), differentiable for D's update."""
-    (grad,) = torch.autograd.grad(logit_real.sum(), x_prev, create_graph=True)
-    return grad.float().square().flatten(1).sum(1)
+def _discriminator_gan_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor, x_prev: torch.Tensor,
+                            r1_gamma: float) -> tuple[torch.Tensor, dict]:
+    """The discriminator's GAN loss per sample [N], softplus(−D(real)) + softplus(D(fake)) + γ/2 ‖∇_{x_{t−1}} D(real)‖²
+    (Mescheder et al. 2018's R1, differentiable for D's update; only when γ > 0, x_prev requiring grad), and its
+    terms "d_real", "d_fake"[, "r1"]."""
+    terms = {"d_real": F.softplus(-logit_real), "d_fake": F.softplus(logit_fake)}
+    loss = terms["d_real"] + terms["d_fake"]
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(logit_real.sum(), x_prev, create_graph=True)
+        terms["r1"] = grad.float().square().flatten(1).sum(1)
+        loss = loss + 0.5 * r1_gamma * terms["r1"]
+    return loss, terms
 
 
 def _logit(out, n: int, what: str) -> torch.Tensor:
@@ -437,11 +445,7 @@ class SIDDMObjective(_AdversarialObjective):
         with _r1_backend(self.r1_gamma):
             logit_real, _, denoised = self._call_d(model, x_prev, phase.t, y)
         logit_fake, afd_pred, _ = self._call_d(model, fake, phase.t, y)
-        terms = {"d_real": F.softplus(-logit_real), "d_fake": F.softplus(logit_fake)}
-        loss = terms["d_real"] + terms["d_fake"]
-        if self.r1_gamma > 0:
-            terms["r1"] = _r1(logit_real, x_prev)
-            loss = loss + 0.5 * self.r1_gamma * terms["r1"]
+        loss, terms = _discriminator_gan_loss(logit_real, logit_fake, x_prev, self.r1_gamma)
         if self.lambda_afd > 0:  # C_ψ: max_ψ E log p_ψ(x'_t | x'_{t−1}), a Gaussian likelihood: an L2 regression
             fake_t = q_step(self.diffusion, fake, phase.t, phase.eps_afd.to(fake.dtype))
             terms["afd_regression"] = self._sq(afd_pred, fake_t)
@@ -491,11 +495,7 @@ class DDGANObjective(_AdversarialObjective):
         with _r1_backend(self.r1_gamma):
             logit_real = self._call_d(model, x_prev, phase.t, x_t, y)
         logit_fake = self._call_d(model, fake, phase.t, x_t, y)
-        terms = {"d_real": F.softplus(-logit_real), "d_fake": F.softplus(logit_fake)}
-        loss = terms["d_real"] + terms["d_fake"]
-        if self.r1_gamma > 0:
-            terms["r1"] = _r1(logit_real, x_prev)
-            loss = loss + 0.5 * self.r1_gamma * terms["r1"]
+        loss, terms = _discriminator_gan_loss(logit_real, logit_fake, x_prev, self.r1_gamma)
         return loss, terms
 
     def _generator_losses(self, model, x_start, y, phase):
