@@ -15,8 +15,8 @@ SIDDM T).
 Measured (full run, seed 0, one torch thread on a 2-core AMD EPYC, 17.2 min wall for all 13 models): at T = 4,
 SIDDM FD 0.0056, 25 / 25 modes, 96.1 % within 3σ; SIDDM λ_AFD = 0: 4.34, 23, 89.5 %; DDGAN 1.14, 25, 84.2 %;
 DDIM-4 7.45, 25, 74.7 %; DDPM-4 14.09, 21, 74.7 % (fresh data: 0.061, 25, 98.9 %). Seeds 1 / 2 (T = 4 only):
-SIDDM 0.10 / 0.17, 25 / 25 modes, 94.4 / 95.7 %; λ_AFD = 0: 10.9 / 11.3, 19 / 21 modes; DDIM-4 8.55 / 8.23. --quick (T = 4, 1500 steps)
-takes about a minute: SIDDM 1.17, 25, 88.7 % vs DDIM-4 7.87, 19, 28.9 %.
+SIDDM 0.10 / 0.17, 25 / 25 modes, 94.4 / 95.7 %; λ_AFD = 0: 10.9 / 11.3, 19 / 21 modes; DDIM-4 8.55 / 8.23.
+--quick (T = 4, 1500 steps) takes about a minute: SIDDM 1.17, 25, 88.7 % vs DDIM-4 7.87, 19, 28.9 %.
 """
 from __future__ import annotations
 
