@@ -370,6 +370,18 @@ class _AdversarialObjective:
         x0 = _generate_x0(model.generator, x_t, phase.t, phase.z.to(x_t.dtype), y)
         return posterior_sample(self.diffusion, x0, x_t, phase.t, phase.eps_post.to(x_t.dtype))
 
+    def _discriminate(self, model, x_start, y, phase: PhaseDraw):
+        """The discriminator phase's forward: (x_{t−1}, x'_{t−1}, D's output on x_{t−1}, D's output on x'_{t−1}).
+        x'_{t−1} is drawn without a graph (no gradient reaches θ); x_{t−1} requires grad when the R1 penalty is on,
+        and its pass runs on the backend that has R1's double backward (`_r1_backend`)."""
+        x_prev, x_t = self._pairs(x_start, phase)
+        with torch.no_grad():
+            fake = self._fake(model, x_t, phase, y)
+        x_prev = x_prev.detach().requires_grad_(self.r1_gamma > 0)
+        with _r1_backend(self.r1_gamma):
+            real_out = self._call_d(model, x_prev, phase.t, x_t, y)
+        return x_prev, fake, real_out, self._call_d(model, fake, phase.t, x_t, y)
+
     def _beta(self, t: torch.Tensor) -> torch.Tensor:
         """β_t as float32 [N]."""
         return torch.from_numpy(self.diffusion.betas).to(t.device)[t].float()
@@ -426,7 +438,8 @@ class SIDDMObjective(_AdversarialObjective):
         self.lambda_denoise = _check_weight("lambda_denoise", lambda_denoise)
         self.r1_gamma = _check_weight("r1_gamma", r1_gamma)
 
-    def _call_d(self, model, x_prev, t, y):
+    def _call_d(self, model, x_prev, t, x_t, y):
+        """D(x_{t−1}, t[, y]) -> (logit [N], afd_pred, denoised); x_t is unused (SIDDM's D sees x_{t−1} alone)."""
         out = model.discriminator(x_prev, t) if y is None else model.discriminator(x_prev, t, y=y)
         if not isinstance(out, (tuple, list)) or len(out) != 3:
             raise ValueError("the SIDDM discriminator must return (logit [N], afd_pred, denoised)")
@@ -438,13 +451,8 @@ class SIDDMObjective(_AdversarialObjective):
         return _logit(logit, x_prev.shape[0], "logit"), afd, den
 
     def _discriminator_losses(self, model, x_start, y, phase):
-        x_prev, x_t = self._pairs(x_start, phase)
-        with torch.no_grad():
-            fake = self._fake(model, x_t, phase, y)
-        x_prev = x_prev.detach().requires_grad_(self.r1_gamma > 0)
-        with _r1_backend(self.r1_gamma):
-            logit_real, _, denoised = self._call_d(model, x_prev, phase.t, y)
-        logit_fake, afd_pred, _ = self._call_d(model, fake, phase.t, y)
+        x_prev, fake, (logit_real, _, denoised), (logit_fake, afd_pred, _) = self._discriminate(model, x_start, y,
+                                                                                                  phase)
         loss, terms = _discriminator_gan_loss(logit_real, logit_fake, x_prev, self.r1_gamma)
         if self.lambda_afd > 0:  # C_ψ: max_ψ E log p_ψ(x'_t | x'_{t−1}), a Gaussian likelihood: an L2 regression
             fake_t = q_step(self.diffusion, fake, phase.t, phase.eps_afd.to(fake.dtype))
@@ -458,7 +466,7 @@ class SIDDMObjective(_AdversarialObjective):
     def _generator_losses(self, model, x_start, y, phase):
         x_prev, x_t = self._pairs(x_start, phase)
         fake = self._fake(model, x_t, phase, y)
-        logit_fake, afd_pred, _ = self._call_d(model, fake, phase.t, y)
+        logit_fake, afd_pred, _ = self._call_d(model, fake, phase.t, x_t, y)
         terms = {"g_adv": F.softplus(-logit_fake)}
         loss = terms["g_adv"]
         if self.lambda_afd > 0:
@@ -488,13 +496,7 @@ class DDGANObjective(_AdversarialObjective):
         return _logit(out, x_prev.shape[0], "logit")
 
     def _discriminator_losses(self, model, x_start, y, phase):
-        x_prev, x_t = self._pairs(x_start, phase)
-        with torch.no_grad():
-            fake = self._fake(model, x_t, phase, y)
-        x_prev = x_prev.detach().requires_grad_(self.r1_gamma > 0)
-        with _r1_backend(self.r1_gamma):
-            logit_real = self._call_d(model, x_prev, phase.t, x_t, y)
-        logit_fake = self._call_d(model, fake, phase.t, x_t, y)
+        x_prev, _, logit_real, logit_fake = self._discriminate(model, x_start, y, phase)
         loss, terms = _discriminator_gan_loss(logit_real, logit_fake, x_prev, self.r1_gamma)
         return loss, terms
 
