@@ -16,7 +16,7 @@ INSTALL := $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 STAMP := .fastdiff-installed-system
 endif
 
-.PHONY: install test demo bench cuda-check gpu-check clean
+.PHONY: install test demo bench cuda-check triton-check gpu-check clean
 
 $(VENV_PYTHON):
 	python3.11 -m venv .venv || python3 -m venv .venv
@@ -42,22 +42,48 @@ bench: install
 	$(PYTHON) benchmarks/run.py
 	$(PYTHON) benchmarks/report.py
 
-# Compile every CUDA source for sm_80 and sm_90: no GPU needed. The .cu files include no torch headers.
-cuda-check:
-	@set -e; for f in csrc/cuda/*.cu; do \
+# The whole CUDA side of the extension, compiled with no GPU: every csrc/cuda/*.cu with nvcc for each arch (they
+# include no torch headers), then the host glue (csrc/cuda/*_torch.cpp, and ops.cpp as the CUDA build sees it)
+# with the host compiler against the installed torch's headers (the CPU wheel ships c10/cuda and ATen/cuda) and
+# the CUDA toolkit's, with the flags setup.py gives them. Nothing is linked: a CPU torch has no CUDA libraries.
+# The CPU wheel lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h; the shim is what CMake writes
+# for the shared-library builds torch ships (searched after torch's own headers, so a CUDA torch's copy wins).
+CUDA_INC ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ INCLUDES="\(.*\)" *$$/\1/p' | head -1)
+CUDA_CHECK_OUT := build/cuda-check
+
+cuda-check: install
+	@set -e; mkdir -p $(CUDA_CHECK_OUT); for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; \
 	  $(NVCC) -std=c++17 -O3 -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
-	    -c $$f -o /tmp/fastdiff-cuda-check-$$(basename $$f .cu).o; \
-	done; echo "cuda-check: all CUDA sources compile for sm_$(subst $() ,/sm_,$(CUDA_ARCHS))"
+	    -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o; \
+	done
+	@set -e; test -n "$(CUDA_INC)" || { echo "cuda-check: could not find the CUDA toolkit's headers through $(NVCC)"; exit 1; }; \
+	inc=$$($(PYTHON) -c "from torch.utils.cpp_extension import include_paths; import sysconfig; print(' '.join('-I' + p for p in include_paths() + [sysconfig.get_paths()['include']]))"); \
+	abi=$$($(PYTHON) -c "import torch; print(int(torch.compiled_with_cxx11_abi()))"); \
+	shim=$(CUDA_CHECK_OUT)/shim/c10/cuda/impl; mkdir -p $$shim; \
+	printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > $$shim/cuda_cmake_macros.h; \
+	for f in csrc/cuda/*_torch.cpp csrc/ops.cpp; do \
+	  echo "c++ $$f"; \
+	  $(CXX) -std=c++20 -O3 -fPIC -fopenmp -DFASTDIFF_WITH_CUDA=1 -DTORCH_EXTENSION_NAME=_C -D_GLIBCXX_USE_CXX11_ABI=$$abi \
+	    -Icsrc/include $$inc -I$(CUDA_CHECK_OUT)/shim $(CUDA_INC) -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cpp).host.o; \
+	done
+	@set -e; cd $(CUDA_CHECK_OUT); \
+	nm -u --format=just-symbols *.host.o | grep fastdiff | sort -u > wanted.txt; \
+	nm --defined-only --format=just-symbols $$(ls *.o | grep -v '\.host\.o$$') | sort -u > defined.txt; \
+	missing=$$(comm -23 wanted.txt defined.txt); \
+	if [ -n "$$missing" ]; then echo "cuda-check: the host glue calls launchers no .cu defines:"; echo "$$missing" | c++filt; exit 1; fi; \
+	echo "cuda-check: the $$(wc -l < wanted.txt) launchers the host glue calls are all defined by the .cu objects"
+	@echo "cuda-check: every CUDA source compiles for sm_$(subst $() ,/sm_,$(CUDA_ARCHS)), and the host glue against torch's CUDA headers"
 
-# On a CUDA machine (../shared/GPU.md): build with CUDA, run the GPU tests and the whole suite, then the benchmarks.
+# Every Triton kernel compiled ahead of time for sm_80 and sm_90 in every specialisation the launchers choose,
+# with no GPU (scripts/triton_check.py): one table of registers, spills, shared memory and wgmma use.
+triton-check: install
+	mkdir -p $(CUDA_CHECK_OUT) && env -u TRITON_INTERPRET $(PYTHON) scripts/triton_check.py --json $(CUDA_CHECK_OUT)/triton-check.json
+
+# On a CUDA machine, in under 10 minutes from a bare one (GPU_QUICK=1: under 4): build with CUDA, every cuda and
+# triton kernel against the reference, compute-sanitizer, the GPU benchmarks (scripts/gpu_check.sh).
 gpu-check:
-	FASTDIFF_BUILD_CUDA=1 $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
-	$(PYTHON) -c "import fastdiff.ops as o; s = o.available_backends(); assert s['cuda'].available, s['cuda'].reason; print(s)"
-	$(PYTHON) -m pytest -q -p no:cacheprovider -m gpu tests
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
-	$(PYTHON) benchmarks/run.py --gpu
-	$(PYTHON) benchmarks/report.py
+	bash scripts/gpu_check.sh $(PYTHON)
 
 clean:
 	rm -rf build *.egg-info fastdiff/_C*.so .venv/.fastdiff-installed .fastdiff-installed-system demo_out

@@ -16,6 +16,14 @@ MAX_BLOCK_M = 1024
 MAX_GRID_Y = 65535  # CUDA's limit on grid.y, which indexes blocks of a row
 
 
+def interpreted() -> bool:
+    """True when kernels run in Triton's interpreter (TRITON_INTERPRET=1) rather than compiled for a GPU.
+
+    Launchers branch on this, never on the tensors' device, so the ahead-of-time check (`make triton-check`),
+    which captures launches of CPU tensors without the interpreter, sees exactly the GPU configuration."""
+    return bool(triton.knobs.runtime.interpret)
+
+
 class Tiling:
     """A [ROWS, BLOCK_M] tile over N rows of M elements, and the 2-D grid (row blocks, column blocks)."""
 

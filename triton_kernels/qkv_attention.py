@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
+
 _LOG2E = 1.4426950408889634
 
 
@@ -25,8 +27,17 @@ def _tile_ptrs(base, b, h, H, sN, sH, sC, sT, offs_t, offs_d):
 
 
 @triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b accumulated in fp32 (fp64 for fp64); IEEE: exact fp32 products instead of TF32 tensor cores."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk_scale,
-                IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -38,28 +49,24 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk
     d_mask = offs_d < D
     q = tl.load(_tile_ptrs(q_ptr, b, h, H, sN, sH, sC, sT, offs_m, offs_d), mask=m_mask[:, None] & d_mask[None, :],
                 other=0.0)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Loop-carried state in ACC from the start (fp64 products would otherwise change its type mid-loop, which
+    # the GPU compiler rejects).
+    m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_M], ACC)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     for start in range(0, T, BLOCK_N):
         cols = start + offs_n
         n_mask = cols < T
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(_tile_ptrs(k_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
         v = tl.load(_tile_ptrs(v_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # log2 domain
+        s = _dot(q, tl.trans(k), IEEE)
+        s = tl.where(n_mask[None, :], s.to(ACC) * qk_scale, float("-inf"))  # log2 domain
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE).to(ACC)
         m_i = m_new
     acc = acc / l_i[:, None]
     # Output [N, H, C, T] contiguous (= [N, H·C, T]).
@@ -70,7 +77,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk
 
 
 @triton.jit
-def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, D, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """δ = rowsum(dO ∘ O) per query position; o, do: [N·H, C, T] contiguous."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -78,22 +85,16 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, D, BLOCK_M: tl.constexpr, BLOCK_D
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < T)[:, None] & (offs_d < D)[None, :]
     off = bh.to(tl.int64) * D * T + offs_m[:, None] + offs_d[None, :].to(tl.int64) * T
-    o = tl.load(o_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(o_ptr + off, mask=mask, other=0.0).to(ACC)
+    do = tl.load(do_ptr + off, mask=mask, other=0.0).to(ACC)
     tl.store(delta_ptr + bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit
 def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, sN, sH, sC, sT,
                      gN, gH, gC, gT, H, T, D, qk_scale, sm_scale,
-                     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
     """dV = Pᵀ dO, dK = s·dSᵀ Q over all query blocks for one key block; gX: strides of the gradient views."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -107,8 +108,8 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
     kv_mask = n_mask[:, None] & d_mask[None, :]
     k = tl.load(_tile_ptrs(k_ptr, b, h, H, sN, sH, sC, sT, offs_n, offs_d), mask=kv_mask, other=0.0)
     v = tl.load(_tile_ptrs(v_ptr, b, h, H, sN, sH, sC, sT, offs_n, offs_d), mask=kv_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     row_base = bh.to(tl.int64) * T
     do_base = do_ptr + bh.to(tl.int64) * D * T
     for start in range(0, T, BLOCK_M):
@@ -134,7 +135,8 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
 @triton.jit
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, sN, sH, sC, sT,
                    gN, gH, gC, gT, H, T, D, qk_scale, sm_scale,
-                   IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                   IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
     """dQ = s·dS K over all key blocks for one query block."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -151,7 +153,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, sN, 
                  mask=q_mask, other=0.0)
     lse = tl.load(lse_ptr + bh.to(tl.int64) * T + offs_m, mask=m_mask, other=0.0)
     delta = tl.load(delta_ptr + bh.to(tl.int64) * T + offs_m, mask=m_mask, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     for start in range(0, T, BLOCK_N):
         cols = start + offs_n
         n_mask = cols < T
@@ -173,21 +175,54 @@ def _split(qkv, num_heads, legacy):
     return split_heads(qkv, num_heads, legacy)
 
 
-def _config(t: int, d: int, device: torch.device):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages). Small blocks in the interpreter (CPU tensors)."""
+# fp64 tiles above this head dimension need more shared memory than any GPU has (dK/dV at BLOCK_D = 256: 192 KiB
+# at the smallest 16x16 tiles, over the A100's 163 KiB), so such attention runs on the reference instead.
+MAX_FP64_HEAD_DIM = 128
+
+
+def unsupported(d: int, dtype: torch.dtype) -> str | None:
+    """Why the compiled kernels cannot take heads of dimension d in `dtype` (None: they can)."""
+    if dtype == torch.float64 and d > MAX_FP64_HEAD_DIM and not _launch.interpreted():
+        return f"float64 attention with head dimension {d} > {MAX_FP64_HEAD_DIM} does not fit a GPU's shared memory"
+    return None
+
+
+def _config(d: int, dtype: torch.dtype):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for head dimension d in `dtype`.
+
+    fp16/bf16 use tensor cores (wgmma on Hopper) with large tiles. fp32 and fp64 dots are exact (IEEE) FMA loops,
+    where large tiles only add registers: at 128x64 fp32 tiles spilled 55-312 KB per thread (ptxas) and needed up
+    to 272 KiB of shared memory; the tiles below compile with no spill and at most ~98 KiB (`make triton-check`).
+    The interpreter gets small tiles for speed.
+    """
     block_d = max(16, triton.next_power_of_2(d))
-    if device.type != "cuda":
+    if _launch.interpreted():
         return 16, 16, block_d, 4, 1
+    if dtype == torch.float64:
+        return 16, 16, block_d, 8, 1
+    if dtype == torch.float32:
+        return (32, 16, block_d, 4, 1) if block_d <= 128 else (16, 16, block_d, 8, 1)
     if block_d <= 64:
         return 128, 64, block_d, 4, 3
     return 64, 64, block_d, 4, 2
 
 
-def _length(t: int, device: torch.device):
-    """T as the kernels take it. The interpreter (CPU tensors) hands runtime ints to kernels as 1-element arrays
-    that numpy 2 will not turn into a `range` bound, so there T goes in as a constexpr (a kernel per T, which
-    costs nothing without compilation); on the GPU it stays a runtime argument (one compiled kernel for all T)."""
-    return t if device.type == "cuda" else tl.constexpr(t)
+def _length(t: int):
+    """T as the kernels take it. The interpreter hands runtime ints to kernels as 1-element arrays that numpy 2
+    will not turn into a `range` bound, so there T goes in as a constexpr (a kernel per T, which costs nothing
+    without compilation); compiled, it stays a runtime argument (one kernel for all T)."""
+    return tl.constexpr(t) if _launch.interpreted() else t
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and accumulators: fp64 for fp64 inputs, fp32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    """The kernels' IEEE (exact fp32/fp64 dots, no TF32) and ACC constexprs for inputs of `dtype`."""
+    return {"IEEE": dtype in (torch.float32, torch.float64),
+            "ACC": tl.float64 if dtype == torch.float64 else tl.float32}
 
 
 def _scales(d: int):
@@ -196,20 +231,23 @@ def _scales(d: int):
 
 
 def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
-    """(out [N, H·C, T], lse [N·H, T] fp32 in log2 units) for qkv [N, 3·H·C, T]; as qkv_attention.reference."""
+    """(out [N, H·C, T], lse [N·H, T] in log2 units, fp32 (fp64 for fp64 qkv)) for qkv [N, 3·H·C, T];
+    as qkv_attention.reference."""
     n, width, t = qkv.shape
     d = width // (3 * num_heads)
+    why = unsupported(d, qkv.dtype)
+    if why:
+        raise ValueError(why)
     q, k, v = _split(qkv, num_heads, legacy)
     out = torch.empty((n, num_heads * d, t), dtype=qkv.dtype, device=qkv.device)
-    lse = torch.empty((n * num_heads, t), dtype=torch.float32, device=qkv.device)
+    lse = torch.empty((n * num_heads, t), dtype=_acc(qkv.dtype), device=qkv.device)
     if out.numel() == 0:
         return out, lse
-    bm, bn, bd, warps, stages = _config(t, d, qkv.device)
+    bm, bn, bd, warps, stages = _config(d, qkv.dtype)
     qk_scale, _ = _scales(d)
     grid = (triton.cdiv(t, bm), n * num_heads)
-    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _length(t, qkv.device), d, qk_scale,
-                      IEEE=qkv.dtype in (torch.float32, torch.float64), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                      num_warps=warps, num_stages=stages)
+    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _length(t), d, qk_scale, **_precision(qkv.dtype),
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
     return out, lse
 
 
@@ -223,19 +261,16 @@ def attention_backward(qkv, out, lse, grad, num_heads: int, legacy: bool):
         return dqkv.zero_()
     dq, dk, dv = _split(dqkv, num_heads, legacy)
     do = grad.contiguous()
-    bm, bn, bd, warps, stages = _config(t, d, qkv.device)
+    bm, bn, bd, warps, stages = _config(d, qkv.dtype)
     qk_scale, sm_scale = _scales(d)
-    ieee = qkv.dtype in (torch.float32, torch.float64)
+    precision = _precision(qkv.dtype)
     delta = torch.empty_like(lse)
-    _delta_kernel[(triton.cdiv(t, bm), n * num_heads)](out, do, delta, _length(t, qkv.device), d, BLOCK_M=bm, BLOCK_D=bd,
-                                                       num_warps=warps)
-    args = (*q.stride(), *dq.stride(), num_heads, _length(t, qkv.device), d, qk_scale, sm_scale)
-    _bwd_dkdv_kernel[(triton.cdiv(t, bn), n * num_heads)](
-        q, k, v, do, lse, delta, dk, dv, *args, IEEE=ieee, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-        num_warps=warps, num_stages=stages)
-    _bwd_dq_kernel[(triton.cdiv(t, bm), n * num_heads)](
-        q, k, v, do, lse, delta, dq, *args, IEEE=ieee, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-        num_warps=warps, num_stages=stages)
+    _delta_kernel[(triton.cdiv(t, bm), n * num_heads)](out, do, delta, _length(t), d, ACC=precision["ACC"],
+                                                       BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
+    args = (*q.stride(), *dq.stride(), num_heads, _length(t), d, qk_scale, sm_scale)
+    tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
+    _bwd_dkdv_kernel[(triton.cdiv(t, bn), n * num_heads)](q, k, v, do, lse, delta, dk, dv, *args, **precision, **tiles)
+    _bwd_dq_kernel[(triton.cdiv(t, bm), n * num_heads)](q, k, v, do, lse, delta, dq, *args, **precision, **tiles)
     return dqkv
 
 

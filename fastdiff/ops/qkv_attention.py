@@ -93,12 +93,16 @@ def check_args(qkv, num_heads, legacy) -> int:
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool = True, backend: str | None = None):
     """Multi-head attention of ADM on qkv: [N, 3·H·C, T] -> [N, H·C, T] (legacy or new head order)."""
-    check_args(qkv, num_heads, legacy)
+    d = check_args(qkv, num_heads, legacy)
     name = _backend.resolve("qkv_attention", qkv.device, supported=SUPPORTED, backend=backend)
     if qkv.numel() == 0:
         return reference(qkv, num_heads, legacy)
     if name == "triton":
-        return _TritonQKVAttention.apply(qkv, num_heads, legacy)
+        why = importlib.import_module("fastdiff.triton_kernels.qkv_attention").unsupported(d, qkv.dtype)
+        if why is None:
+            return _TritonQKVAttention.apply(qkv, num_heads, legacy)
+        if (backend or _backend.get_backend()) == "triton":  # asked for by name: never a silent fallback
+            raise _backend.BackendUnavailableError(f"backend 'triton' cannot run op 'qkv_attention' here: {why}")
     if name == "cpu":
         return cpu(qkv, num_heads, legacy)
     return reference(qkv, num_heads, legacy)

@@ -20,7 +20,7 @@ def test_named_samplers_and_uniform_weights():
 
 
 def _warm_up(sampler, T, history):
-    losses = np.abs(np.random.default_rng().normal(size=(T, history + 3))) + 0.1
+    losses = np.abs(np.random.normal(size=(T, history + 3))) + 0.1  # numpy's global generator, seeded per test
     for j in range(history + 3):
         sampler.update_with_local_losses(torch.arange(T), torch.as_tensor(losses[:, j]))
     return losses[:, 3:]  # the oldest three per t were shifted out

@@ -26,8 +26,7 @@ def test_cosine_matches_alpha_bar_formula(T):
     assert b[-1] == 0.999 and (b <= 0.999).all() and (b > 0).all()
 
 
-def test_betas_for_alpha_bar_clips_at_max_beta():
-    rng = np.random.default_rng()
+def test_betas_for_alpha_bar_clips_at_max_beta(rng):
     k = rng.uniform(1.0, 3.0)
     b = betas_for_alpha_bar(20, lambda t: (1 - t) ** k, max_beta=0.5)
     raw = np.array([1 - ((1 - (i + 1) / 20) / (1 - i / 20)) ** k for i in range(20)])

@@ -126,6 +126,28 @@ def test_gradcheck_qkv_attention(name, legacy):
                                     fast_mode=fast)
 
 
+def test_fp64_heads_over_the_shared_memory_limit_are_refused_by_name(monkeypatch):
+    """Compiled (not interpreted), fp64 heads wider than MAX_FP64_HEAD_DIM do not fit a GPU: naming the triton
+    backend raises before any launch; `auto` runs them on the reference (test_fp64_wide_heads_auto_gpu)."""
+    kernels = importlib.import_module("fastdiff.triton_kernels.qkv_attention")
+    launch = importlib.import_module("fastdiff.triton_kernels._launch")
+    monkeypatch.setattr(launch, "interpreted", lambda: False)
+    d = kernels.MAX_FP64_HEAD_DIM
+    assert kernels.unsupported(d, torch.float64) is None
+    assert kernels.unsupported(d + 1, torch.float32) is None
+    assert "head dimension 129" in kernels.unsupported(d + 1, torch.float64)
+    with pytest.raises(ops.BackendUnavailableError, match="head dimension 129"):
+        ops.qkv_attention(torch.randn(1, 3 * (d + 1), 4, dtype=torch.float64), 1, backend="triton")
+    with pytest.raises(ValueError, match="head dimension 129"):
+        kernels.attention_forward(torch.randn(1, 3 * (d + 1), 4, dtype=torch.float64), 1, True)
+
+
+@pytest.mark.gpu
+def test_fp64_wide_heads_auto_gpu():
+    qkv = torch.randn(1, 3 * 2 * 160, 33, dtype=torch.float64, device="cuda")
+    torch.testing.assert_close(ops.qkv_attention(qkv, 2), qa.reference(qkv, 2), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["reference", "cpu"])
 def test_compile_fullgraph_qkv_attention(name):
     qkv = torch.randn(2, 3 * 2 * 8, 7)

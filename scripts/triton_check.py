@@ -1,0 +1,356 @@
+"""Compile every Triton kernel of fastdiff ahead of time for real GPUs, with no GPU present (`make triton-check`).
+
+The Triton interpreter, which runs the kernels in the test suite on CPU, accepts code a GPU compiler rejects
+(loop-carried dtype changes, unsupported dot shapes, over-large tiles). This script finds out what the launchers
+really compile: it drives every launcher in `fastdiff.triton_kernels` over a grid of inputs (dtypes, shapes and
+option values) with the interpreter off, captures each launch instead of running it, derives the kernel's
+specialisation exactly as Triton's JIT would on a GPU (signature, constexprs, 16-byte alignment attributes, launch
+options), and compiles each distinct one with `triton.compile` for every target (sm_80, sm_90a). ptxas's own
+report gives registers and spills; the compiled metadata the shared memory; the PTX whether Hopper code uses wgmma.
+
+    python scripts/triton_check.py [--arch 80 90] [--jobs 2] [--json out.json] [--kernel NAME ...]
+
+The grid covers every value of every constexpr a launcher can choose and every dtype it accepts (fp32, fp16,
+bf16, fp64): the full feature set (guidance, clipping, noise, x̂0 output) at every tile class of the elementwise
+kernels in every dtype, each option value once, and the attention kernels at every head-dimension tile (16 to
+256) in every dtype.
+
+Exit status 1 on any compile error, and on any spill in the elementwise kernels (the step, q_sample, posterior,
+randn and AdaGN kernels move a few values per thread; a spill there is a defect). Attention spills and shared
+memory above a target's per-block limit are reported in the table, not failed on.
+
+Uses Triton's JIT internals (`create_function_from_signature`, `JITFunction._pack_args`) so the specialisation is
+the JIT's own; triton is pinned (pyproject.toml) to the version this was written against.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("triton_check: unset TRITON_INTERPRET; this compiles for GPUs, the interpreter would hide the code")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton import knobs  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+# Largest dynamic shared memory per block (bytes), from the CUDA programming guide's compute-capability table.
+SMEM_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+ELEMENTWISE = ("_ddim_step_kernel", "_ddpm_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel",
+               "_stats_kernel", "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ------------------------------------------------------------------------------------------- capturing launches
+
+@dataclass
+class Launch:
+    """One captured `kernel[grid](*args, **kwargs)`."""
+    fn: JITFunction
+    args: tuple
+    kwargs: dict
+    case: str
+
+
+_captured: list[Launch] = []
+_case = ["?"]
+
+
+def _capture(self, *args, grid, warmup, **kwargs):
+    _captured.append(Launch(self, args, dict(kwargs), _case[0]))
+
+
+@contextlib.contextmanager
+def case(name: str):
+    _case[0] = name
+    yield
+
+
+def _randn(shape, dtype):
+    return torch.randn(shape, dtype=torch.float32).to(dtype)
+
+
+# Tile classes of the elementwise kernels (fastdiff.triton_kernels._launch.Tiling): an image row over 1024-wide
+# blocks, 2-D toy data (512 rows of 2 values), a lone tiny sample (one warp, N = 1), and an odd row length (no
+# 16-element alignment, so no vectorised access).
+SHAPES = {"img": (2, 3, 32, 32), "toy": (512, 2), "tiny": (1, 4, 4), "odd": (3, 5, 7)}
+
+
+def _coefs(dtype):
+    from fastdiff.ops import step_table
+    return step_table(np.linspace(1e-4, 0.02, 1000), "cpu", torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def drive_step_kernels():
+    """ddim_step and ddpm_step: the full feature set at every tile class in every dtype, and every option value
+    once (one at a time from the full set) at the image tile in fp32, fp16 and bf16."""
+    from fastdiff.triton_kernels.ddim_step import ddim_step
+    from fastdiff.triton_kernels.ddpm_step import ddpm_step
+    for dtype in DTYPES:
+        coefs = _coefs(dtype)
+        for shape_name, shape in SHAPES.items():
+            x = _randn(shape, dtype)
+            full = dict(x=x, model_output=x.clone(), model_output_uncond=x.clone(), coefs=coefs,
+                        t=torch.randint(0, 1000, (shape[0],)), prediction=0, clip_denoised=True, guidance_scale=3.0,
+                        noise=None, seed=7, offset=0, return_x0=True, seed_tensor=None)
+            variants = {"full": {}}
+            if shape_name == "img" and dtype != torch.float64:
+                variants.update({
+                    "pred=x0": dict(prediction=1), "pred=v": dict(prediction=2), "noclip": dict(clip_denoised=False),
+                    "nocfg": dict(model_output_uncond=None), "noise=tensor": dict(noise=x.clone(), seed=-1),
+                    "noise=none": dict(seed=-1), "seed=tensor": dict(seed=-1, seed_tensor=torch.tensor([5])),
+                    "nox0": dict(return_x0=False)})
+            for vname, change in variants.items():
+                a = {**full, **change}
+                with case(f"ddim {shape_name} {vname}"):
+                    ddim_step(a["x"], a["model_output"], a["model_output_uncond"], a["coefs"], a["t"], 0.5,
+                              a["prediction"], a["clip_denoised"], a["guidance_scale"], a["noise"], a["seed"],
+                              a["offset"], a["return_x0"], a["seed_tensor"])
+                all_var_types = shape_name == "img" and vname == "full" and dtype != torch.float64
+                for var_type in range(4) if all_var_types else (3,):
+                    learned = var_type >= 2  # model outputs carry the variance channels: [N, 2C, ...]
+                    mo = torch.cat([a["model_output"], x], 1) if learned else a["model_output"]
+                    mu = a["model_output_uncond"]
+                    mu = torch.cat([mu, x], 1) if learned and mu is not None else mu
+                    with case(f"ddpm {shape_name} {vname} var={var_type}"):
+                        ddpm_step(a["x"], mo, mu, a["coefs"], a["t"], a["prediction"], var_type, a["clip_denoised"],
+                                  a["guidance_scale"], a["noise"], a["seed"], a["offset"], a["return_x0"],
+                                  a["seed_tensor"])
+
+
+def drive_table_kernels():
+    """q_sample, posterior_mean_variance and randn_like: every dtype at every tile class."""
+    from fastdiff.triton_kernels.posterior_mean_variance import posterior_mean_variance
+    from fastdiff.triton_kernels.q_sample import q_sample
+    from fastdiff.triton_kernels.randn_like import randn_like
+    for dtype in DTYPES:
+        coefs = _coefs(dtype)
+        for shape in SHAPES.values():
+            x, t = _randn(shape, dtype), torch.randint(0, 1000, (shape[0],))
+            with case(f"q_sample {shape}"):
+                q_sample(x, x.clone(), coefs, t)
+            with case(f"posterior {shape}"):
+                posterior_mean_variance(x, x.clone(), coefs, t)
+        with case("randn_like"):
+            randn_like(_randn(SHAPES["img"], dtype), 3, 0)
+
+
+def drive_adagn():
+    """AdaGN forward and backward at ADM's shapes (64x64 with 128 channels, 8x8 with 512, a 4x4 batch of 1) in
+    every dtype with scale, shift and SiLU; without them (each option value) in fp32."""
+    from fastdiff.triton_kernels.adagn import adagn, adagn_backward
+    for dtype in DTYPES:
+        for n, c, hw in ((2, 128, 64), (16, 512, 8), (1, 64, 4)):
+            x = _randn((n, c, hw, hw), dtype)
+            w, b = torch.ones(c, dtype=dtype), torch.zeros(c, dtype=dtype)
+            options = [(True, True)]
+            if dtype == torch.float32 and hw == 64:
+                options += [(False, True), (True, False), (False, False)]
+            for affine, silu in options:
+                scale = shift = _randn((n, c), dtype) if affine else None
+                with case(f"adagn {(n, c, hw, hw)} affine={affine} silu={silu}"):
+                    out, mean, rstd = adagn(x, w, b, scale, shift, 32, 1e-5, silu)
+                    adagn_backward(x.clone(), x, w, b, scale, shift, mean, rstd, 32, silu)
+
+
+def drive_attention():
+    """Attention forward and backward at every head-dimension tile, in every dtype."""
+    from fastdiff.triton_kernels.qkv_attention import attention_backward, attention_forward
+    for dtype in DTYPES:
+        for d in (16, 32, 64, 128, 160):  # BLOCK_D 16, 32, 64, 128, 256 (160: Stable Diffusion's deepest level)
+            heads, t = 2, 256
+            qkv = _randn((2, 3 * heads * d, t), dtype)
+            with case(f"attention d={d}"):
+                out, lse = attention_forward(qkv, heads, True)
+                attention_backward(qkv, out, lse, out.clone(), heads, True)
+
+
+DRIVERS = (drive_step_kernels, drive_table_kernels, drive_adagn, drive_attention)
+
+
+def capture() -> list[Launch]:
+    """Every launch the drivers make, with JITFunction.run replaced by a recorder for the duration."""
+    run = JITFunction.run
+    JITFunction.run = _capture
+    try:
+        for drive in DRIVERS:
+            drive()
+    finally:
+        JITFunction.run = run
+    return list(_captured)
+
+
+# --------------------------------------------------------------------------------------------------- compiling
+
+@dataclass
+class Variant:
+    kernel: str
+    spec: str      # the constexprs and pointer dtypes, short
+    arch: int
+    case: str      # the first input case that reached it
+    ok: bool = True
+    error: str = ""
+    registers: int = -1
+    spill_bytes: int = -1   # spill stores + spill loads
+    stack: int = -1
+    shared: int = -1
+    wgmma: bool = False
+    seconds: float = 0.0
+
+
+def _short(v) -> str:
+    s = str(v.value if hasattr(v, "value") and not isinstance(v, (int, bool)) else v)
+    return s.replace("triton.language.", "").replace("float", "fp")
+
+
+def specialise(launch: Launch, target: GPUTarget):
+    """(signature, constexprs, attrs, options) exactly as the JIT derives them for `target`."""
+    backend = make_backend(target)
+    binder = create_function_from_signature(launch.fn.signature, launch.fn.params, backend)
+    bound, spec, opts = binder(*launch.args, **launch.kwargs)
+    options, signature, constexprs, attrs = launch.fn._pack_args(backend, launch.kwargs, bound, spec, opts)
+    return signature, constexprs, attrs, options
+
+
+def describe(launch: Launch, signature, constexprs, options) -> str:
+    names = launch.fn.arg_names
+    consts = [f"{names[k[0]]}={_short(v)}" for k, v in sorted(constexprs.items()) if len(k) == 1]
+    ptrs = sorted({v[1:] for v in signature.values() if isinstance(v, str) and v.startswith("*")} - {"i64"})
+    extra = [f"w{options.num_warps}"] + ([f"s{options.num_stages}"] if options.num_stages != 3 else [])
+    return " ".join(["/".join(ptrs)] + consts + extra)
+
+
+_PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads.*?"
+                    r"Used (\d+) registers", re.S)
+
+
+def compile_one(item) -> Variant:
+    launch, arch, key = item
+    target = GPUTarget("cuda", arch, 32)
+    signature, constexprs, attrs, options = key
+    v = Variant(launch.fn.__name__, describe(launch, signature, constexprs, options), arch, launch.case)
+    start = time.perf_counter()
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            kernel = triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=target,
+                                    options=options.__dict__)
+    except Exception as e:  # a compile error of any kind is the finding
+        v.ok, v.error = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        v.seconds = time.perf_counter() - start
+        return v
+    v.seconds = time.perf_counter() - start
+    m = _PTXAS.search(log.getvalue())
+    if m:
+        v.stack, stores, loads, v.registers = (int(g) for g in m.groups())
+        v.spill_bytes = stores + loads
+    v.shared = int(kernel.metadata.shared)
+    v.wgmma = "wgmma" in kernel.asm.get("ptx", "")
+    return v
+
+
+_WORK: list = []
+
+
+def _compile_index(i: int) -> tuple[int, Variant]:
+    return i, compile_one(_WORK[i])
+
+
+def plan(launches: list[Launch], archs) -> list:
+    """The distinct (launch, arch, specialisation) triples, first-seen order."""
+    seen, work = set(), []
+    for arch in archs:
+        target = GPUTarget("cuda", arch, 32)
+        for launch in launches:
+            key = specialise(launch, target)
+            signature, constexprs, attrs, options = key
+            ident = (launch.fn.__name__, arch, repr(sorted(signature.items())),
+                     repr(sorted((k, _short(v)) for k, v in constexprs.items())),
+                     repr(sorted(attrs.items())), repr(sorted(options.__dict__.items())))
+            if ident not in seen:
+                seen.add(ident)
+                work.append((launch, arch, key))
+    return work
+
+
+def problems(v: Variant) -> list[str]:
+    out = []
+    if not v.ok:
+        out.append(f"compile error: {v.error}")
+    elif v.kernel in ELEMENTWISE and v.spill_bytes > 0:
+        out.append(f"{v.spill_bytes} bytes of spills in an elementwise kernel")
+    return out
+
+
+def table(results: list[Variant]) -> str:
+    head = "| kernel | specialisation | arch | regs | spills (B) | smem (B) | wgmma | result |"
+    rows = [head, "|" + "---|" * 8]
+    for v in results:
+        notes = problems(v)
+        over = [str(a) for a, lim in SMEM_LIMIT.items() if a // 10 == v.arch // 10 and v.shared > lim]
+        result = "; ".join(notes) if notes else ("ok" if not over else f"ok; smem over sm_{'/sm_'.join(over)} limit")
+        wg = ("yes" if v.wgmma else "no") if v.arch >= 90 else "-"
+        rows.append(f"| {v.kernel} | {v.spec} | sm_{v.arch} | {v.registers} | {v.spill_bytes} | {v.shared} | {wg} "
+                    f"| {result} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities (default 80 90)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--kernel", nargs="*", help="only these kernels (e.g. _ddim_step_kernel)")
+    args = p.parse_args(argv)
+    knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report is printed; compile_one captures it
+    knobs.compilation.always_compile = True  # a cached kernel would skip ptxas and its report
+    start = time.perf_counter()
+    launches = capture()
+    if args.kernel:
+        launches = [launch for launch in launches if launch.fn.__name__ in args.kernel]
+    _WORK[:] = plan(launches, args.arch)
+    print(f"triton-check: {len(launches)} launches -> {len(_WORK)} variants to compile for "
+          f"sm_{'/sm_'.join(map(str, args.arch))} (triton {triton.__version__}, {args.jobs} jobs)", flush=True)
+    # Attention variants compile up to 10x slower than the elementwise ones: start them first so the pool's
+    # workers finish together.
+    order = sorted(range(len(_WORK)), key=lambda i: _WORK[i][0].fn.__name__ in ELEMENTWISE)
+    results = [None] * len(_WORK)
+    progress = tqdm(total=len(_WORK), desc="triton-check", unit="variant", mininterval=15, file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(args.jobs))
+            done = pool.imap_unordered(_compile_index, order, chunksize=1)
+        else:
+            done = map(_compile_index, order)
+        for i, v in done:
+            results[i] = v
+            progress.update()
+    progress.close()
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(v) for v in results], f, indent=1)
+    failed = [(v, msg) for v in results for msg in problems(v)]
+    kernels = sorted({v.kernel for v in results})
+    print(f"\ntriton-check: {len(results)} variants of {len(kernels)} kernels compiled in "
+          f"{time.perf_counter() - start:.0f} s; {len(failed)} failures")
+    for v, msg in failed:
+        print(f"  FAIL {v.kernel} [{v.spec}] sm_{v.arch} ({v.case}): {msg}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
