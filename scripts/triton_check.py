@@ -8,7 +8,7 @@ specialisation exactly as Triton's JIT would on a GPU (signature, constexprs, 16
 options), and compiles each distinct one with `triton.compile` for every target (sm_80, sm_90a). ptxas's own
 report gives registers and spills; the compiled metadata the shared memory; the PTX whether Hopper code uses wgmma.
 
-    python scripts/triton_check.py [--arch 80 90] [--jobs 2] [--json out.json] [--kernel NAME ...]
+    python scripts/triton_check.py [--arch 80 90] [--jobs 2] [--json out.json] [--kernel NAME ...] [--list]
 
 The grid covers every value of every constexpr a launcher can choose and every dtype it accepts (fp32, fp16,
 bf16, fp64): the full feature set (guidance, clipping, noise, x̂0 output) at every tile class of the elementwise
@@ -34,9 +34,6 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass
-
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    sys.exit("triton_check: unset TRITON_INTERPRET; this compiles for GPUs, the interpreter would hide the code")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -167,10 +164,12 @@ def drive_adagn():
 
 
 def drive_attention():
-    """Attention forward and backward at every head-dimension tile, in every dtype."""
-    from fastdiff.triton_kernels.qkv_attention import attention_backward, attention_forward
+    """Attention forward and backward at every head-dimension tile, in every dtype the launcher takes it in."""
+    from fastdiff.triton_kernels.qkv_attention import attention_backward, attention_forward, unsupported
     for dtype in DTYPES:
         for d in (16, 32, 64, 128, 160):  # BLOCK_D 16, 32, 64, 128, 256 (160: Stable Diffusion's deepest level)
+            if unsupported(d, dtype):  # fastdiff.ops.qkv_attention never sends it to these kernels
+                continue
             heads, t = 2, 256
             qkv = _randn((2, 3 * heads * d, t), dtype)
             with case(f"attention d={d}"):
@@ -314,7 +313,10 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--kernel", nargs="*", help="only these kernels (e.g. _ddim_step_kernel)")
+    p.add_argument("--list", action="store_true", help="print the variants (kernel, arch, specialisation), compile none")
     args = p.parse_args(argv)
+    if knobs.runtime.interpret:  # @triton.jit would have made interpreter functions: nothing to compile
+        sys.exit("triton_check: unset TRITON_INTERPRET; this compiles for GPUs, the interpreter would hide the code")
     knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report is printed; compile_one captures it
     knobs.compilation.always_compile = True  # a cached kernel would skip ptxas and its report
     start = time.perf_counter()
@@ -324,6 +326,10 @@ def main(argv=None) -> int:
     _WORK[:] = plan(launches, args.arch)
     print(f"triton-check: {len(launches)} launches -> {len(_WORK)} variants to compile for "
           f"sm_{'/sm_'.join(map(str, args.arch))} (triton {triton.__version__}, {args.jobs} jobs)", flush=True)
+    if args.list:
+        for launch, arch, key in _WORK:
+            print(f"{launch.fn.__name__}\tsm_{arch}\t{describe(launch, key[0], key[1], key[3])}")
+        return 0
     # Attention variants compile up to 10x slower than the elementwise ones: start them first so the pool's
     # workers finish together.
     order = sorted(range(len(_WORK)), key=lambda i: _WORK[i][0].fn.__name__ in ELEMENTWISE)

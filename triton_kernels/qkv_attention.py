@@ -1,10 +1,10 @@
 """ADM's multi-head attention as a flash-attention kernel on guided-diffusion's qkv layout.
 
 q, k, v are read straight out of qkv: [N, 3·H·C, T] through [N, H, C, T] strided views (legacy or new head order,
-any strides), the output is written as [N, H·C, T]. Forward: online softmax in fp32 over key blocks, never a
-T×T matrix in memory; it saves the row log-sum-exp. Backward (FlashAttention-2): δ = rowsum(dO ∘ O), then one
-kernel per key block for dK, dV and one per query block for dQ, both recomputing P from the log-sum-exp.
-Logits use s = C^(-1/2) in fp32 (guided-diffusion's C^(-1/4) on q and on k) and exp2 with log2(e) folded in.
+any strides), the output is written as [N, H·C, T]. Forward: online softmax in fp32 (fp64 for fp64) over key
+blocks, never a T×T matrix in memory; it saves the row log-sum-exp. Backward (FlashAttention-2): δ = rowsum(dO ∘ O),
+then one kernel per key block for dK, dV and one per query block for dQ, both recomputing P from the log-sum-exp.
+Logits use s = C^(-1/2) (guided-diffusion's C^(-1/4) on q and on k) and exp2 with log2(e) folded in.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
+from . import _sampler_math as sm
 
 _LOG2E = 1.4426950408889634
 
@@ -35,13 +36,14 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk_scale,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk_hi, qk_lo,
                 IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
+    qk_scale = sm.host_scalar(qk_hi, qk_lo, ACC)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -92,7 +94,7 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, D, ACC: tl.constexpr, BLOCK_M: tl
 
 @triton.jit
 def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, sN, sH, sC, sT,
-                     gN, gH, gC, gT, H, T, D, qk_scale, sm_scale,
+                     gN, gH, gC, gT, H, T, D, qk_hi, qk_lo, sm_hi, sm_lo,
                      IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
     """dV = Pᵀ dO, dK = s·dSᵀ Q over all query blocks for one key block; gX: strides of the gradient views."""
@@ -120,21 +122,21 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
         do = tl.load(do_base + rows[:, None] + offs_d[None, :].to(tl.int64) * T, mask=q_mask, other=0.0)
         lse = tl.load(lse_ptr + row_base + rows, mask=m_mask, other=0.0)
         delta = tl.load(delta_ptr + row_base + rows, mask=m_mask, other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale  # [M, N], log2 domain
+        s = _dot(q, tl.trans(k), IEEE).to(ACC) * sm.host_scalar(qk_hi, qk_lo, ACC)  # [M, N], log2 domain
         p = tl.exp2(s - lse[:, None])
         p = tl.where(m_mask[:, None] & n_mask[None, :], p, 0.0)
         dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
-    dk = dk * sm_scale
+    dk = dk * sm.host_scalar(sm_hi, sm_lo, ACC)
     tl.store(_tile_ptrs(dk_ptr, b, h, H, gN, gH, gC, gT, offs_n, offs_d), dk.to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(_tile_ptrs(dv_ptr, b, h, H, gN, gH, gC, gT, offs_n, offs_d), dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, sN, sH, sC, sT,
-                   gN, gH, gC, gT, H, T, D, qk_scale, sm_scale,
+                   gN, gH, gC, gT, H, T, D, qk_hi, qk_lo, sm_hi, sm_lo,
                    IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr):
     """dQ = s·dS K over all key blocks for one query block."""
@@ -160,13 +162,13 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, sN, 
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(_tile_ptrs(k_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
         v = tl.load(_tile_ptrs(v_ptr, b, h, H, sN, sH, sC, sT, cols, offs_d), mask=kv_mask, other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale
+        s = _dot(q, tl.trans(k), IEEE).to(ACC) * sm.host_scalar(qk_hi, qk_lo, ACC)
         p = tl.exp2(s - lse[:, None])
         p = tl.where(m_mask[:, None] & n_mask[None, :], p, 0.0)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
-    dq = dq * sm_scale
+    dq = dq * sm.host_scalar(sm_hi, sm_lo, ACC)
     tl.store(_tile_ptrs(dq_ptr, b, h, H, gN, gH, gC, gT, offs_m, offs_d), dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
@@ -225,9 +227,11 @@ def _precision(dtype: torch.dtype) -> dict:
             "ACC": tl.float64 if dtype == torch.float64 else tl.float32}
 
 
-def _scales(d: int):
+def _scales(d: int) -> tuple[float, float, float, float]:
+    """(qk_hi, qk_lo, sm_hi, sm_lo): the logit scale C^(-1/2)·log2(e) and C^(-1/2), each as fp32 hi + lo halves
+    (Triton passes Python floats as fp32; host_scalar rebuilds them, to ~48 bits in fp64 kernels)."""
     sm_scale = 1.0 / math.sqrt(d)
-    return sm_scale * _LOG2E, sm_scale
+    return _launch.split_float(sm_scale * _LOG2E) + _launch.split_float(sm_scale)
 
 
 def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
@@ -244,10 +248,10 @@ def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
     if out.numel() == 0:
         return out, lse
     bm, bn, bd, warps, stages = _config(d, qkv.dtype)
-    qk_scale, _ = _scales(d)
     grid = (triton.cdiv(t, bm), n * num_heads)
-    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _length(t), d, qk_scale, **_precision(qkv.dtype),
-                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
+    qk_hi, qk_lo, _, _ = _scales(d)
+    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _length(t), d, qk_hi, qk_lo,
+                      **_precision(qkv.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
     return out, lse
 
 
@@ -262,12 +266,11 @@ def attention_backward(qkv, out, lse, grad, num_heads: int, legacy: bool):
     dq, dk, dv = _split(dqkv, num_heads, legacy)
     do = grad.contiguous()
     bm, bn, bd, warps, stages = _config(d, qkv.dtype)
-    qk_scale, sm_scale = _scales(d)
     precision = _precision(qkv.dtype)
     delta = torch.empty_like(lse)
     _delta_kernel[(triton.cdiv(t, bm), n * num_heads)](out, do, delta, _length(t), d, ACC=precision["ACC"],
                                                        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
-    args = (*q.stride(), *dq.stride(), num_heads, _length(t), d, qk_scale, sm_scale)
+    args = (*q.stride(), *dq.stride(), num_heads, _length(t), d, *_scales(d))
     tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
     _bwd_dkdv_kernel[(triton.cdiv(t, bn), n * num_heads)](q, k, v, do, lse, delta, dk, dv, *args, **precision, **tiles)
     _bwd_dq_kernel[(triton.cdiv(t, bm), n * num_heads)](q, k, v, do, lse, delta, dq, *args, **precision, **tiles)

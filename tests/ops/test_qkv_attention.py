@@ -142,6 +142,13 @@ def test_fp64_heads_over_the_shared_memory_limit_are_refused_by_name(monkeypatch
         kernels.attention_forward(torch.randn(1, 3 * (d + 1), 4, dtype=torch.float64), 1, True)
 
 
+def test_triton_fp64_is_fp64_accurate():
+    """fp64 runs end to end in fp64 (statistics, accumulators, the log-sum-exp and the C^(-1/2) scale)."""
+    qkv = torch.randn(2, 3 * 2 * 24, 19, dtype=torch.float64, device=backend_device("triton"))
+    torch.testing.assert_close(ops.qkv_attention(qkv, 2, backend="triton"), qa.reference(qkv, 2),
+                               rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.gpu
 def test_fp64_wide_heads_auto_gpu():
     qkv = torch.randn(1, 3 * 2 * 160, 33, dtype=torch.float64, device="cuda")
