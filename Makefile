@@ -42,20 +42,25 @@ bench: install
 	$(PYTHON) benchmarks/run.py
 	$(PYTHON) benchmarks/report.py
 
-# The whole CUDA side of the extension, compiled with no GPU: every csrc/cuda/*.cu with nvcc for each arch (they
-# include no torch headers), then the host glue (csrc/cuda/*_torch.cpp, and ops.cpp as the CUDA build sees it)
-# with the host compiler against the installed torch's headers (the CPU wheel ships c10/cuda and ATen/cuda) and
-# the CUDA toolkit's, with the flags setup.py gives them. Nothing is linked: a CPU torch has no CUDA libraries.
-# The CPU wheel lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h; the shim is what CMake writes
-# for the shared-library builds torch ships (searched after torch's own headers, so a CUDA torch's copy wins).
+# The whole CUDA side of the extension, compiled with no GPU:
+# - every csrc/cuda/*.cu with nvcc for each arch and setup.py's release flags (they include no torch headers); no
+#   device assert may survive -DNDEBUG;
+# - the host glue (csrc/cuda/*_torch.cpp, and ops.cpp as the CUDA build sees it) with the host compiler against the
+#   installed torch's headers (the CPU wheel ships c10/cuda and ATen/cuda) and the CUDA toolkit's, with the flags
+#   setup.py gives them. Nothing is linked (a CPU torch has no CUDA libraries), but every launcher the glue calls
+#   must be defined by the .cu objects. The CPU wheel lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h;
+#   the shim is what CMake writes for the shared-library builds torch ships (searched after torch's own headers,
+#   so a CUDA torch's copy wins).
 CUDA_INC ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ INCLUDES="\(.*\)" *$$/\1/p' | head -1)
 CUDA_CHECK_OUT := build/cuda-check
 
 cuda-check: install
 	@set -e; mkdir -p $(CUDA_CHECK_OUT); for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; \
-	  $(NVCC) -std=c++17 -O3 -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+	  $(NVCC) -std=c++17 -O3 -DNDEBUG -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
 	    -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o; \
+	  if strings $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o | grep -q __assertfail; then \
+	    echo "cuda-check: $$f keeps a device assert in a release build (sticky cudaErrorAssert)"; exit 1; fi; \
 	done
 	@set -e; test -n "$(CUDA_INC)" || { echo "cuda-check: could not find the CUDA toolkit's headers through $(NVCC)"; exit 1; }; \
 	inc=$$($(PYTHON) -c "from torch.utils.cpp_extension import include_paths; import sysconfig; print(' '.join('-I' + p for p in include_paths() + [sysconfig.get_paths()['include']]))"); \

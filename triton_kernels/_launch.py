@@ -1,6 +1,7 @@
 """Host-side launch helpers shared by the launchers: row views, tile sizes, scalars. No host synchronisation."""
 from __future__ import annotations
 
+import functools
 import struct
 
 import torch
@@ -22,6 +23,19 @@ def interpreted() -> bool:
     Launchers branch on this, never on the tensors' device, so the ahead-of-time check (`make triton-check`),
     which captures launches of CPU tensors without the interpreter, sees exactly the GPU configuration."""
     return bool(triton.knobs.runtime.interpret)
+
+
+def on_tensor_device(launcher):
+    """Run `launcher` with its first tensor argument's CUDA device current: Triton launches on the current device,
+    so tensors on cuda:1 while cuda:0 is current would otherwise be read through the wrong device's context."""
+    @functools.wraps(launcher)
+    def launch(*args, **kwargs):
+        x = next(a for a in args if isinstance(a, torch.Tensor))
+        if x.device.type != "cuda":
+            return launcher(*args, **kwargs)
+        with torch.cuda.device(x.device):
+            return launcher(*args, **kwargs)
+    return launch
 
 
 class Tiling:
@@ -65,10 +79,11 @@ def split_float(value: float) -> tuple[float, float]:
 
 def noise_mode(noise, seed: int, seed_tensor=None) -> int:
     """0: no noise term, 1: the caller's noise tensor, 2: in-kernel Philox(seed, offset) with an int seed or
-    the device seed tensor (read by the kernel)."""
-    if seed >= 0 or seed_tensor is not None:
-        return 2
-    return 1 if noise is not None else 0
+    the device seed tensor (read by the kernel). A noise tensor wins over a seed, as in the reference
+    (fastdiff.ops._common.step_noise) and the C++ kernels."""
+    if noise is not None:
+        return 1
+    return 2 if seed >= 0 or seed_tensor is not None else 0
 
 
 class StepLaunch:

@@ -36,18 +36,20 @@ def store_tile(ptr, rows, M, cols, mask, value):
 
 
 @triton.jit
-def load_t(t_ptr, rows, row_mask):
-    """The timestep index t[n] of each row, int64 [ROWS]; 0 for rows past N."""
-    return tl.load(t_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+def load_t(t_ptr, rows, row_mask, T):
+    """The timestep index t[n] of each row, int64 [ROWS]: 0 for rows past N, and -1 where t[n] lies outside the
+    table's [0, T) (coef_rows then gives NaN: the sample is poisoned, never read out of bounds, and no host
+    synchronisation is needed to check it)."""
+    t = tl.load(t_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    return tl.where((t >= 0) & (t < T), t, -1)
 
 
 @triton.jit
 def coef_rows(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
-    """coefs[t[n], COL] for each row, ACC [ROWS].
-
-    Unmasked: rows past N carry t = 0 (see load_t), a valid table row, so no garbage enters the math.
-    """
-    return tl.load(coefs_ptr + t * K.NCOEF + COL).to(ACC)
+    """coefs[t[n], COL] for each row, ACC [ROWS]; NaN for t = -1 (out of range, see load_t)."""
+    valid = t >= 0
+    value = tl.load(coefs_ptr + tl.where(valid, t, 0) * K.NCOEF + COL).to(ACC)
+    return tl.where(valid, value, float("nan"))
 
 
 @triton.jit
@@ -154,6 +156,18 @@ def step_seed(seed, seed_ptr, SEED_FROM_PTR: tl.constexpr):
     if SEED_FROM_PTR:
         seed = tl.load(seed_ptr)
     return seed
+
+
+@triton.jit
+def step_t_seed(t_ptr, rows, row_mask, T, seed, seed_ptr, NOISE: tl.constexpr, SEED_FROM_PTR: tl.constexpr):
+    """(t, seed) of a sampler step: load_t's rows and the Philox seed. A negative device seed (which the host cannot
+    check without a synchronisation) marks every row out of range, so the step comes out NaN as in the CUDA kernels
+    (an int seed is checked on the host)."""
+    t = load_t(t_ptr, rows, row_mask, T)
+    if NOISE == 2:
+        seed = step_seed(seed, seed_ptr, SEED_FROM_PTR)
+        t = tl.where(seed >= 0, t, -1)
+    return t, seed
 
 
 @triton.jit

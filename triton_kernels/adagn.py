@@ -173,6 +173,7 @@ def _params(x, weight, bias, scale, shift):
     return acc, w, b, s, sh
 
 
+@_launch.on_tensor_device
 def adagn(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool):
     """(out, mean, rstd) as fastdiff.ops.adagn.reference; x: [N, C, *spatial] in any layout."""
     n, c = x.shape[0], x.shape[1]
@@ -202,6 +203,7 @@ def adagn(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool
     return out, mean, rstd
 
 
+@_launch.on_tensor_device
 def adagn_backward(grad_out, x, weight, bias, scale, shift, mean, rstd, num_groups: int, silu: bool):
     """(dx, dγ, dβ, dscale, dshift) as fastdiff.ops.adagn.backward_reference."""
     n, c = x.shape[0], x.shape[1]

@@ -10,7 +10,7 @@ from . import _sampler_math as sm
 
 @triton.jit(do_not_specialize=["eta_hi", "eta_lo", "scale_hi", "scale_lo", "seed", "offset"])
 def _ddim_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noise_ptr, noise_stride,
-                      coefs_ptr, t_ptr, out_ptr, x0_ptr, N, M,
+                      coefs_ptr, t_ptr, T, out_ptr, x0_ptr, N, M,
                       eta_hi, eta_lo, scale_hi, scale_lo, seed, seed_ptr, offset,
                       PREDICTION: tl.constexpr, CLIP: tl.constexpr, HAS_UNCOND: tl.constexpr,
                       NOISE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, STORE_X0: tl.constexpr,
@@ -23,7 +23,7 @@ def _ddim_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
     One program: ROWS samples x BLOCK_M elements.
     """
     rows, cols, row_mask, mask = sm.tile(N, M, ROWS, BLOCK_M)
-    t = sm.load_t(t_ptr, rows, row_mask)
+    t, seed = sm.step_t_seed(t_ptr, rows, row_mask, T, seed, seed_ptr, NOISE, SEED_FROM_PTR)
     x = sm.load_tile(x_ptr, rows, x_stride, cols, mask, ACC)
     out = sm.load_tile(mo_ptr, rows, mo_stride, cols, mask, ACC)
     if HAS_UNCOND:
@@ -34,7 +34,6 @@ def _ddim_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
     sigma = sm.ddim_sigma(sm.host_scalar(eta_hi, eta_lo, ACC), coefs_ptr, t, ACC)
     x_prev = sm.ddim_mean(x0, eps, sigma, coefs_ptr, t, ACC)
     if NOISE != 0:
-        seed = sm.step_seed(seed, seed_ptr, SEED_FROM_PTR)
         z = sm.step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE, ACC)
         x_prev = x_prev + sm.nonzero_t(t, ACC) * sigma * z
     sm.store_tile(out_ptr, rows, M, cols, mask, x_prev)
@@ -42,6 +41,7 @@ def _ddim_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
         sm.store_tile(x0_ptr, rows, M, cols, mask, x0)
 
 
+@_launch.on_tensor_device
 def ddim_step(x, model_output, model_output_uncond, coefs, t, eta, prediction, clip_denoised, guidance_scale,
               noise, seed, offset, return_x0, seed_tensor=None):
     """One DDIM step; arguments and results exactly those of fastdiff.ops.ddim_step.reference.
@@ -56,7 +56,7 @@ def ddim_step(x, model_output, model_output_uncond, coefs, t, eta, prediction, c
     eta_hi, eta_lo = _launch.split_float(eta)
     scale_hi, scale_lo = _launch.split_float(guidance_scale)
     _ddim_step_kernel[s.tiling.grid](
-        *s.inputs, coefs.contiguous(), t.contiguous(), *s.outputs, s.n, s.m,
+        *s.inputs, coefs.contiguous(), t.contiguous(), coefs.shape[0], *s.outputs, s.n, s.m,
         eta_hi, eta_lo, scale_hi, scale_lo, seed_int, seed_ptr, offset,
         PREDICTION=prediction, CLIP=bool(clip_denoised), HAS_UNCOND=model_output_uncond is not None,
         NOISE=s.noise_mode, SEED_FROM_PTR=seed_from_ptr, STORE_X0=bool(return_x0), ACC=s.acc,

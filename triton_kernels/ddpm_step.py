@@ -10,7 +10,7 @@ from . import _sampler_math as sm
 
 @triton.jit(do_not_specialize=["scale_hi", "scale_lo", "seed", "offset"])
 def _ddpm_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noise_ptr, noise_stride,
-                      coefs_ptr, t_ptr, out_ptr, x0_ptr, N, M,
+                      coefs_ptr, t_ptr, T, out_ptr, x0_ptr, N, M,
                       scale_hi, scale_lo, seed, seed_ptr, offset,
                       PREDICTION: tl.constexpr, VAR_TYPE: tl.constexpr, CLIP: tl.constexpr,
                       HAS_UNCOND: tl.constexpr, NOISE: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
@@ -23,7 +23,7 @@ def _ddpm_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
     seed_ptr: int64 [1] device seed, read when SEED_FROM_PTR (else `seed`).
     """
     rows, cols, row_mask, mask = sm.tile(N, M, ROWS, BLOCK_M)
-    t = sm.load_t(t_ptr, rows, row_mask)
+    t, seed = sm.step_t_seed(t_ptr, rows, row_mask, T, seed, seed_ptr, NOISE, SEED_FROM_PTR)
     x = sm.load_tile(x_ptr, rows, x_stride, cols, mask, ACC)
     out = sm.load_tile(mo_ptr, rows, mo_stride, cols, mask, ACC)
     if HAS_UNCOND:
@@ -37,7 +37,6 @@ def _ddpm_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
         else:
             v = x  # unused by the fixed variances
         log_var = sm.ddpm_log_variance(v, coefs_ptr, t, VAR_TYPE, ACC)
-        seed = sm.step_seed(seed, seed_ptr, SEED_FROM_PTR)
         z = sm.step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE, ACC)
         x_prev = x_prev + sm.nonzero_t(t, ACC) * tl.exp(0.5 * log_var) * z
     sm.store_tile(out_ptr, rows, M, cols, mask, x_prev)
@@ -45,6 +44,7 @@ def _ddpm_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
         sm.store_tile(x0_ptr, rows, M, cols, mask, x0)
 
 
+@_launch.on_tensor_device
 def ddpm_step(x, model_output, model_output_uncond, coefs, t, prediction, var_type, clip_denoised, guidance_scale,
               noise, seed, offset, return_x0, seed_tensor=None):
     """One ancestral DDPM step; arguments and results exactly those of fastdiff.ops.ddpm_step.reference.
@@ -59,7 +59,7 @@ def ddpm_step(x, model_output, model_output_uncond, coefs, t, prediction, var_ty
     seed_int, seed_ptr, seed_from_ptr = s.seed
     scale_hi, scale_lo = _launch.split_float(guidance_scale)
     _ddpm_step_kernel[s.tiling.grid](
-        *s.inputs, coefs.contiguous(), t.contiguous(), *s.outputs, s.n, s.m,
+        *s.inputs, coefs.contiguous(), t.contiguous(), coefs.shape[0], *s.outputs, s.n, s.m,
         scale_hi, scale_lo, seed_int, seed_ptr, offset,
         PREDICTION=prediction, VAR_TYPE=var_type, CLIP=bool(clip_denoised),
         HAS_UNCOND=model_output_uncond is not None, NOISE=s.noise_mode, SEED_FROM_PTR=seed_from_ptr,

@@ -234,6 +234,7 @@ def _scales(d: int) -> tuple[float, float, float, float]:
     return _launch.split_float(sm_scale * _LOG2E) + _launch.split_float(sm_scale)
 
 
+@_launch.on_tensor_device
 def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
     """(out [N, H·C, T], lse [N·H, T] in log2 units, fp32 (fp64 for fp64 qkv)) for qkv [N, 3·H·C, T];
     as qkv_attention.reference."""
@@ -255,6 +256,7 @@ def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
     return out, lse
 
 
+@_launch.on_tensor_device
 def attention_backward(qkv, out, lse, grad, num_heads: int, legacy: bool):
     """∂loss/∂qkv [N, 3·H·C, T] (contiguous) from the output gradient, recomputing P from the log-sum-exp."""
     n, width, t = qkv.shape

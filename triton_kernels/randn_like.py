@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
 from . import _sampler_math as sm
 
 BLOCK = 1024
@@ -18,6 +19,7 @@ def _randn_kernel(out_ptr, numel, seed, offset, BLOCK: tl.constexpr):
     tl.store(out_ptr + j, z.to(out_ptr.dtype.element_ty), mask=j < numel)
 
 
+@_launch.on_tensor_device
 def randn_like(x, seed, offset):
     """Standard normals with x's shape and dtype, contiguous; as fastdiff.ops.randn_like.reference."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -24,7 +24,8 @@ __global__ void ddim_step_kernel(Rows rows, TableArgs table, StepParams p) {
   const uint64_t seed = seeded ? step_seed(p) : 0;
   for (int64_t n = blockIdx.y; n < rows.n; n += gridDim.y) {
     R row[coef::NCOEF];
-    const int64_t tn = table.t[n];
+    // A negative device seed (not checkable on the host without a sync) poisons the step like an out-of-range t.
+    const int64_t tn = seeded && static_cast<int64_t>(seed) < 0 ? -1 : table.t[n];
     load_row(static_cast<const R*>(table.coefs), table.table_len, tn, row);
     const DdimCoefs<A> c = ddim_coefs<A>(row, tn != 0, static_cast<A>(p.eta), p.prediction, p.clip);
     // Philox normals are finite, so a zero noise scale (t = 0 or η = 0) adds exactly nothing: skip them.

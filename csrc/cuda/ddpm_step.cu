@@ -23,10 +23,12 @@ __global__ void ddpm_step_kernel(Rows rows, TableArgs table, StepParams p) {
   const A scale = static_cast<A>(p.guidance_scale);
   const bool learned = p.var_type >= VAR_LEARNED;
   const bool noisy = noise != nullptr || has_philox_seed(p);
-  const uint64_t seed = noise == nullptr && noisy ? step_seed(p) : 0;
+  const bool seeded = noise == nullptr && noisy;
+  const uint64_t seed = seeded ? step_seed(p) : 0;
   for (int64_t n = blockIdx.y; n < rows.n; n += gridDim.y) {
     R row[coef::NCOEF];
-    const int64_t tn = table.t[n];
+    // A negative device seed (not checkable on the host without a sync) poisons the step like an out-of-range t.
+    const int64_t tn = seeded && static_cast<int64_t>(seed) < 0 ? -1 : table.t[n];
     load_row(static_cast<const R*>(table.coefs), table.table_len, tn, row);
     const DdpmCoefs<A> c = ddpm_coefs<A>(row, tn != 0, p.prediction, p.var_type, p.clip);
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < vecs;

@@ -19,7 +19,7 @@ struct Rows {
 struct TableArgs {
   const void* coefs = nullptr;  // [T, NCOEF] float or double
   DType coefs_dtype = DType::kFloat;
-  int64_t table_len = 0;        // T; rows with t[n] outside [0, T) assert on device and produce NaN
+  int64_t table_len = 0;        // T; rows with t[n] outside [0, T) produce NaN (and assert in debug builds)
   const int64_t* t = nullptr;   // [N]
 };
 

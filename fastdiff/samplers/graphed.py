@@ -351,7 +351,8 @@ class GraphedSampler:
         self.loop = StaticLoop(model, plan, shape, eta=eta, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
                                uncond_kwargs=uncond_kwargs, dtype=dtype, device=self.device, backend=backend)
         self.captures = 0
-        self._capture(int(warmup_steps))
+        with torch.cuda.device(self.device):  # capture on the model's device, whichever one is current
+            self._capture(int(warmup_steps))
 
     @torch.no_grad()
     def _capture(self, warmup_steps: int) -> None:
@@ -383,7 +384,8 @@ class GraphedSampler:
         kwargs given at construction (same shapes; omitted ones keep their last values). clone=False returns the
         graph's output buffer itself, which the next call overwrites."""
         self.loop.load(x_T, seed, model_kwargs)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self._out.clone() if clone else self._out
 
     def eager(self, x_T: torch.Tensor | None = None, seed: int = 0, **model_kwargs) -> torch.Tensor:

@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -86,3 +87,38 @@ def test_import_without_extension_does_not_fail():
             "print(s['cpu'].reason)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "did not load" in out.stdout
+
+
+def test_triton_launchers_run_on_their_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: every launcher makes its first tensor's device current
+    (recorded here through a stand-in torch.cuda.device, as this machine may have no GPU)."""
+    launch = importlib.import_module("fastdiff.triton_kernels._launch")
+    entered = []
+
+    class Device:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    class OnCuda1(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    inside = launch.on_tensor_device(lambda scale, x: (scale, list(entered)))
+    x = torch.Tensor._make_subclass(OnCuda1, torch.zeros(2))
+    assert inside(2.0, x) == (2.0, [torch.device("cuda", 1)]) and entered[-1] == "exit"
+    entered.clear()
+    assert inside(2.0, torch.zeros(2)) == (2.0, []) and entered == []  # CPU tensors: nothing to switch
+    launchers = {op: [op] for op in ("ddim_step", "ddpm_step", "q_sample", "posterior_mean_variance", "randn_like")}
+    launchers.update(adagn=["adagn", "adagn_backward"], qkv_attention=["attention_forward", "attention_backward"])
+    for module, names in launchers.items():
+        kernels = importlib.import_module(f"fastdiff.triton_kernels.{module}")
+        for name in names:
+            assert hasattr(getattr(kernels, name), "__wrapped__"), name  # wrapped by on_tensor_device

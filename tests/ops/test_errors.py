@@ -1,10 +1,12 @@
 """Bad input gives a clear error naming the argument, on every backend (checks run before dispatch)."""
+import importlib
 import math
 
 import pytest
 import torch
 
 import fastdiff.ops as ops
+from tests.ops._cases import backend_device
 
 
 @pytest.fixture
@@ -116,3 +118,42 @@ def test_step_table_validation():
         ops.step_table([0.1, 1.5])
     with pytest.raises(ValueError, match="timesteps must lie in"):
         ops.betas_for_timesteps([0.9, 0.8], [0, 2])
+
+
+@pytest.mark.parametrize("op", ["ddim_step", "ddpm_step", "q_sample", "posterior_mean_variance"])
+def test_triton_kernels_poison_out_of_range_timesteps(op):
+    """The Triton launchers, called directly (the public op checks t on the host only where that costs no device
+    synchronisation), never read the table out of bounds: a row whose t lies outside [0, T) comes out NaN, as in
+    the CUDA kernels, and the other rows are untouched."""
+    launchers = importlib.import_module(f"fastdiff.triton_kernels.{op}")
+    ref = importlib.import_module(f"fastdiff.ops.{op}").reference
+    device = backend_device("triton")
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy(), device=device)
+    x, eps = torch.randn(4, 3, 5, device=device), torch.randn(4, 3, 5, device=device)
+    bad = torch.tensor([3, -1, 10, 2**40], device=device)
+    args = {"ddim_step": (x, eps, None, coefs, bad, 0.5, 0, True, 1.0, eps, -1, 0, False),
+            "ddpm_step": (x, eps, None, coefs, bad, 0, 0, True, 1.0, eps, -1, 0, False),
+            "q_sample": (x, eps, coefs, bad),
+            "posterior_mean_variance": (x, eps, coefs, bad)}[op]
+    out = getattr(launchers, op)(*args)
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    assert torch.isnan(out[1:]).all()
+    good = [a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 4 else a for a in args]
+    want = ref(*good)
+    want = want if isinstance(want, torch.Tensor) else want[0]
+    torch.testing.assert_close(out[:1], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["ddim_step", "ddpm_step"])
+def test_triton_kernels_poison_a_negative_device_seed(op):
+    """A negative seed in the device seed tensor cannot be checked on the host without a synchronisation: the
+    Triton (and CUDA) kernels poison the step with NaN, where the CPU kernel raises (test_bad_seed_tensor_is_named)."""
+    launchers = importlib.import_module(f"fastdiff.triton_kernels.{op}")
+    device = backend_device("triton")
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy(), device=device)
+    x, eps, t = torch.randn(3, 2, 5, device=device), torch.randn(3, 2, 5, device=device), torch.tensor([4, 0, 9])
+    tail = (eps, None, coefs, t.to(device)) + ((0.5, 0) if op == "ddim_step" else (0, 0)) + (True, 1.0, None, -1, 0,
+                                                                                              False)
+    for seed, finite in ((5, True), (-3, False)):
+        out, _ = getattr(launchers, op)(x, *tail, torch.tensor([seed], device=device))
+        assert bool(torch.isfinite(out).all()) == finite and (finite or bool(torch.isnan(out).all()))
