@@ -41,11 +41,15 @@ def on_tensor_device(launcher):
 class Tiling:
     """A [ROWS, BLOCK_M] tile over N rows of M elements, and the 2-D grid (row blocks, column blocks)."""
 
-    def __init__(self, n: int, m: int):
+    def __init__(self, n: int, m: int, dtype: torch.dtype = torch.float32):
         self.block_m = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
         self.rows = min(max(TILE // self.block_m, 1), triton.next_power_of_2(max(n, 1)))
         elems = self.rows * self.block_m
         self.num_warps = 4 if elems >= 512 else 1
+        if dtype == torch.float64 and elems >= 1024:
+            # fp64 math takes register pairs: at 8 values per thread the DDPM step with learned-range variance
+            # and Philox noise spilled on sm_90 (make triton-check); 8 warps hold 4 each.
+            self.num_warps = 8
         col_blocks = max(triton.cdiv(m, self.block_m), 1)
         if col_blocks > MAX_GRID_Y:
             raise ValueError(f"a row of {m} elements per sample needs {col_blocks} blocks, "
@@ -111,5 +115,5 @@ class StepLaunch:
         nz, nz_stride = rows(noise) if self.noise_mode == 1 else (xr, x_stride)
         self.inputs = (xr, x_stride, mo, mo_stride, mu, mu_stride, nz, nz_stride)
         self.outputs = (self.x_prev, self.x0 if return_x0 else self.x_prev)
-        self.tiling = Tiling(self.n, self.m)
+        self.tiling = Tiling(self.n, self.m, x.dtype)
         self.acc = acc_dtype(x.dtype)

@@ -43,7 +43,7 @@ def posterior_mean_variance(x_start, x_t, coefs, t):
         return mean, var, log_var
     x0, x0_stride = _launch.rows(x_start)
     xt, xt_stride = _launch.rows(x_t)
-    tiling = _launch.Tiling(n, m)
+    tiling = _launch.Tiling(n, m, x_start.dtype)
     _posterior_kernel[tiling.grid](
         x0, x0_stride, xt, xt_stride, coefs.contiguous(), t.contiguous(), coefs.shape[0], mean, var, log_var,
         n, m,

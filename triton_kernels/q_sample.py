@@ -30,7 +30,7 @@ def q_sample(x_start, noise, coefs, t):
         return out
     x, x_stride = _launch.rows(x_start)
     nz, nz_stride = _launch.rows(noise)
-    tiling = _launch.Tiling(n, m)
+    tiling = _launch.Tiling(n, m, x_start.dtype)
     _q_sample_kernel[tiling.grid](
         x, x_stride, nz, nz_stride, coefs.contiguous(), t.contiguous(), coefs.shape[0], out, n, m,
         ACC=_launch.acc_dtype(x.dtype), ROWS=tiling.rows, BLOCK_M=tiling.block_m, num_warps=tiling.num_warps)
