@@ -25,6 +25,21 @@ def interpreted() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
+def loop_bound(n: int):
+    """A kernel's runtime loop bound. The interpreter hands runtime ints to kernels as 1-element arrays that numpy 2
+    will not turn into a `range` bound, so there it goes in as a constexpr (a kernel per value, which costs nothing
+    without compilation); compiled, it stays a runtime argument (one kernel for every value)."""
+    return tl.constexpr(n) if interpreted() else n
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device, for grids sized to fill it; an H100's 132 elsewhere (the
+    interpreter, the ahead-of-time check)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
 def on_tensor_device(launcher):
     """Run `launcher` with its first tensor argument's CUDA device current: Triton launches on the current device,
     so tensors on cuda:1 while cuda:0 is current would otherwise be read through the wrong device's context."""
@@ -41,7 +56,7 @@ def on_tensor_device(launcher):
 class Tiling:
     """A [ROWS, BLOCK_M] tile over N rows of M elements, and the 2-D grid (row blocks, column blocks)."""
 
-    def __init__(self, n: int, m: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, n: int, m: int, dtype: torch.dtype):
         self.block_m = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
         self.rows = min(max(TILE // self.block_m, 1), triton.next_power_of_2(max(n, 1)))
         elems = self.rows * self.block_m

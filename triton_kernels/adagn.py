@@ -2,8 +2,8 @@
 
 The math mirrors csrc/include/fastdiff/groupnorm.h. Forward: (1) a split reduction, grid (N·G groups, SPLIT
 slices of each group's C/G·S contiguous values), each program folding its slice block by block into a Welford
-triple (count, mean, M2); SPLIT is chosen so the grid holds ~4 programs per SM even at batch 1 with few groups;
-(2) one program per (sample·channel, spatial block) that merges its group's SPLIT triples (Chan's formula), folds
+triple (count, mean, M2); SPLIT is chosen so the grid holds ~4 programs per SM of the tensors' device even at
+batch 1 with few groups; (2) one program per (sample·channel, spatial block) that merges its group's SPLIT triples (Chan's formula), folds
 γ, β, scale, shift into out = a·(x − mean) + b and applies SiLU. Backward: per-(channel, block) partial sums of
 dz and dz·(x − mean), a handful of [N, C]-sized torch ops for the coupling terms, and one pass writing dx.
 """
@@ -14,13 +14,14 @@ import triton
 import triton.language as tl
 
 from . import _launch
+from . import _sampler_math as sm
 
 MAX_SPLIT = 64
-TARGET_PROGRAMS = 4 * 132  # H100: 132 SMs
+PROGRAMS_PER_SM = 4
 
 
 @triton.jit
-def _stats_kernel(x_ptr, part_ptr, L, CHUNK, SPLIT: tl.constexpr, ITERS: tl.constexpr, BLOCK: tl.constexpr,
+def _stats_kernel(x_ptr, part_ptr, L, CHUNK, ITERS, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
                   ACC: tl.constexpr):
     """Welford triple of slice `pid(1)` (CHUNK = ITERS·BLOCK values) of group `pid(0)` (L contiguous values)."""
     row = tl.program_id(0).to(tl.int64)
@@ -80,7 +81,8 @@ def _channel_affine(w_ptr, b_ptr, s_ptr, sh_ptr, n, c, C, rstd, HAS_SCALE: tl.co
 
 
 @triton.jit
-def _apply_kernel(x_ptr, out_ptr, part_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, C, S, D, G, eps,
+def _apply_kernel(x_ptr, out_ptr, part_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, sh_ptr, C, S, D, G,
+                  eps_hi, eps_lo,
                   HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, SPLIT: tl.constexpr,
                   BLOCK: tl.constexpr, ACC: tl.constexpr):
     nc = tl.program_id(0).to(tl.int64)
@@ -88,7 +90,7 @@ def _apply_kernel(x_ptr, out_ptr, part_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_
     n = nc // C
     c = nc % C
     row = n * G + c // D
-    mean, rstd = _group_stats(part_ptr, row, eps, SPLIT)
+    mean, rstd = _group_stats(part_ptr, row, sm.host_scalar(eps_hi, eps_lo, ACC), SPLIT)
     if blk == 0 and c % D == 0:
         tl.store(mean_ptr + row, mean)
         tl.store(rstd_ptr + row, rstd)
@@ -189,17 +191,19 @@ def adagn(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool
     length = (c // g) * spatial
     block, warps = _block(length)
     blocks = triton.cdiv(length, block)
-    split = min(triton.next_power_of_2(triton.cdiv(TARGET_PROGRAMS, n * g)), MAX_SPLIT,
+    programs = PROGRAMS_PER_SM * _launch.sm_count(x.device)
+    split = min(triton.next_power_of_2(triton.cdiv(programs, n * g)), MAX_SPLIT,
                 triton.next_power_of_2(blocks))
     chunk = triton.cdiv(blocks, split) * block
     part = torch.empty((n * g, split, 3), dtype=acc, device=x.device)
     tacc = _launch.acc_dtype(x.dtype)
-    _stats_kernel[(n * g, split)](xc, part, length, chunk, SPLIT=split, ITERS=chunk // block, BLOCK=block, ACC=tacc,
-                                  num_warps=warps)
+    _stats_kernel[(n * g, split)](xc, part, length, chunk, _launch.loop_bound(chunk // block), SPLIT=split,
+                                  BLOCK=block, ACC=tacc, num_warps=warps)
     sblock, swarps = _block(spatial)
     _apply_kernel[(n * c, triton.cdiv(spatial, sblock))](
-        xc, out, part, mean, rstd, w, b, s, sh, c, spatial, c // g, g, float(eps), HAS_SCALE=scale is not None,
-        HAS_SHIFT=shift is not None, SILU=bool(silu), SPLIT=split, BLOCK=sblock, ACC=tacc, num_warps=swarps)
+        xc, out, part, mean, rstd, w, b, s, sh, c, spatial, c // g, g, *_launch.split_float(eps),
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=bool(silu), SPLIT=split, BLOCK=sblock,
+        ACC=tacc, num_warps=swarps)
     return out, mean, rstd
 
 

@@ -39,8 +39,8 @@ def _dot(a, b, IEEE: tl.constexpr):
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk_hi, qk_lo,
                 IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)  # N·H on axis 0 (up to 2^31 - 1 programs; axis 1 allows only 65,535)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     qk_scale = sm.host_scalar(qk_hi, qk_lo, ACC)
@@ -81,8 +81,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sN, sH, sC, sT, H, T, D, qk
 @triton.jit
 def _delta_kernel(o_ptr, do_ptr, delta_ptr, T, D, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """δ = rowsum(dO ∘ O) per query position; o, do: [N·H, C, T] contiguous."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < T)[:, None] & (offs_d < D)[None, :]
@@ -98,8 +98,8 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
                      IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr):
     """dV = Pᵀ dO, dK = s·dSᵀ Q over all query blocks for one key block; gX: strides of the gradient views."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_n = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -140,8 +140,8 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, sN, 
                    IEEE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr):
     """dQ = s·dS K over all key blocks for one query block."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -209,13 +209,6 @@ def _config(d: int, dtype: torch.dtype):
     return 64, 64, block_d, 4, 2
 
 
-def _length(t: int):
-    """T as the kernels take it. The interpreter hands runtime ints to kernels as 1-element arrays that numpy 2
-    will not turn into a `range` bound, so there T goes in as a constexpr (a kernel per T, which costs nothing
-    without compilation); compiled, it stays a runtime argument (one kernel for all T)."""
-    return tl.constexpr(t) if _launch.interpreted() else t
-
-
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """Softmax statistics and accumulators: fp64 for fp64 inputs, fp32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -249,9 +242,9 @@ def attention_forward(qkv: torch.Tensor, num_heads: int, legacy: bool):
     if out.numel() == 0:
         return out, lse
     bm, bn, bd, warps, stages = _config(d, qkv.dtype)
-    grid = (triton.cdiv(t, bm), n * num_heads)
+    grid = (n * num_heads, triton.cdiv(t, bm))
     qk_hi, qk_lo, _, _ = _scales(d)
-    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _length(t), d, qk_hi, qk_lo,
+    _fwd_kernel[grid](q, k, v, out, lse, *q.stride(), num_heads, _launch.loop_bound(t), d, qk_hi, qk_lo,
                       **_precision(qkv.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
     return out, lse
 
@@ -270,12 +263,12 @@ def attention_backward(qkv, out, lse, grad, num_heads: int, legacy: bool):
     bm, bn, bd, warps, stages = _config(d, qkv.dtype)
     precision = _precision(qkv.dtype)
     delta = torch.empty_like(lse)
-    _delta_kernel[(triton.cdiv(t, bm), n * num_heads)](out, do, delta, _length(t), d, ACC=precision["ACC"],
+    _delta_kernel[(n * num_heads, triton.cdiv(t, bm))](out, do, delta, _launch.loop_bound(t), d, ACC=precision["ACC"],
                                                        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
-    args = (*q.stride(), *dq.stride(), num_heads, _length(t), d, *_scales(d))
+    args = (*q.stride(), *dq.stride(), num_heads, _launch.loop_bound(t), d, *_scales(d))
     tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages)
-    _bwd_dkdv_kernel[(triton.cdiv(t, bn), n * num_heads)](q, k, v, do, lse, delta, dk, dv, *args, **precision, **tiles)
-    _bwd_dq_kernel[(triton.cdiv(t, bm), n * num_heads)](q, k, v, do, lse, delta, dq, *args, **precision, **tiles)
+    _bwd_dkdv_kernel[(n * num_heads, triton.cdiv(t, bn))](q, k, v, do, lse, delta, dk, dv, *args, **precision, **tiles)
+    _bwd_dq_kernel[(n * num_heads, triton.cdiv(t, bm))](q, k, v, do, lse, delta, dq, *args, **precision, **tiles)
     return dqkv
 
 

@@ -193,3 +193,28 @@ def test_qkv_attention_triton_gpu(dtype, shape):
         exact, dexact = run(qkv.double(), "reference")
         _check(out, ref, exact, dtype, "forward", dict(meta, legacy=legacy))
         _check(dx, dref, dexact, dtype, "qkv gradient", dict(meta, legacy=legacy))
+
+
+def test_heads_times_batch_on_the_unbounded_grid_axis(monkeypatch):
+    """N·H programs go on grid axis 0 (2^31 − 1), query blocks on axis 1 (65,535): batch 4,096 with CFG × 16 heads
+    launches. Recorded by stand-in kernels, so nothing runs."""
+    kernels = importlib.import_module("fastdiff.triton_kernels.qkv_attention")
+    grids = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            grids[self.name] = grid
+            return lambda *args, **kwargs: None
+
+    for name in ("_fwd_kernel", "_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
+        monkeypatch.setattr(kernels, name, Recorder(name))
+    n, h, c, t = 2 * 4096, 16, 8, 16
+    qkv = torch.empty(n, 3 * h * c, t).as_strided((n, 3 * h * c, t), (0, t, 1))  # one row of storage, no copy
+    out, lse = kernels.attention_forward(qkv, h, True)
+    kernels.attention_backward(qkv, out, lse, out, h, True)
+    assert set(grids) == {"_fwd_kernel", "_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
+    for name, grid in grids.items():
+        assert grid[0] == n * h and grid[1] <= 65535, (name, grid)
