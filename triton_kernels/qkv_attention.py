@@ -192,10 +192,12 @@ def unsupported(d: int, dtype: torch.dtype) -> str | None:
 def _config(d: int, dtype: torch.dtype):
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages) for head dimension d in `dtype`.
 
-    fp16/bf16 use tensor cores (wgmma on Hopper) with large tiles. fp32 and fp64 dots are exact (IEEE) FMA loops,
-    where large tiles only add registers: at 128x64 fp32 tiles spilled 55-312 KB per thread (ptxas) and needed up
-    to 272 KiB of shared memory; the tiles below compile with no spill and at most ~98 KiB (`make triton-check`).
-    The interpreter gets small tiles for speed.
+    One table for every GPU: each tile fits the smallest per-block shared memory of the targets (sm_86/sm_89,
+    99 KiB; sm_80 163 KiB, sm_90 227 KiB) with at most 336 bytes of spills per thread, checked by compiling every
+    entry for sm_80, sm_86, sm_89 and sm_90 (`make triton-check`). fp16/bf16 use tensor cores (wgmma on Hopper);
+    at BLOCK_D 128 and 256 the previous 64x64 four-warp tiles spilled 2-43 KB per thread on sm_80 and needed up to
+    200 KiB. fp32 and fp64 dots are exact (IEEE) FMA loops, where large tiles only add registers: 128x64 fp32 tiles
+    spilled 55-312 KB and needed up to 272 KiB. The interpreter gets small tiles for speed.
     """
     block_d = max(16, triton.next_power_of_2(d))
     if _launch.interpreted():
@@ -203,10 +205,12 @@ def _config(d: int, dtype: torch.dtype):
     if dtype == torch.float64:
         return 16, 16, block_d, 8, 1
     if dtype == torch.float32:
-        return (32, 16, block_d, 4, 1) if block_d <= 128 else (16, 16, block_d, 8, 1)
+        return (32, 16, block_d, 4, 1) if block_d <= 64 else (16, 16, block_d, 8, 1)
     if block_d <= 64:
         return 128, 64, block_d, 4, 3
-    return 64, 64, block_d, 4, 2
+    if block_d == 128:
+        return 64, 64, block_d, 8, 1
+    return 32, 32, block_d, 4, 1
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
