@@ -1,7 +1,8 @@
 """ADM attention (`qkv_attention`, head dim 64) at T ∈ {256, 1024, 4096}: guided-diffusion's einsum attention
 (`reference`), torch's scaled_dot_product_attention on the same views (`sdpa`; on CUDA in fp16/bf16 its flash
 backend), torch.compile of the reference (`compile`), and fastdiff's `cpu` and `triton` backends. Forward only;
-each result carries TFLOP/s (4·N·H·T²·C flops: two matmuls) in extra_info.
+each result carries TFLOP/s (4·N·H·T²·C flops: two matmuls) in extra_info, and the Triton rows the tile
+configuration (BLOCK_M x BLOCK_N x BLOCK_D, warps, stages) the kernels run with.
 
 Run through `benchmarks/run.py`, or as a quick check:
 `python -m pytest benchmarks/bench_attention.py --benchmark-disable -q` (each benchmark once, smallest size).
@@ -88,6 +89,10 @@ def test_attention(benchmark, request, length, dtype_name, legacy, provider):
     info = benchmark.extra_info
     info.update(suite="attention", provider=provider, case=f"qkv_attention_{'legacy' if legacy else 'new'}",
                 shape=fb.shape_str(shape), dtype=dtype_name, device=device, legacy=legacy, heads=heads, head_dim=HEAD_DIM, flops=flops)
+    if provider == "triton":  # the tiles every GPU gets for this dtype and head dim (one table, see _config)
+        bm, bn, bd, warps, stages = importlib.import_module("fastdiff.triton_kernels.qkv_attention")._config(
+            HEAD_DIM, dtype)
+        info["tiles"] = f"{bm}x{bn}x{bd} w{warps} s{stages}"
     fn = _provider_call(provider, heads, legacy, device, dtype, sample, info, config)
     try:
         fn(sample)

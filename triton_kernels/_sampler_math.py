@@ -13,12 +13,17 @@ from . import _coefs as K
 
 @triton.jit
 def tile(N, M, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """This program's samples `rows` (int64 [ROWS]), row offsets `cols` ([BLOCK_M]) and masks."""
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """This program's samples `rows` (int64 [ROWS]), row offsets `cols` ([BLOCK_M]), masks, and whether it holds
+    the first column block of its rows. The grid is 1-D over (row block, column block) pairs (_launch.Tiling), so
+    neither N nor M meets a grid dimension's 65,535 limit."""
+    pid = tl.program_id(0).to(tl.int64)
+    col_blocks = tl.maximum(tl.cdiv(M, BLOCK_M), 1)  # M = 0: one (masked) block per row block, as the grid
+    col_block = pid % col_blocks
+    rows = (pid // col_blocks) * ROWS + tl.arange(0, ROWS)
+    cols = col_block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     mask = row_mask[:, None] & (cols < M)[None, :]
-    return rows, cols, row_mask, mask
+    return rows, cols, row_mask, mask, col_block == 0
 
 
 @triton.jit

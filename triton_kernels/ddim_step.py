@@ -22,7 +22,7 @@ def _ddim_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, noi
     coefs: [T, NCOEF]; t: int64 [N]; seed_ptr: int64 [1] device seed, read when SEED_FROM_PTR (else `seed`).
     One program: ROWS samples x BLOCK_M elements.
     """
-    rows, cols, row_mask, mask = sm.tile(N, M, ROWS, BLOCK_M)
+    rows, cols, row_mask, mask, _ = sm.tile(N, M, ROWS, BLOCK_M)
     t, seed = sm.step_t_seed(t_ptr, rows, row_mask, T, seed, seed_ptr, NOISE, SEED_FROM_PTR)
     x = sm.load_tile(x_ptr, rows, x_stride, cols, mask, ACC)
     out = sm.load_tile(mo_ptr, rows, mo_stride, cols, mask, ACC)

@@ -15,14 +15,14 @@ def _posterior_kernel(x0_ptr, x0_stride, xt_ptr, xt_stride, coefs_ptr, t_ptr, T,
                       N, M, ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
     """DDPM eqs. 6-7: μ̃_t = coef1 x_0 + coef2 x_t, plus β̃_t and clipped log β̃_t per sample.
 
-    x_0, x_t, mean: [N, M] rows; var, log_var: [N] (written by the first column block); coefs: [T, NCOEF].
+    x_0, x_t, mean: [N, M] rows; var, log_var: [N] (written by the first column block of each row); coefs: [T, NCOEF].
     """
-    rows, cols, row_mask, mask = sm.tile(N, M, ROWS, BLOCK_M)
+    rows, cols, row_mask, mask, first_col = sm.tile(N, M, ROWS, BLOCK_M)
     t = sm.load_t(t_ptr, rows, row_mask, T)
     x0 = sm.load_tile(x0_ptr, rows, x0_stride, cols, mask, ACC)
     xt = sm.load_tile(xt_ptr, rows, xt_stride, cols, mask, ACC)
     sm.store_tile(mean_ptr, rows, M, cols, mask, sm.posterior_mean(x0, xt, coefs_ptr, t, ACC))
-    if tl.program_id(1) == 0:
+    if first_col:
         tl.store(var_ptr + rows, sm.coef_rows(coefs_ptr, t, K.POST_VAR, ACC), mask=row_mask)
         tl.store(logvar_ptr + rows, sm.coef_rows(coefs_ptr, t, K.POST_LOGVAR, ACC), mask=row_mask)
 

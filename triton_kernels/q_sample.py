@@ -13,7 +13,7 @@ from . import _sampler_math as sm
 def _q_sample_kernel(x_ptr, x_stride, noise_ptr, noise_stride, coefs_ptr, t_ptr, T, out_ptr, N, M,
                      ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
     """DDPM eq. 4: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε. x_0, ε, x_t: [N, M] rows; coefs: [T, NCOEF]; t: int64 [N]."""
-    rows, cols, row_mask, mask = sm.tile(N, M, ROWS, BLOCK_M)
+    rows, cols, row_mask, mask, _ = sm.tile(N, M, ROWS, BLOCK_M)
     t = sm.load_t(t_ptr, rows, row_mask, T)
     x0 = sm.load_tile(x_ptr, rows, x_stride, cols, mask, ACC)
     eps = sm.load_tile(noise_ptr, rows, noise_stride, cols, mask, ACC)

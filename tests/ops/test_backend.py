@@ -122,3 +122,19 @@ def test_triton_launchers_run_on_their_tensors_device(monkeypatch):
         kernels = importlib.import_module(f"fastdiff.triton_kernels.{module}")
         for name in names:
             assert hasattr(getattr(kernels, name), "__wrapped__"), name  # wrapped by on_tensor_device
+
+
+def test_triton_elementwise_grid_is_one_dimensional():
+    """Rows and column blocks share grid axis 0 (2^31 − 1 programs), so a 2^27-value sample (over 65,535 blocks
+    of 1,024) and 100,000 samples both launch; the kernels decompose the program id (tested through every op at
+    row lengths BLOCK ± 1)."""
+    launch = importlib.import_module("fastdiff.triton_kernels._launch")
+    assert launch.Tiling(1, 2**27, torch.float32).grid == (2**17,)
+    big_batch = launch.Tiling(100_000, 4096, torch.float16)
+    assert big_batch.grid == (100_000 * 4,) and big_batch.rows == 1
+    toy = launch.Tiling(100_000, 2, torch.float32)
+    assert toy.grid == (triton_cdiv(100_000, toy.rows),) and toy.rows * toy.block_m == 1024
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
