@@ -5,10 +5,10 @@ The Triton interpreter, which runs the kernels in the test suite on CPU, accepts
 really compile: it drives every launcher in `fastdiff.triton_kernels` over a grid of inputs (dtypes, shapes and
 option values) with the interpreter off, captures each launch instead of running it, derives the kernel's
 specialisation exactly as Triton's JIT would on a GPU (signature, constexprs, 16-byte alignment attributes, launch
-options), and compiles each distinct one with `triton.compile` for every target (sm_80, sm_90a). ptxas's own
+options), and compiles each distinct one with `triton.compile` for every target (below). ptxas's own
 report gives registers and spills; the compiled metadata the shared memory; the PTX whether Hopper code uses wgmma.
 
-    python scripts/triton_check.py [--arch 80 90] [--jobs 2] [--json out.json] [--kernel NAME ...] [--list]
+    python scripts/triton_check.py [--arch 80 86 89 90] [--jobs 2] [--json out.json] [--kernel NAME ...] [--list]
 
 The grid covers every value of every constexpr a launcher can choose and every dtype it accepts (fp32, fp16,
 bf16, fp64): the full feature set (guidance, clipping, noise, x̂0 output) at every tile class of the elementwise
@@ -39,14 +39,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton import knobs  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource, make_backend  # noqa: E402
-from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+import triton
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+from tqdm import tqdm
 
 # Largest dynamic shared memory per block (bytes), from the CUDA programming guide's compute-capability table.
 SMEM_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
