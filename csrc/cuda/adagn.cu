@@ -5,6 +5,10 @@
 //     SPLIT is chosen so the grid holds >= 4 blocks per SM even at batch 1 with few groups.
 //  2. apply: grid (spatial blocks, N·C); thread 0 merges its group's SPLIT triples (Chan's formula), every thread
 //     then maps out = act(a·(x - mean) + b) over its channel's spatial positions.
+// Known costs, to be measured and fixed on a GPU: the block waits while thread 0 merges up to kMaxSplit triples
+// from global memory, and that merge is repeated for every channel of a group (a per-group finalise kernel writing
+// mean / rstd once would remove both); loads are scalar (2 bytes in fp16/bf16) where 16-byte packs would do; the
+// per-element divisions are exact (kept: they are the CPU kernel's math, groupnorm.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -109,6 +109,10 @@ void dispatch_dtypes(DType dtype, DType coefs_dtype, const F& f) {
 
 // launch(std::integral_constant<int, V>, RowLaunch) for a step kernel: V = 16 / sizeof(T) elements per thread when
 // every row length and pointer allows 16-byte accesses, else V = 1 (scalar fallback).
+// Known costs, to be measured and fixed on a GPU (ptxas -v: the fp16/bf16 V = 8 variants use 84-100 registers):
+// a row length that is not a multiple of V sends the whole tensor down the scalar path (a vector body plus a
+// scalar tail per row would keep 16-byte accesses where the row start is aligned), and rows shorter than 32·V
+// leave lanes of their one block idle (several rows per block would fill it).
 template <typename T, typename F>
 void launch_step_rows(const Rows& rows, const StepParams& p, const F& launch) {
   constexpr int V = 16 / sizeof(T);
