@@ -16,9 +16,9 @@
 set -uo pipefail
 PYTHON=${1:-${PYTHON:-python3}}
 QUICK=${GPU_QUICK:-0}
+cd "$(dirname "$0")/.."
 OUT=${GPU_CHECK_OUT:-build/gpu-check}
 mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
 status=0
 start=$(date +%s)
 
