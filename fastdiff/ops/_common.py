@@ -65,6 +65,8 @@ def check_coefs_t(x: torch.Tensor, coefs: torch.Tensor, t) -> torch.Tensor:
     if coefs.device != x.device:
         raise ValueError(f"coefs is on {coefs.device} but x is on {x.device}")
     n = x.shape[0]
+    if isinstance(t, bool):
+        raise TypeError("t must be an int timestep index or an int32/int64 tensor, got a bool")
     if isinstance(t, int):
         t = torch.full((n,), t, dtype=torch.int64, device=x.device)
     if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
@@ -91,10 +93,20 @@ def check_model_output(name: str, mo: torch.Tensor, x: torch.Tensor, allow_doubl
         raise ValueError(f"{name} must have shape [N, C or 2C, ...] matching x {tuple(x.shape)}, got {tuple(mo.shape)}")
 
 
-def check_guidance_scale(guidance_scale) -> float:
-    g = float(guidance_scale)
+def check_guidance_scale(guidance_scale, model_output_uncond) -> float:
+    """The classifier-free scale s of ε_u + s·(ε_c − ε_u): a finite number, and 1 (no guidance) unless there is an
+    unconditional output to combine with (a scale without one would be silently ignored)."""
+    try:
+        if isinstance(guidance_scale, bool):
+            raise TypeError
+        g = float(guidance_scale)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}") from None
     if not math.isfinite(g):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
+    if model_output_uncond is None and g != 1.0:
+        raise ValueError(f"guidance_scale={g} needs model_output_uncond (the unconditional output it combines with); "
+                         f"without it the step is unguided: leave guidance_scale at 1")
     return g
 
 

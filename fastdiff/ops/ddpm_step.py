@@ -74,7 +74,7 @@ def ddpm_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     if model_output_uncond is not None:
         C.check_model_output("model_output_uncond", model_output_uncond, x)
     t = C.check_coefs_t(x, coefs, t)
-    scale = C.check_guidance_scale(guidance_scale)
+    scale = C.check_guidance_scale(guidance_scale, model_output_uncond)
     pred = C.prediction_code(prediction)
     seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=True, generator=generator)
     impl = _backend.implementation("ddpm_step", _backend.resolve("ddpm_step", x.device, backend=backend), reference)

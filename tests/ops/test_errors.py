@@ -157,3 +157,27 @@ def test_triton_kernels_poison_a_negative_device_seed(op):
     for seed, finite in ((5, True), (-3, False)):
         out, _ = getattr(launchers, op)(x, *tail, torch.tensor([seed], device=device))
         assert bool(torch.isfinite(out).all()) == finite and (finite or bool(torch.isnan(out).all()))
+
+
+@pytest.mark.parametrize("op", ["ddim_step", "ddpm_step"])
+def test_guidance_scale_without_an_unconditional_output_is_refused(op):
+    """A classifier-free scale needs ε_u to combine with; without it the step would silently run unguided."""
+    x, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy())
+    step = getattr(ops, op)
+    with pytest.raises(ValueError, match="guidance_scale=7.0 needs model_output_uncond"):
+        step(x, eps, coefs, 3, guidance_scale=7)
+    with pytest.raises(TypeError, match="guidance_scale must be a number"):
+        step(x, eps, coefs, 3, model_output_uncond=eps, guidance_scale=True)
+    torch.testing.assert_close(step(x, eps, coefs, 3, guidance_scale=1.0, seed=1), step(x, eps, coefs, 3, seed=1))
+    guided = step(x, eps, coefs, 3, model_output_uncond=torch.zeros_like(eps), guidance_scale=2.0, seed=1)
+    torch.testing.assert_close(guided, step(x, 2 * eps, coefs, 3, seed=1))
+
+
+def test_boolean_timesteps_are_refused():
+    x = torch.randn(2, 3, 4)
+    coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy())
+    with pytest.raises(TypeError, match="t must be an int timestep index"):
+        ops.q_sample(x, True, x, coefs)
+    with pytest.raises(TypeError, match="t must be"):
+        ops.ddim_step(x, x, coefs, torch.tensor([True, False]))
