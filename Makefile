@@ -80,8 +80,9 @@ cuda-check: install
 	echo "cuda-check: the $$(wc -l < wanted.txt) launchers the host glue calls are all defined by the .cu objects"
 	@echo "cuda-check: every CUDA source compiles for sm_$(subst $() ,/sm_,$(CUDA_ARCHS)), and the host glue against torch's CUDA headers"
 
-# Every Triton kernel compiled ahead of time for sm_80 and sm_90 in every specialisation the launchers choose,
-# with no GPU (scripts/triton_check.py): one table of registers, spills, shared memory and wgmma use.
+# Every Triton kernel compiled ahead of time, with no GPU, for sm_80 and sm_90 (attention also for sm_86/sm_89) in
+# every specialisation the launchers choose (scripts/triton_check.py): one table of registers, spills, shared
+# memory and wgmma use; fails on compile errors, shared memory over a target's limit and spills.
 triton-check: install
 	mkdir -p $(CUDA_CHECK_OUT) && env -u TRITON_INTERPRET $(PYTHON) scripts/triton_check.py --json $(CUDA_CHECK_OUT)/triton-check.json
 
