@@ -18,7 +18,10 @@ def create_gaussian_diffusion(*, steps: int = 1000, learn_sigma: bool = False, s
     Variance: learn_sigma -> LEARNED_RANGE (eq. 15, 2C output channels); else FIXED_SMALL (β̃_t) with sigma_small,
     FIXED_LARGE (β_t) without. timestep_respacing: "" (all steps), "ddimN" or section counts ("10,10,5").
     """
-    betas = get_named_beta_schedule(noise_schedule, steps)
+    try:
+        betas = get_named_beta_schedule(noise_schedule, steps)
+    except (TypeError, ValueError) as exc:  # name this function's argument, not the schedule's
+        raise type(exc)(str(exc).replace("num_diffusion_timesteps", "steps")) from None
     if use_kl:
         loss_type = LossType.RESCALED_KL
     elif rescale_learned_sigmas:

@@ -31,6 +31,9 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
     T = _check_num_timesteps(num_diffusion_timesteps)
     if schedule_name == "linear":
         scale = 1000 / T
+        if scale * 0.02 >= 1.0:  # β_T = 1 makes ᾱ_T = 0: x̂0 = x_T/√ᾱ_T is undefined and every sampler returns NaN
+            raise ValueError(f"num_diffusion_timesteps must be > 20 for the linear schedule (β_T = 0.02·1000/T "
+                             f"reaches 1 at T = 20), got {T}; use more steps, or the cosine schedule")
         return np.linspace(scale * 0.0001, scale * 0.02, T, dtype=np.float64)
     if schedule_name == "cosine":
         return betas_for_alpha_bar(T, cosine_alpha_bar)

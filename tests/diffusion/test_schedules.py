@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fastdiff.diffusion import betas_for_alpha_bar, get_named_beta_schedule
+from fastdiff.diffusion import betas_for_alpha_bar, create_gaussian_diffusion, get_named_beta_schedule
 
 
 @pytest.mark.parametrize("T", [50, 1000, 4000])
@@ -43,3 +43,14 @@ def test_schedule_errors_name_the_argument():
         get_named_beta_schedule("cosine", -3)
     with pytest.raises(TypeError, match="num_diffusion_timesteps"):
         get_named_beta_schedule("cosine", 2.5)
+
+
+@pytest.mark.parametrize("T", [1, 10, 20])
+def test_short_linear_schedules_are_refused_naming_the_argument(T):
+    """β_T = 0.02·1000/T ≥ 1 for T ≤ 20 would make ᾱ_T = 0 and every sampler return NaN."""
+    with pytest.raises(ValueError, match=f"num_diffusion_timesteps must be > 20 .* got {T}"):
+        get_named_beta_schedule("linear", T)
+    with pytest.raises(ValueError, match=f"steps must be > 20 .* got {T}"):
+        create_gaussian_diffusion(steps=T)
+    assert np.isfinite(np.log(np.cumprod(1 - get_named_beta_schedule("linear", 21)))).all()
+    assert np.isfinite(np.log(np.cumprod(1 - get_named_beta_schedule("cosine", T)))).all()
