@@ -23,7 +23,7 @@ GROUPS = 32
 EPS = 1e-5
 DIRECTIONS = ("fwd", "fwdbwd")
 CPU_POINTS = (((8, 256, 32, 32), "float32"), ((2, 128, 16, 16), "float32"), ((2, 128, 16, 16), "float16"))
-# The GPU criterion's grid (issue 3): B in {1, 8, 32}, C in {128, 256, 512}, H·W in {8², 16², 32², 64²}, fp16/bf16.
+# The GPU grid: B in {1, 8, 32}, C in {128, 256, 512}, H·W in {8², 16², 32², 64²}, fp16/bf16.
 # By default one C per B; --bench-full runs all of it.
 GPU_FULL = [((b, c, hw, hw), dt) for b, c, hw, dt in itertools.product((1, 8, 32), (128, 256, 512), (8, 16, 32, 64),
                                                                       ("float16", "bfloat16"))]

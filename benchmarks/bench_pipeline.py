@@ -1,4 +1,4 @@
-"""End to end: a diffusers `UNet2DModel` DDIM pipeline, stock vs fastdiff's scheduler, patch and graph (issue 7).
+"""End to end: a diffusers `UNet2DModel` DDIM pipeline, stock vs fastdiff's scheduler, patch and graph.
 
 Each call is one `DDIMPipeline(...)(batch_size=N, num_inference_steps=50, eta=0, output_type="pt")`: x_T drawn with
 the pipeline's generator, 50 steps of `unet(x, t).sample` + `scheduler.step`, then (x/2 + 0.5).clamp(0, 1).

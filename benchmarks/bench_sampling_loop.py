@@ -6,7 +6,7 @@ dominates (same size on CPU and CUDA); providers: each fused backend, `reference
 offered here: the loop dispatches `ops.ddim_step` itself; torch.compile of the reference step is measured per step
 in bench_sampler_step.py.
 
-`test_adm64_cfg_ddim50` (CUDA only, GPU.md / issue 7): the ImageNet-64 ADM (bench_unet's adm64_imagenet with a
+`test_adm64_cfg_ddim50` (CUDA only, `make gpu-check`): the ImageNet-64 ADM (bench_unet's adm64_imagenet with a
 1001st, null class) sampled with DDIM-50, η = 0, classifier-free guidance s = 4 (one forward on the doubled batch),
 batch 1 / 4 / 16, bf16 autocast over fp32 weights. Providers: `reference` (every fastdiff op on its plain-PyTorch
 backend, eager loop), `compile` (torch.compile(mode="max-autotune", dynamic=False) of that reference model, eager
@@ -14,7 +14,7 @@ loop), `auto` (fused kernels, eager loop), `fused+graph` (fused kernels, whole l
 GraphedSampler), `diffusers` (diffusers' DDIMScheduler.step loop around the fused model). Every row records the
 first (warm-up) call's seconds as `warmup_s`: for `compile` that is the max-autotune compile.
 
-Time budget (GPU.md: all of `make gpu-check` in ~10 minutes): max-autotune benchmarks Triton GEMM/conv templates
+Time budget (all of `make gpu-check` in ~10 minutes): max-autotune benchmarks Triton GEMM/conv templates
 for every distinct conv/matmul shape of the ADM (dozens at 64², 32², 16², 8²), minutes per batch size on 16 CPU
 cores, and each batch size is a separate compile. So `compile` runs at batch 16 only (the GPU-bound case, where
 autotuned kernels matter most) unless --bench-full (all of ADM_BATCHES); FASTDIFF_BENCH_COMPILE_MODE overrides the

@@ -1,7 +1,7 @@
 """End to end: a 50-step scheduler loop, diffusers' DDIMScheduler / DDPMScheduler (provider `diffusers`) against
 fastdiff's FastDDIMScheduler / FastDDPMScheduler (providers `reference`, `cpu`, `cuda`, `triton`: the backend of
 its fused step), with the model replaced by a fixed output tensor so the loop times the scheduler alone
-(issue 7: "≥ 2x DDIMScheduler's on CPU").
+(the target: ≥ 2x DDIMScheduler's speed on CPU).
 
 Cases, at 4x3x64x64 fp32 (a 64x64 image batch, or a 512x512 latent's size):
 - ddim50_default: DDIMScheduler() as configured by default (clip_sample=True, use_clipped_model_output=False: the

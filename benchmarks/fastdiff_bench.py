@@ -1,4 +1,4 @@
-"""Shared pieces of fastdiff's benchmark suites (DESIGN §7): providers, cases, sizes, inputs and timing.
+"""Shared pieces of fastdiff's benchmark suites: providers, cases, sizes, inputs and timing.
 
 The suites (`bench_sampler_step.py`, `bench_sampling_loop.py`) and the report script (`run.py`) import this
 module; it holds no pytest state. Timing: on CPU pytest-benchmark's wall clock (median of rounds); on CUDA

@@ -5,7 +5,7 @@ table of speedups per provider and PNG bar charts, with the machine they came fr
     python benchmarks/report.py results/X.json --readme README.md   # also replace README's "## Benchmarks"
 
 Per result row (suite, case, shape, dtype) the table gives the reference's median time and every other provider's
-speedup over it, measured in the same run (DESIGN §7): compile (torch.compile of the reference), sdpa (attention),
+speedup over it, measured in the same run: compile (torch.compile of the reference), sdpa (attention),
 fused (the fastest of fastdiff's fused backends cpu / cuda / triton / auto, named in the cell), fused+graph
 (GraphedSampler) and diffusers (its own scheduler loop with the same model). Rows without a reference eager
 provider (the `pipeline` suite: a stock diffusers DDIMPipeline vs fastdiff's scheduler, patch and graph) take

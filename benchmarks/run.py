@@ -1,4 +1,4 @@
-"""Run fastdiff's benchmark suites and write the report (DESIGN §7, GPU.md).
+"""Run fastdiff's benchmark suites and write the report (README, Benchmarks).
 
     python benchmarks/run.py            # CPU (`make bench`)
     python benchmarks/run.py --gpu      # CUDA timings: do_bench medians, rotated inputs, copy bandwidth

@@ -1,4 +1,4 @@
-// Every fastdiff op schema, in one place (DESIGN §2). Kernels: csrc/cpu/<op>.cpp (CPU) and
+// Every fastdiff op schema, in one place (the op contract: README, Backends). Kernels: csrc/cpu/<op>.cpp (CPU) and
 // csrc/cuda/<op>_torch.cpp (CUDA); fake kernels and autograd formulas: fastdiff/ops/_register.py.
 // The positional signature of each `reference` in fastdiff/ops/<op>.py is its schema.
 // Sampler steps key their in-kernel noise by `seed` (an int; -1: none) or by `seed_tensor` (int64 [] or [1] on

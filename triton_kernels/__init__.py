@@ -1,4 +1,4 @@
-"""Triton kernels for fastdiff's fused ops, installed as ``fastdiff.triton_kernels`` (DESIGN §1-2).
+"""Triton kernels for fastdiff's fused ops, installed as ``fastdiff.triton_kernels`` (README, Backends).
 
 One module per op (``ddim_step``, ``ddpm_step``, ``q_sample``, ``posterior_mean_variance``,
 ``randn_like``), each exposing a launcher named like the module that takes exactly the positional

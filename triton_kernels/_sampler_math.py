@@ -150,7 +150,7 @@ def q_sample_mix(x0, noise, coefs_ptr, t, ACC: tl.constexpr):
 
 @triton.jit
 def philox_normal(seed, offset, counter):
-    """Standard normals Philox4x32-10(seed, offset + counter) + Box-Muller (DESIGN §3), int64 counters, fp32."""
+    """Standard normals Philox4x32-10(seed, offset + counter) + Box-Muller (fastdiff.ops.philox), int64 counters, fp32."""
     return tl.randn(seed, offset + counter)
 
 

@@ -1,4 +1,4 @@
-// Philox normals shaped like x on CPU (DESIGN §3: Triton's tl.randn(seed, offset + flat index)).
+// Philox normals shaped like x on CPU (fastdiff's noise stream: Triton's tl.randn(seed, offset + flat index)).
 #include <torch/library.h>
 
 #include "cpu_loop.h"

@@ -16,7 +16,7 @@
 namespace fastdiff {
 namespace cuda {
 
-// Accumulation type: float for fp16/bf16/fp32 storage, double for fp64 (DESIGN §2).
+// Accumulation type: float for fp16/bf16/fp32 storage, double for fp64 (README, Backends).
 template <typename T> struct AccT { using type = float; };
 template <> struct AccT<double> { using type = double; };
 template <typename T> using acc_t = typename AccT<T>::type;

@@ -1,4 +1,4 @@
-// Philox normals (DESIGN §3): out[j] = tl.randn(seed, offset + j), the stream fastdiff/philox.h shares with the CPU.
+// Philox normals (fastdiff's noise stream, README): out[j] = tl.randn(seed, offset + j), the stream fastdiff/philox.h shares with the CPU.
 #include "device.cuh"
 #include "fastdiff/philox.h"
 

@@ -129,7 +129,7 @@ def _resnet_block_2d_forward(self, input_tensor: torch.Tensor, temb: torch.Tenso
     hidden_states = finish(_norm_act(self.norm1, hidden_states, act))
 
     if self.upsample is not None:
-        # upsample_nearest_nhwc fails with large batch sizes (diffusers issue 984)
+        # upsample_nearest_nhwc fails with large batch sizes (a diffusers limitation it works around too)
         if hidden_states.shape[0] >= 64:
             input_tensor = input_tensor.contiguous()
             hidden_states = hidden_states.contiguous()

@@ -1,4 +1,4 @@
-"""Backend registry: one op name, four implementations (DESIGN §2).
+"""Backend registry: one op name, four implementations (README, Backends).
 
 `use_backend(name)` works as a setter and as a context manager; the environment
 variable FASTDIFF_BACKEND sets the initial choice. "auto" picks, per call and per

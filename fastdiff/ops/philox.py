@@ -1,4 +1,4 @@
-"""Reference Philox4x32-10 + Box-Muller normal stream, bit-compatible with Triton's `tl.randn` (DESIGN §3).
+"""Reference Philox4x32-10 + Box-Muller normal stream, bit-compatible with Triton's `tl.randn` (the noise stream: README, Backends).
 
 randn(seed, offset)[j] uses counter (lo32(offset+j), hi32(offset+j), 0, 0) and key
 (lo32(seed), hi32(seed)); the first two output words become uniforms

@@ -1,4 +1,4 @@
-"""The noise stream of DESIGN §3 as a tensor: Philox(seed, offset + flat index) normals shaped like x."""
+"""fastdiff's noise stream (README, Backends) as a tensor: Philox(seed, offset + flat index) normals shaped like x."""
 from __future__ import annotations
 
 import torch

@@ -9,7 +9,7 @@ classifier-free guidance, as `fastdiff.samplers._loop.model_outputs`) followed b
 `ops.ddpm_step`. The graph reads static device buffers: x_T, every tensor model kwarg, and the seed. Everything
 else (shape, steps, η, guidance scale, schedule) is fixed at capture; build another sampler to change it.
 
-Noise (DESIGN §3): step i uses the Philox stream at offset `step_offset(i)`, as the eager loop with `seed=` does.
+Noise (fastdiff.ops.philox): step i uses the Philox stream at offset `step_offset(i)`, as the eager loop with `seed=` does.
 The fused steps draw it in-kernel, keyed by the seed held in a 0-dim int64 device buffer that they read from
 device memory (`ops.ddim_step(..., seed=<tensor>)`); only the offset is a kernel scalar, fixed per captured step.
 A replay with a new seed therefore needs no re-capture and costs nothing extra: one fused kernel per step.

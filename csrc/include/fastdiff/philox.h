@@ -1,5 +1,5 @@
-// Philox4x32-10 + Box-Muller: bit-compatible with Triton's tl.randn(seed, offset) (DESIGN §3,
-// fastdiff/ops/philox.py). Counter (lo32(c), hi32(c), 0, 0) with c = offset + flat index, key (lo32(seed), hi32(seed)).
+// Philox4x32-10 + Box-Muller: bit-compatible with Triton's tl.randn(seed, offset)
+// (fastdiff/ops/philox.py). Counter (lo32(c), hi32(c), 0, 0) with c = offset + flat index, key (lo32(seed), hi32(seed)).
 #pragma once
 
 #include "fastdiff/macros.h"
