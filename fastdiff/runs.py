@@ -57,13 +57,15 @@ def make_trainer(cfg: C.RunConfig, out_dir, device=None):
     """(Trainer, dataset) for `cfg`, writing into out_dir (checkpoints/, log.jsonl)."""
     from fastdiff.training import Trainer
 
+    train_config = C.train_config(cfg)
     dataset = C.build_dataset(cfg)
+    torch.manual_seed(train_config.seed)  # the initial weights are part of the run: train.seed fixes them too
     model = C.build_model(cfg, dataset)
     diffusion = C.build_diffusion(cfg)
     objective = C.build_objective(cfg, diffusion, dataset)
     run_config = {"config": cfg.to_dict(), "data_shape": list(dataset.data_shape),
                   "num_classes": dataset.num_classes if cfg.model.class_cond else None}
-    trainer = Trainer(model, objective, dataset, C.train_config(cfg), out_dir, device=device,
+    trainer = Trainer(model, objective, dataset, train_config, out_dir, device=device,
                       run_config=json.loads(json.dumps(run_config)))
     return trainer, dataset
 

@@ -170,9 +170,12 @@ def prediction_code(prediction: str, r: float) -> int:
 def _x0_columns(table: np.ndarray, ac: np.ndarray, prediction: str, r: float) -> None:
     """Fill the x̂0 columns (DDPM eq. 15 for ε, x̂0 = √ᾱ x − √(1−ᾱ) v for v) pre-divided by the clip range r,
     for the kernel's `prediction_code(prediction, r)`."""
-    with np.errstate(divide="ignore", invalid="ignore"):  # ᾱ_{T-1} = 0 under zero-terminal-SNR: inf, as diffusers
-        table[:, T.SQRT_RECIP_AC] = 1.0 / (np.sqrt(ac) * r)
-        table[:, T.SQRT_RECIPM1_AC] = np.sqrt(1.0 - ac) / (np.sqrt(ac) * r)
+    # ᾱ_{T-1} = 0 under zero terminal SNR: x̂0 = (x − ε)/0 = ±inf, which diffusers clamps to ±r. The kernel's
+    # a·x − b·out would be inf − inf = NaN, so a = b = 2^60/r there: the same sign, clamped alike (or ±huge, not NaN,
+    # unclipped).
+    sqrt_ac = np.maximum(np.sqrt(ac), 2.0 ** -60)
+    table[:, T.SQRT_RECIP_AC] = 1.0 / (sqrt_ac * r)
+    table[:, T.SQRT_RECIPM1_AC] = np.sqrt(1.0 - ac) / (sqrt_ac * r)
     table[:, T.SQRT_AC] = np.sqrt(ac) / r
     table[:, T.SQRT_1M_AC] = np.sqrt(1.0 - ac) / r
     if prediction == "sample" and r != 1.0:  # x̂0/r = 0·x − (−1/r)·out through the ε layout
@@ -318,6 +321,13 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
                 rows = timestep.to(device=sample.device, dtype=torch.int64)
             else:
                 raise ValueError(f"timestep must be a scalar or have shape [N] = [{n}], got {tuple(timestep.shape)}")
+            # Checked where it costs no device read; on a GPU the kernels give NaN for a row outside the table,
+            # and DDIM's unused row 0 (timestep −1) is NaN.
+            total = self.config.num_train_timesteps
+            if (timestep.device.type == "cpu" and timestep.numel() and not torch.compiler.is_compiling()
+                    and (int(timestep.min()) < 0 or int(timestep.max()) >= total)):
+                raise ValueError(f"timestep must lie in [0, num_train_timesteps = {total}), got min "
+                                 f"{int(timestep.min())} max {int(timestep.max())}")
             return (rows + shift if shift else rows), None
         if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)):
             raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
@@ -569,7 +579,7 @@ class FastDDIMScheduler(_FastScheduler):
         d = np.sqrt(np.maximum(1.0 - ac_prev - sigma2, 0.0))
         first = _new_table(ac, ac_prev)
         _x0_columns(first, ac, prediction, r)
-        shifted = lambda table: np.concatenate([table[:1], table])  # noqa: E731 - row 0 unused
+        shifted = lambda table: np.concatenate([np.full_like(table[:1], np.nan), table])  # noqa: E731 - row 0: t = −1
         if not raw_eps:
             first[:, T.POST_COEF1] = (np.sqrt(ac_prev) - d * np.sqrt(ac) / np.sqrt(1.0 - ac)) * r
             first[:, T.POST_COEF2] = d / np.sqrt(1.0 - ac)

@@ -2,6 +2,7 @@
 Discriminator Guidance's discriminator), the Trainer (AdamW, EMA, AMP with loss scaling, crash-safe checkpoints with
 exact resume, DDP) and its checkpoint / distributed helpers."""
 from fastdiff.training.checkpoint import (
+    CheckpointMismatchError,
     CorruptCheckpointError,
     atomic_write_bytes,
     copy_ema_,
@@ -32,7 +33,7 @@ from fastdiff.training.objectives import (
 from fastdiff.training.trainer import AMP_MODES, TrainConfig, Trainer, TrainingDivergedError
 
 __all__ = [
-    "AMP_MODES", "BatchDraw", "CorruptCheckpointError", "DiffusionObjective", "DiscriminatorObjective",
+    "AMP_MODES", "BatchDraw", "CheckpointMismatchError", "CorruptCheckpointError", "DiffusionObjective", "DiscriminatorObjective",
     "NoisyClassifierObjective", "TrainConfig", "Trainer", "TrainingDivergedError", "TrainingObjective",
     "atomic_write_bytes", "build_discriminator", "cached_samples", "check_labels", "copy_ema_",
     "discriminator_dataset", "list_checkpoints", "load_checkpoint", "load_classifier", "load_discriminator",

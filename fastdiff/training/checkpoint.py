@@ -7,7 +7,8 @@ verifies the digest, which catches truncation and flipped bytes that torch's zip
 Files are `ckpt_<step:09d>.pt` (or `ckpt_<step:09d>-<k>.pt` when that name is taken, so a corrupt file is never
 overwritten); a write goes to a hidden temporary file in the same directory, is flushed and fsynced, then
 `os.replace`d over the final name and the directory is fsynced. Test hook: FASTDIFF_TEST_KILL_IN_SAVE=<step> makes
-the writer SIGKILL its own process after writing half of step <step>'s temporary file (simulating a crash mid-save).
+the writer SIGKILL its own process after writing half of step <step>'s temporary file (simulating a crash mid-save);
+the next save or resume in that directory deletes such a dead writer's temporary file.
 """
 from __future__ import annotations
 
@@ -27,10 +28,16 @@ FOOTER_PREFIX = b"FASTDIFF-CKPT-SHA256:"
 _FOOTER_LEN = len(FOOTER_PREFIX) + 64 + 1
 _NAME = re.compile(r"^ckpt_(\d{9})(?:-(\d+))?\.pt$")
 KILL_IN_SAVE_ENV = "FASTDIFF_TEST_KILL_IN_SAVE"
+_TMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: atomic_write_bytes' temporary file
 
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file is truncated, corrupt or not a fastdiff checkpoint."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A valid checkpoint that does not fit what loads it: written by another run configuration (data set, model,
+    diffusion), or holding another model's weights."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -52,19 +59,49 @@ def atomic_write_bytes(path, data: bytes, *, kill_after_half: bool = False) -> P
     kill_after_half: test hook, SIGKILL this process after half the bytes reached the temporary file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        if kill_after_half:
-            f.write(data[:len(data) // 2])
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if kill_after_half:
+                f.write(data[:len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(directory) -> list[Path]:
+    """Delete the temporary files of `atomic_write_bytes` in `directory` whose writer process is gone (killed
+    mid-write: a SIGKILL runs no cleanup). A live writer's file is left alone. Returns the deleted paths."""
+    directory = Path(directory)
+    deleted = []
+    for p in directory.glob(f".*{_TMP_MARK}*") if directory.is_dir() else ():
+        pid = p.name.rpartition(_TMP_MARK)[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            deleted.append(p)
+    if deleted:
+        logger.info("removed %d temporary file(s) of interrupted writes: %s", len(deleted),
+                    ", ".join(p.name for p in deleted))
+    return deleted
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def checkpoint_bytes(state: dict) -> bytes:
@@ -114,6 +151,7 @@ def save_checkpoint(directory, step: int, state: dict) -> Path:
         raise ValueError(f"step must be >= 0, got {step}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
     data = checkpoint_bytes(state)
     kill = os.environ.get(KILL_IN_SAVE_ENV)
     return atomic_write_bytes(free_checkpoint_path(directory, step), data,

@@ -514,6 +514,10 @@ class Trainer:
                     if main:
                         self._append_log(record)
                 if self.step % cfg.save_interval == 0 or self.step == cfg.total_steps:
+                    if self.skipped_total >= self.step:  # not one update: the weights are the initial ones
+                        raise TrainingDivergedError(
+                            f"all {self.step} steps had non-finite gradients, so no weight was ever updated; no "
+                            f"checkpoint written. Lower lr, enable grad_clip or use amp='bf16'.")
                     self.save()
         finally:
             bar.close()
@@ -586,12 +590,19 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` (a loaded checkpoint)."""
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+            raise ckpt.CheckpointMismatchError(f"checkpoint format {state.get('format')!r} is not "
+                                               f"{CHECKPOINT_FORMAT}")
+        # Everything that can refuse the checkpoint is checked before anything is loaded.
+        _check_run_config(state.get("run_config"), self.run_config)
+        _check_model_state(state["model"], self.model.state_dict())
         rates = {repr(r) for r in self.ema}
         if set(state["ema"]) != rates:
-            raise ValueError(f"checkpoint has EMA rates {sorted(state['ema'])}, config.ema_rates gives "
-                             f"{sorted(rates)}")
-        self.objective.load_state_dict(state["objective"])  # validates the sampler's shapes first
+            raise ckpt.CheckpointMismatchError(f"checkpoint has EMA rates {sorted(state['ema'])}, config.ema_rates "
+                                               f"gives {sorted(rates)}")
+        try:
+            self.objective.load_state_dict(state["objective"])  # validates the sampler's shapes first
+        except ValueError as e:
+            raise ckpt.CheckpointMismatchError(f"checkpoint's training objective does not fit: {e}") from None
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             for rate, ema in self.ema.items():
@@ -627,12 +638,18 @@ class Trainer:
     def resume(self) -> Path | None:
         """Load the newest checkpoint in out_dir/checkpoints that verifies; corrupt or truncated newer files are
         reported (logging.warning) and left in place. Returns the path loaded, or None (fresh start)."""
+        if D.is_main_process():
+            ckpt.remove_stale_temporaries(self.ckpt_dir)
         path, state, bad = ckpt.newest_valid_checkpoint(self.ckpt_dir, map_location="cpu")
         self._bad_checkpoints.extend(bad)
         if path is None:
             logger.info("no valid checkpoint in %s; starting from step 0", self.ckpt_dir)
             return None
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except ckpt.CheckpointMismatchError as e:
+            raise ckpt.CheckpointMismatchError(f"cannot resume from {path}: {e}. Train into a new out_dir, or "
+                                               f"resume with the configuration that wrote it.") from None
         self.last_checkpoint = path
         logger.info("resumed from %s at step %d", path, self.step)
         return path
@@ -654,6 +671,50 @@ class Trainer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return ckpt.atomic_write_bytes(path, data)
+
+
+# Run-config entries a resumed run may change: the [train] table (TrainConfig, compared field by field in
+# load_state_dict), sampling defaults, names and paths.
+_RESUMABLE_RUN_CONFIG = ("config.train", "config.sample", "config.name", "config.out_dir")
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    """{"a.b.c": leaf} of nested dicts (lists and tuples as plain lists)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: _plain(value)}
+
+
+def _check_run_config(saved: dict | None, current: dict | None) -> None:
+    """CheckpointMismatchError naming every run-config entry (data set, model, diffusion, data shape, ...) in which
+    the checkpoint's run differs from this one; nothing is compared when either has none."""
+    if saved is None or current is None:
+        return
+    a, b = _flatten(saved), _flatten(current)
+    changed = [k for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k) and not k.startswith(_RESUMABLE_RUN_CONFIG)]
+    if changed:
+        shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
+                          for k in changed[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise ckpt.CheckpointMismatchError(f"the checkpoint was written by a different run: {shown}{more}")
+
+
+def _check_model_state(saved: dict, own: dict) -> None:
+    """CheckpointMismatchError listing missing, unexpected and differently shaped weights (torch's
+    load_state_dict would raise after loading part of them)."""
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    problems = [f"{label} {items[:4]}{f' (+{len(items) - 4})' if len(items) > 4 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected),
+                                     ("shape (checkpoint vs model)", shapes)) if items]
+    if problems:
+        raise ckpt.CheckpointMismatchError("the checkpoint holds another model's weights: " + "; ".join(problems))
 
 
 def _plain(value):

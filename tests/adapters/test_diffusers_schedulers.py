@@ -161,9 +161,11 @@ def test_ddim_loop_matches_diffusers_math_with_listed_prev(prediction, spacing, 
     dict(trained_betas=torch.linspace(1e-4, 0.03, 1000).tolist(), clip_sample_range=0.5, prediction_type="sample"),
     dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
          clip_sample=False),
+    # ε-prediction at ᾱ = 0: x̂0 = ±inf, clamped to ±1 (not inf − inf = NaN)
+    dict(rescale_betas_zero_snr=True, timestep_spacing="trailing"),
     dict(num_train_timesteps=200, prediction_type="v_prediction", clip_sample_range=2.0),
 ], ids=["offset-noAlphaOne", "noAlphaOne", "sd-scaled-linear", "cos-range1.5", "trained-range0.5", "zero-snr",
-        "T200-range2"])
+        "zero-snr-eps-clip", "T200-range2"])
 @pytest.mark.parametrize("eta", [0.0, 1.0], ids=["eta0", "eta1"])
 def test_ddim_config_variants(kwargs, eta):
     model = toy_model(kwargs.get("prediction_type", "epsilon"))
@@ -252,7 +254,8 @@ def test_ddpm_loop_matches_diffusers(prediction, spacing, n, variance_type, clip
     dict(beta_schedule="laplace", clip_sample=False),
     dict(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large"),
     dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
-], ids=["offset-learned-range", "sigmoid-range2", "laplace", "cos-large", "zero-snr"])
+    dict(rescale_betas_zero_snr=True, timestep_spacing="trailing"),  # ε at ᾱ = 0: x̂0 = ±inf clamped to ±1
+], ids=["offset-learned-range", "sigmoid-range2", "laplace", "cos-large", "zero-snr", "zero-snr-eps-clip"])
 def test_ddpm_config_variants(kwargs):
     ref, fast = DDPMScheduler(**kwargs), FastDDPMScheduler(**kwargs)
     assert torch.equal(fast.alphas_cumprod, ref.alphas_cumprod)

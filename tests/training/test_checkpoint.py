@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,3 +113,26 @@ def test_prune_keeps_newest_and_protected(tmp_path):
 def test_save_rejects_negative_step(tmp_path):
     with pytest.raises(ValueError, match="step must be >= 0"):
         ckpt.save_checkpoint(tmp_path, -1, {})
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """A SIGKILL mid-write leaves .<name>.tmp-<pid>; the next save deletes it once that process is gone, and never
+    a live writer's file."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = tmp_path / f".ckpt_000000004.pt.tmp-{int(dead.stdout)}"
+    live = tmp_path / f".ckpt_000000005.pt.tmp-{os.getppid()}"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    ckpt.save_checkpoint(tmp_path, 6, _state(6))
+    assert not stale.exists() and live.exists()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt_000000006.pt"]
+
+
+def test_failed_write_removes_its_temporary(tmp_path, monkeypatch):
+    def boom(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(ckpt.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(tmp_path, 1, _state(1))
+    assert list(tmp_path.iterdir()) == []

@@ -80,7 +80,8 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, reference):
     assert load_checkpoint(good)["step"] == 4
     _run(out, "--resume")
     _assert_same_run(_final_state(out), reference[0])
-    assert partial[0].exists(), "the partial temporary file must be left for inspection"
+    assert not partial[0].exists(), "the dead writer's partial temporary file is removed on resume"
+    assert not [p for p in ckpt_dir.iterdir() if ".tmp-" in p.name]
     assert not good.exists() or good.read_bytes() == good_bytes  # pruned (keep=2) or untouched
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from trainkit import TensorData, assert_tree_equal
 
-from fastdiff.training import DiffusionObjective, TrainConfig, Trainer, TrainingDivergedError
+from fastdiff.training import CheckpointMismatchError, DiffusionObjective, TrainConfig, Trainer, TrainingDivergedError
 
 
 def _trainer(make_unet, make_diffusion, make_dataset, tmp_path, learn_sigma=False, **overrides):
@@ -210,3 +210,40 @@ def test_resume_applies_changed_hyperparameters_with_warning(make_unet, make_dif
     group = again.optimizer.param_groups[0]
     assert group["eps"] == 1e-4 and group["weight_decay"] == 0.1 and again.step == 2
     assert_tree_equal(again.model.state_dict(), tr.model.state_dict())
+
+
+def test_all_steps_nonfinite_writes_no_checkpoint(make_unet, make_diffusion, make_dataset, tmp_path):
+    """Fewer steps than max_skipped_steps, every one non-finite: the run must not 'finish' with untrained weights."""
+    tr = _trainer(make_unet, make_diffusion, make_dataset, tmp_path, total_steps=3, max_skipped_steps=10)
+    _nan_grad_on(tr, None)
+    with pytest.raises(TrainingDivergedError, match="all 3 steps had non-finite gradients"):
+        tr.train()
+    assert not list((tmp_path / "out" / "checkpoints").glob("*.pt"))
+
+
+def _run_trainer(make_unet, make_diffusion, make_dataset, out, run_config, num_classes=None):
+    return Trainer(make_unet(num_classes=num_classes), DiffusionObjective(make_diffusion(steps=50)),
+                   make_dataset(32), TrainConfig(total_steps=2, batch_size=8, save_interval=2), out, device="cpu",
+                   run_config=run_config)
+
+
+def test_resume_refuses_another_runs_checkpoint(make_unet, make_diffusion, make_dataset, tmp_path):
+    """Another data set / model / schedule in the run config, or other weights: CheckpointMismatchError naming
+    the difference and the file, raised before any state is loaded. [train] and [sample] may change."""
+    run = {"config": {"data": {"name": "digits"}, "diffusion": {"steps": 50}, "train": {"lr": 1e-3},
+                      "sample": {"steps": 50}}, "data_shape": [1, 8, 8]}
+    _run_trainer(make_unet, make_diffusion, make_dataset, tmp_path, run).train()
+    changed = {**run, "config": {**run["config"], "train": {"lr": 5e-4}, "sample": {"steps": 10}}}
+    assert _run_trainer(make_unet, make_diffusion, make_dataset, tmp_path, changed).resume() is not None
+    other = {**run, "config": {**run["config"], "data": {"name": "ring8"}}}
+    tr = _run_trainer(make_unet, make_diffusion, make_dataset, tmp_path, other)
+    before = _snapshot(tr)
+    with pytest.raises(CheckpointMismatchError, match=r"ckpt_000000002\.pt.*config\.data\.name: 'digits' in the "
+                                                      r"checkpoint, 'ring8' now"):
+        tr.resume()
+    assert_tree_equal(_snapshot(tr), before)
+    assert tr.step == 0
+    tr = _run_trainer(make_unet, make_diffusion, make_dataset, tmp_path, None, num_classes=3)
+    with pytest.raises(CheckpointMismatchError, match=r"another model's weights: missing \['label_emb.weight'\]"):
+        tr.resume()
+    assert tr.step == 0
