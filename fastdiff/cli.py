@@ -17,10 +17,47 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+from fastdiff.errors import USER_ERRORS, check_device
+
 log = logging.getLogger("fastdiff")
+
+TRACEBACK_ENV = "FASTDIFF_TRACEBACK"  # =1: user errors keep their traceback too
+
+
+def _count(minimum: int = 1):
+    """argparse type: an int >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _nonnegative(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _device(text: str):
+    """argparse type: a device this machine has."""
+    try:
+        return str(check_device("device", text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("device=").removeprefix("device ")) from None
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -33,7 +70,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", required=True, help="TOML file, or the name of a shipped config")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     p.add_argument("overrides", nargs="*", help="section.key=value (TOML values), e.g. train.lr=1e-4")
     p.set_defaults(func=_run_train)
 
@@ -73,8 +111,8 @@ def _add_sample(sub) -> None:
                    help="a guided-diffusion noisy-classifier .pt (for --guidance cg=S), with --classifier-flags")
     p.add_argument("--classifier-flags", default="", help="the classifier's CLASSIFIER_FLAGS")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
-    p.add_argument("--steps", type=int, default=None, help="respaced sampling steps")
-    p.add_argument("--eta", type=float, default=None, help="DDIM η (0: deterministic)")
+    p.add_argument("--steps", type=_count(), default=None, help="respaced sampling steps")
+    p.add_argument("--eta", type=_nonnegative, default=None, help="DDIM η (0: deterministic)")
     p.add_argument("--guidance", action="append", default=None, metavar="KIND=SCALE[,t=LO:HI][,schedule=S]",
                    help="repeatable: cfg=W (classifier-free; a bare number means cfg), cg=S (noisy classifier, needs "
                         "--classifier), dg=W (Discriminator Guidance, needs --discriminator); t=LO:HI limits a term "
@@ -83,12 +121,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--discriminator", default=None, help="discriminator run directory or checkpoint (for dg)")
     p.add_argument("--unconditional", action="store_true",
                    help="feed the model the null class (unconditional branch); labels only steer cg")
-    p.add_argument("--num-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=_count(), default=None)
+    p.add_argument("--batch-size", type=_count(), default=None)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--ema", default="best", help="EMA rate to sample ('best': the slowest; 'none': raw weights)")
     p.add_argument("--out", default="samples")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None)
     p.set_defaults(func=_run_sample)
 
 
@@ -191,14 +229,15 @@ def _scatter(x, path) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score a trained model (FD, precision/recall, accuracy, bits/dim)")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--num-samples", type=_count(2), default=500, help="at least 2 (a Fréchet distance needs a "
+                                                                        "covariance)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--steps", type=_count(), default=50)
+    p.add_argument("--guidance", type=_nonnegative, default=0.0)
     p.add_argument("--bpd", action="store_true", help="also bits/dim of the data (calc_bpd_loop; slow: T steps)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--ema", default="best")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None)
     p.set_defaults(func=_run_eval)
 
 
@@ -217,7 +256,7 @@ def _run_eval(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time every fused op against its reference on this machine")
     p.add_argument("--quick", action="store_true", help="smaller shapes")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None)
     p.set_defaults(func=_run_bench)
 
 
@@ -237,7 +276,7 @@ def _add_repro(sub) -> None:
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument("--quick", action="store_true", help="a short run that checks the pipeline, not the claim")
     p.add_argument("--out", default=None, help="output folder (default: repro_out/<experiment>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.set_defaults(func=_run_repro)
 
 
@@ -257,8 +296,8 @@ def _add_demo(sub) -> None:
                                    "fd_vs_steps.png and demo_results.md.")
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="150 training steps and 200 samples (a smoke run)")
-    p.add_argument("--num-samples", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=_count(2), default=None, help="per sampler (default: 500; 200 with --quick)")
+    p.add_argument("--seed", type=_count(0), default=0)
     p.set_defaults(func=_run_demo)
 
 
@@ -270,9 +309,16 @@ def _run_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="fastdiff", description="fastdiff: fused kernels for diffusion models")
+    parser = _Parser(prog="fastdiff", description="fastdiff: fused kernels for diffusion models")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_train, _add_sample, _add_eval, _add_bench, _add_repro, _add_demo):
@@ -287,9 +333,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except ValueError as e:
-        parser.error(str(e))
-    return 2
+    except USER_ERRORS as e:  # a bad option, file or machine: one line, no traceback (fastdiff.errors)
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"fastdiff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

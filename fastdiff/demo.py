@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fastdiff.config import load_config
+from fastdiff.errors import check_device, check_int
 from fastdiff.runs import load_run, make_trainer, save_grid, timed
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,10 @@ def run_demo(out_dir="demo_out", quick: bool = False, num_samples: int | None = 
     """Train (or resume) and evaluate the demo model; returns the results written to out_dir/demo_results.json.
     overrides: "section.key=value" strings on top of the digits_cfg config (and of QUICK when quick)."""
     out = Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device("device", device)
+    n = (200 if quick else 500) if num_samples is None else check_int("num_samples", num_samples, 2)
+    check_int("seed", seed, 0)
     cfg = load_config(CONFIG, [f"{k}={v}" for k, v in QUICK.items()] * quick + list(overrides))
-    n = num_samples or (200 if quick else 500)
     trainer, dataset = make_trainer(cfg, out / "train", device=device)
     _, train_s = timed(trainer.train, resume=True)
     run = load_run(out / "train", device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastdiff import config as C
+from fastdiff.errors import check_int
 from fastdiff.runs import LoadedRun, timed
 
 TOYS = ("grid25", "ring8")
@@ -37,7 +38,10 @@ def sample_scores(run: LoadedRun, samples: torch.Tensor, labels: torch.Tensor | 
 def evaluate(run: LoadedRun, num_samples: int = 500, sampler: str = "ddim", steps: int = 50,
              guidance: float = 0.0, seed: int = 0, bpd: bool = False, bpd_samples: int = 256) -> dict:
     """Sample `num_samples` and score them (sample_scores); with bpd, also the bits/dim of the first
-    `bpd_samples` data points (Improved DDPM eqs. 4-7; T model calls per batch)."""
+    `bpd_samples` data points (Improved DDPM eqs. 4-7; T model calls per batch). num_samples >= 2 (a Fréchet
+    distance needs a covariance)."""
+    check_int("num_samples", num_samples, 2)
+    check_int("bpd_samples", bpd_samples, 1)
     labels = torch.arange(num_samples) % run.num_classes if run.num_classes else None
     samples, secs = timed(run.sample, num_samples, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
                           seed=seed, progress=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastdiff.models.nn import timestep_embedding
+from fastdiff.models.nn import check_labels, timestep_embedding
 
 
 class _Block(nn.Module):
@@ -62,7 +62,7 @@ class MLPDenoiser(nn.Module):
                                                    else timesteps, self.time_dim))
         emb = t_emb if emb is None else t_emb + emb
         if y is not None:
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(check_labels(y, x.shape[0], self.num_classes, "MLPDenoiser"))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

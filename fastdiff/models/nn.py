@@ -24,6 +24,24 @@ from fastdiff import ops
 NUM_GROUPS = 32
 
 
+def check_labels(y, n: int, num_classes: int, owner: str) -> torch.Tensor:
+    """y when it is an integer tensor [n] of class labels in [0, num_classes), else a ValueError naming `owner`'s
+    y. The range is read where that costs no device synchronisation (CPU tensors; on a GPU an out-of-range
+    embedding lookup asserts on the device)."""
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{owner}: y must be an int64 tensor of class labels, got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    if y.shape != (n,):
+        raise ValueError(f"{owner}: y must have shape [N] = [{n}], got {tuple(y.shape)}")
+    if y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{owner}: y must lie in [0, num_classes={num_classes}), got values in [{lo}, {hi}] "
+                             f"(a classifier-free null label needs a model trained with label dropout, whose "
+                             f"num_classes counts it)")
+    return y
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 and cast back to the input dtype (guided-diffusion's GroupNorm32).
 

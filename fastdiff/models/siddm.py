@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from fastdiff.models.nn import check_labels
+
 _EMB = 16  # size of the step and label embeddings
 
 
@@ -89,7 +91,7 @@ class StepMLP(nn.Module):
         if self.label_embed is not None:
             if y is None:
                 raise ValueError(f"y (class labels) is required: num_classes={self.num_classes}")
-            parts.append(self.label_embed(y))
+            parts.append(self.label_embed(check_labels(y, v.shape[0], self.num_classes, type(self).__name__)))
         elif y is not None:
             raise ValueError("y was given but the net is unconditional (num_classes=None)")
         return self.layers(torch.cat(parts, dim=1))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdiff.models.nn import adagn, conv_nd, linear, normalization, zero_module
+from fastdiff.models.nn import adagn, check_labels, conv_nd, linear, normalization, zero_module
 from fastdiff.models.unet import EncoderUNetModel, UNetModel
 
 
@@ -140,15 +140,7 @@ class UNetSIDDMDiscriminator(UNetModel):
 
     def _encode(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None):
         """The shared trunk: (middle-block output h [N, C_mid, H/ds, W/ds], input-block outputs hs, emb [N, E])."""
-        if (y is not None) != (self.num_classes is not None):
-            raise ValueError("pass class labels y if and only if the discriminator is class-conditional "
-                             f"(num_classes={self.num_classes})")
-        self._input_dtype_check(x)
-        emb = self._time_emb(t, x.shape[0])
-        if y is not None:
-            if y.shape != (x.shape[0],):
-                raise ValueError(f"y must have shape [{x.shape[0]}], got {tuple(y.shape)}")
-            emb = emb + self.label_emb(y)
+        emb = self._embedding(x, t, y)
         hs, h = [], x.to(self.dtype)
         for module in self.input_blocks:
             h = module(h, emb)
@@ -224,7 +216,6 @@ class UNetDDGANDiscriminator(EncoderUNetModel):
         pooled = self.out[2](adagn(h, self.out[0]))           # [N, C', 1, 1]
         logit = self.out[4](self.out[3](pooled))[:, 0]
         if y is not None:
-            if y.shape != (x_prev.shape[0],):
-                raise ValueError(f"y must have shape [{x_prev.shape[0]}], got {tuple(y.shape)}")
+            y = check_labels(y, x_prev.shape[0], self.num_classes, "UNetDDGANDiscriminator")
             logit = logit + (self.class_proj(y) * pooled.flatten(1)).sum(dim=1)
         return logit

@@ -17,6 +17,7 @@ from fastdiff.models.nn import (
     NUM_GROUPS,
     adagn,
     avg_pool_nd,
+    check_labels,
     checkpoint,
     conv_nd,
     convert_module_to_f16,
@@ -381,6 +382,39 @@ class _UNetTorso(nn.Module):
                              f"convert_to_fp32() (after loading a checkpoint), not with .half() or "
                              f".to(dtype)")
 
+    def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor) -> None:
+        """Clear errors, before any work, for inputs the torso cannot take: x: [N, in_channels, *spatial] in the
+        dtype of the weights, every downsampled size divisible by 2^(levels − 1); timesteps: a tensor."""
+        dims = self.input_blocks[0][0].weight.dim() - 2
+        if not isinstance(x, torch.Tensor) or x.dim() != dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be [N, in_channels={self.in_channels}, <{dims} spatial dims>], got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        weights = self.time_embed[0].weight.dtype
+        if x.dtype != weights:
+            raise TypeError(f"x has dtype {x.dtype} but the model's weights are {weights}: cast x (x.to({weights})) "
+                            f"or the model")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        halved = x.shape[2:] if dims < 3 else x.shape[3:]  # 3-D models halve only the inner two dims
+        if any(s % factor for s in halved):
+            raise ValueError(f"x's spatial size {tuple(x.shape[2:])} must be divisible by 2^(levels - 1) = {factor} "
+                             f"(channel_mult has {len(self.channel_mult)} levels)")
+        if not isinstance(timesteps, torch.Tensor):
+            raise TypeError(f"timesteps must be a tensor ([N] or a scalar), got {type(timesteps).__name__}")
+        self._input_dtype_check(x)
+
+    def _embedding(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Checked inputs -> the time (+ label) embedding [N, 4·model_channels]. y: int64 [N] class labels in
+        [0, num_classes) when the model is class-conditional, else None (`check_labels`)."""
+        num_classes = self.num_classes
+        if (y is not None) != (num_classes is not None):
+            raise ValueError(f"pass class labels y if and only if the {type(self).__name__} is class-conditional "
+                             f"(num_classes={num_classes})")
+        self._check_inputs(x, timesteps)
+        emb = self._time_emb(timesteps, x.shape[0])
+        if y is None:
+            return emb
+        return emb + self.label_emb(check_labels(y, x.shape[0], num_classes, type(self).__name__))
+
     def _time_emb(self, timesteps: torch.Tensor, n: int) -> torch.Tensor:
         """timesteps: [N] or a scalar -> emb: [N, 4·model_channels] (fp32)."""
         if timesteps.dim() == 0:
@@ -461,15 +495,7 @@ class UNetModel(_UNetTorso):
         ResBlock's AdaGN scale/shift: the hook through which `fastdiff.models.siddm_unet.UNetGenerator` feeds its
         latent z (DDGAN's style modulation). It has no parameters here, so the state dict is unchanged.
         """
-        if (y is not None) != (self.num_classes is not None):
-            raise ValueError("pass class labels y if and only if the model is class-conditional "
-                             f"(num_classes={self.num_classes})")
-        self._input_dtype_check(x)
-        emb = self._time_emb(timesteps, x.shape[0])
-        if y is not None:
-            if y.shape != (x.shape[0],):
-                raise ValueError(f"y must have shape [{x.shape[0]}], got {tuple(y.shape)}")
-            emb = emb + self.label_emb(y)
+        emb = self._embedding(x, timesteps, y)
         if extra_emb is not None:
             if extra_emb.shape != emb.shape:
                 raise ValueError(f"extra_emb must have shape [N, 4·model_channels] = {tuple(emb.shape)}, got "
@@ -556,7 +582,7 @@ class EncoderUNetModel(_UNetTorso):
     def _torso(self, x: torch.Tensor, timesteps: torch.Tensor, spatial_means: bool):
         """(middle-block output [N, C', H', W'] in x's dtype, the spatial means [N, C_b] of every block's output
         in order when `spatial_means`, else [])."""
-        self._input_dtype_check(x)
+        self._check_inputs(x, timesteps)
         emb = self._time_emb(timesteps, x.shape[0])
         results = []
         h = x.to(self.dtype)

@@ -14,13 +14,10 @@ from typing import NamedTuple
 import torch
 
 from fastdiff import _ext
+from fastdiff.errors import BackendUnavailableError
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 _CHOICES = ("auto",) + BACKENDS
-
-
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run this op on these inputs."""
 
 
 class BackendStatus(NamedTuple):

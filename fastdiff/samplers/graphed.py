@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fastdiff import ops
+from fastdiff.errors import GraphCaptureError
 from fastdiff.ops import betas_for_timesteps, philox, step_table
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
 
@@ -36,10 +37,6 @@ _DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "
 _DIFFUSERS_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large",
                        "fixed_large_log": "fixed_large", "learned": "learned", "learned_range": "learned_range"}
 _CPU_MESSAGE = "GraphedSampler needs a CUDA device; got {} — use fastdiff.samplers.sample_ddim for the eager loop"
-
-
-class GraphCaptureError(RuntimeError):
-    """CUDA graph capture of the sampling loop failed; the message names the likely cause."""
 
 
 # ----------------------------------------------------------------------------------------------- the plan

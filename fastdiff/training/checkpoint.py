@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from fastdiff.errors import CheckpointMismatchError, CorruptCheckpointError  # noqa: F401 - re-exported
+
 logger = logging.getLogger(__name__)
 
 FOOTER_PREFIX = b"FASTDIFF-CKPT-SHA256:"
@@ -29,15 +31,6 @@ _FOOTER_LEN = len(FOOTER_PREFIX) + 64 + 1
 _NAME = re.compile(r"^ckpt_(\d{9})(?:-(\d+))?\.pt$")
 KILL_IN_SAVE_ENV = "FASTDIFF_TEST_KILL_IN_SAVE"
 _TMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: atomic_write_bytes' temporary file
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file is truncated, corrupt or not a fastdiff checkpoint."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A valid checkpoint that does not fit what loads it: written by another run configuration (data set, model,
-    diffusion), or holding another model's weights."""
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fastdiff.errors import CheckpointMismatchError, TrainingDivergedError, check_float, check_int
 from fastdiff.training import checkpoint as ckpt
 from fastdiff.training import distributed as D
 from fastdiff.training.objectives import TrainingObjective
@@ -43,24 +44,12 @@ LR_DECAYS = ("constant", "cosine")
 CHECKPOINT_FORMAT = 1
 
 
-class TrainingDivergedError(RuntimeError):
-    """max_skipped_steps steps in a row had non-finite gradients."""
-
-
 def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"TrainConfig.{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be >= {minimum}, got {value}")
+    check_int(f"TrainConfig.{name}", value, minimum)
 
 
-def _check_float(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False,
-                 high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"TrainConfig.{name} must be a finite number, got {value!r}")
-    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"TrainConfig.{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+def _check_float(name: str, value, low: float, high: float = math.inf, **open_ends) -> None:
+    check_float(f"TrainConfig.{name}", value, low, high, **open_ends)
 
 
 @dataclass
@@ -590,19 +579,19 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()` (a loaded checkpoint)."""
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ckpt.CheckpointMismatchError(f"checkpoint format {state.get('format')!r} is not "
+            raise CheckpointMismatchError(f"checkpoint format {state.get('format')!r} is not "
                                                f"{CHECKPOINT_FORMAT}")
         # Everything that can refuse the checkpoint is checked before anything is loaded.
         _check_run_config(state.get("run_config"), self.run_config)
         _check_model_state(state["model"], self.model.state_dict())
         rates = {repr(r) for r in self.ema}
         if set(state["ema"]) != rates:
-            raise ckpt.CheckpointMismatchError(f"checkpoint has EMA rates {sorted(state['ema'])}, config.ema_rates "
+            raise CheckpointMismatchError(f"checkpoint has EMA rates {sorted(state['ema'])}, config.ema_rates "
                                                f"gives {sorted(rates)}")
         try:
             self.objective.load_state_dict(state["objective"])  # validates the sampler's shapes first
         except ValueError as e:
-            raise ckpt.CheckpointMismatchError(f"checkpoint's training objective does not fit: {e}") from None
+            raise CheckpointMismatchError(f"checkpoint's training objective does not fit: {e}") from None
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             for rate, ema in self.ema.items():
@@ -647,8 +636,8 @@ class Trainer:
             return None
         try:
             self.load_state_dict(state)
-        except ckpt.CheckpointMismatchError as e:
-            raise ckpt.CheckpointMismatchError(f"cannot resume from {path}: {e}. Train into a new out_dir, or "
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"cannot resume from {path}: {e}. Train into a new out_dir, or "
                                                f"resume with the configuration that wrote it.") from None
         self.last_checkpoint = path
         logger.info("resumed from %s at step %d", path, self.step)
@@ -700,7 +689,7 @@ def _check_run_config(saved: dict | None, current: dict | None) -> None:
         shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
                           for k in changed[:8])
         more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
-        raise ckpt.CheckpointMismatchError(f"the checkpoint was written by a different run: {shown}{more}")
+        raise CheckpointMismatchError(f"the checkpoint was written by a different run: {shown}{more}")
 
 
 def _check_model_state(saved: dict, own: dict) -> None:
@@ -714,7 +703,7 @@ def _check_model_state(saved: dict, own: dict) -> None:
                 for label, items in (("missing", missing), ("unexpected", unexpected),
                                      ("shape (checkpoint vs model)", shapes)) if items]
     if problems:
-        raise ckpt.CheckpointMismatchError("the checkpoint holds another model's weights: " + "; ".join(problems))
+        raise CheckpointMismatchError("the checkpoint holds another model's weights: " + "; ".join(problems))
 
 
 def _plain(value):
