@@ -330,7 +330,10 @@ def main(argv=None) -> int:
     """Entry point of the `fastdiff` script; argv defaults to sys.argv[1:]. Returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help (0) or a bad option (2, its one-line message already printed)
+        return e.code
     try:
         return args.func(args)
     except USER_ERRORS as e:  # a bad option, file or machine: one line, no traceback (fastdiff.errors)

@@ -77,6 +77,16 @@ def check_float(name: str, value, low: float = -math.inf, high: float = math.inf
     return value
 
 
+def state_dict_mismatch(state: dict, own: dict) -> tuple[list[str], list[str], list[str]]:
+    """(missing keys, unexpected keys, "key: checkpoint (shape) vs model (shape)") between a loaded state dict and
+    a model's own `state_dict()`: what `load_state_dict(strict=True)` would refuse, found before loading any."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shapes
+
+
 def check_device(name: str, device):
     """`device` (None, a string such as "cuda:1", or a torch.device) as a torch.device this machine has; None is
     the default device (CUDA when available)."""

@@ -183,7 +183,10 @@ MAX_FP64_HEAD_DIM = 128
 
 
 def unsupported(d: int, dtype: torch.dtype) -> str | None:
-    """Why the compiled kernels cannot take heads of dimension d in `dtype` (None: they can)."""
+    """Why the kernels cannot take heads of dimension d in `dtype` here (None: they can)."""
+    if dtype == torch.bfloat16 and _launch.interpreted():
+        return ("Triton's interpreter (TRITON_INTERPRET=1) has no bfloat16 dot: it computes garbage; run on a GPU, "
+                "or use float16 / float32")
     if dtype == torch.float64 and d > MAX_FP64_HEAD_DIM and not _launch.interpreted():
         return f"float64 attention with head dimension {d} > {MAX_FP64_HEAD_DIM} does not fit a GPU's shared memory"
     return None

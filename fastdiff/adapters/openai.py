@@ -28,6 +28,7 @@ from torch import nn
 
 from fastdiff.config import SampleConfig
 from fastdiff.diffusion import ModelMeanType, ModelVarType, create_gaussian_diffusion
+from fastdiff.errors import CorruptCheckpointError, state_dict_mismatch
 from fastdiff.models.unet import EncoderUNetModel, UNetModel, parse_attention_resolutions
 
 __all__ = ["FLAG_DEFAULTS", "OpenAIRun", "RespacedModel", "build", "load", "load_classifier", "load_run",
@@ -249,8 +250,13 @@ def _state_dict(checkpoint) -> tuple[dict, str]:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
         where = f"checkpoint {str(path)!r}"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling arbitrary bytes raises anything (KeyError, UnpicklingError, ...)
+            first = (str(e).splitlines() or [""])[0][:160]
+            raise CorruptCheckpointError(f"{where} is not a torch.save'd state dict ({type(e).__name__}: "
+                                         f"{first})") from None
     else:
         state, where = checkpoint, "the state dict"
     if not isinstance(state, dict) or not state:
@@ -287,11 +293,7 @@ def _inferred_flags(state: dict, kind: str) -> dict:
 def _load_strict(model: nn.Module, state: dict, where: str, flags: dict, variant: str, kind: str) -> None:
     """load_state_dict(strict=True) with an error that lists missing / unexpected / mis-shaped keys and the flags
     the checkpoint contradicts."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    missing, unexpected, shapes = state_dict_mismatch(state, model.state_dict())
     if not (missing or unexpected or shapes):
         model.load_state_dict(state, strict=True)
         return

@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastdiff.errors import CheckpointMismatchError, TrainingDivergedError, check_float, check_int
+from fastdiff.errors import (
+    CheckpointMismatchError,
+    TrainingDivergedError,
+    check_float,
+    check_int,
+    state_dict_mismatch,
+)
 from fastdiff.training import checkpoint as ckpt
 from fastdiff.training import distributed as D
 from fastdiff.training.objectives import TrainingObjective
@@ -695,13 +701,8 @@ def _check_run_config(saved: dict | None, current: dict | None) -> None:
 def _check_model_state(saved: dict, own: dict) -> None:
     """CheckpointMismatchError listing missing, unexpected and differently shaped weights (torch's
     load_state_dict would raise after loading part of them)."""
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
     problems = [f"{label} {items[:4]}{f' (+{len(items) - 4})' if len(items) > 4 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape (checkpoint vs model)", shapes)) if items]
+                for label, items in zip(("missing", "unexpected", "shape"), state_dict_mismatch(saved, own)) if items]
     if problems:
         raise CheckpointMismatchError("the checkpoint holds another model's weights: " + "; ".join(problems))
 

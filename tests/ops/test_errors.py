@@ -181,3 +181,15 @@ def test_boolean_timesteps_are_refused():
         ops.q_sample(x, True, x, coefs)
     with pytest.raises(TypeError, match="t must be"):
         ops.ddim_step(x, x, coefs, torch.tensor([True, False]))
+
+
+def test_triton_attention_refuses_bf16_in_the_interpreter():
+    """The interpreter has no bfloat16 dot (it returned values ~1e8 off): asked for by name it refuses; `auto`
+    picks a backend that computes it."""
+    if not ops._backend.triton_interpret():
+        pytest.skip("the refusal is for Triton's interpreter; compiled kernels run bf16")
+    qkv = torch.randn(1, 3 * 2 * 16, 16).bfloat16()
+    with pytest.raises(ops.BackendUnavailableError, match="no bfloat16 dot"):
+        ops.qkv_attention(qkv, 2, backend="triton")
+    torch.testing.assert_close(ops.qkv_attention(qkv, 2, backend="auto").float(),
+                               ops.qkv_attention(qkv, 2, backend="reference").float(), atol=2e-2, rtol=2e-2)
