@@ -65,7 +65,23 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     return value
 
 
-def check_float(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+def check_whole_numbers(name: str, values) -> list[int]:
+    """`values` (a sequence, array or tensor of whole numbers, e.g. timestep indices) as a list of ints. Fractional
+    values and bools are refused: int() would silently truncate 10.7 to 10 and read True as 1."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") and not hasattr(values, "tolist"):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
+    items = values.tolist() if hasattr(values, "tolist") else list(values)
+    items = items if isinstance(items, list) else [items]
+    out = []
+    for i, v in enumerate(items):
+        v = v.item() if hasattr(v, "item") else v
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v != int(v):
+            raise TypeError(f"{name} must hold whole numbers, got {v!r} at position {i}")
+        out.append(int(v))
+    return out
+
+
+def check_number(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
                 high_open: bool = False) -> float:
     """`value` as a float when it is a finite real number (not a bool) in the interval from low to high."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):

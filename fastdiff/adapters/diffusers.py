@@ -57,7 +57,6 @@ backend ("reference", "cpu", "cuda", "triton"); DDPM's `step` also accepts `vari
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import numpy as np
 import torch
@@ -73,6 +72,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
                       ) from exc
 
 from fastdiff.diffusion.schedules import betas_for_alpha_bar, cosine_alpha_bar
+from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import _backend
 from fastdiff.ops import _common as C
 from fastdiff.ops import _table as T
@@ -165,6 +165,11 @@ def prediction_code(prediction: str, r: float) -> int:
     if prediction == "sample" and r != 1.0:
         return C.PREDICTIONS["epsilon"]
     return _PRED_CODE[prediction]
+
+
+def _host_read_is_free(t: torch.Tensor) -> bool:
+    """Whether reading `t`'s values costs no device synchronisation (a CPU tensor, outside torch.compile)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _x0_columns(table: np.ndarray, ac: np.ndarray, prediction: str, r: float) -> None:
@@ -324,7 +329,7 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
             # Checked where it costs no device read; on a GPU the kernels give NaN for a row outside the table,
             # and DDIM's unused row 0 (timestep −1) is NaN.
             total = self.config.num_train_timesteps
-            if (timestep.device.type == "cpu" and timestep.numel() and not torch.compiler.is_compiling()
+            if (_host_read_is_free(timestep) and timestep.numel()
                     and (int(timestep.min()) < 0 or int(timestep.max()) >= total)):
                 raise ValueError(f"timestep must lie in [0, num_train_timesteps = {total}), got min "
                                  f"{int(timestep.min())} max {int(timestep.max())}")
@@ -455,7 +460,7 @@ class FastDDPMScheduler(_FastScheduler):
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
         if timesteps is not None:
-            ts = np.array([int(t) for t in timesteps], dtype=np.int64)
+            ts = np.array(check_whole_numbers("timesteps", timesteps), dtype=np.int64)
             if ts.size == 0:
                 raise ValueError("timesteps must not be empty")
             if np.any(np.diff(ts) >= 0):
@@ -617,12 +622,7 @@ class FastDDIMScheduler(_FastScheduler):
         if self.num_inference_steps is None:
             raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
                              "the scheduler")
-        if isinstance(eta, (torch.Tensor, bool)) or not isinstance(eta, Real):
-            raise TypeError(f"eta must be a float (a tensor would need a host read per step), got "
-                            f"{type(eta).__name__}")
-        eta = float(eta)
-        if not eta >= 0.0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        eta = C.check_eta(eta)
         self._check_step_args(model_output, sample, 1)
         rows, _ = self._row_index(timestep, sample, shift=1)
         raw_eps = bool(self.config.clip_sample) and not use_clipped_model_output

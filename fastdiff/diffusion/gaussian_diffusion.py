@@ -66,6 +66,16 @@ def _check_enum(name: str, value, enum_cls):
     return value
 
 
+def _check_model_kwargs(model_kwargs) -> dict:
+    """model_kwargs (extra keyword arguments of every model call, e.g. {"y": labels}) as a dict; None is {}."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict of the model's extra arguments (e.g. {{'y': labels}}) or "
+                        f"None, got {type(model_kwargs).__name__}")
+    return model_kwargs
+
+
 def _model_device(model, noise, device):
     """guided-diffusion's device rule (a model parameter's device), with noise's device or CPU for plain callables."""
     if device is not None:
@@ -193,7 +203,7 @@ class GaussianDiffusion:
         x̂_0 before clipping to [-1, 1] (clip_denoised). Returns {"mean", "variance", "log_variance",
         "pred_xstart"}, each x's shape.
         """
-        model_kwargs = {} if model_kwargs is None else model_kwargs
+        model_kwargs = _check_model_kwargs(model_kwargs)
         B = x.shape[0]
         if tuple(t.shape) != (B,):
             raise ValueError(f"t must have shape [N] = [{B}], got {tuple(t.shape)}")
@@ -250,14 +260,14 @@ class GaussianDiffusion:
 
     def condition_mean(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
         """μ' = μ + Σ ∇_x log p(y | x_t) (Sohl-Dickstein et al. 2015; ADM Algorithm 1). Returns the new mean."""
-        model_kwargs = {} if model_kwargs is None else model_kwargs
+        model_kwargs = _check_model_kwargs(model_kwargs)
         gradient = cond_fn(x, self._scale_timesteps(t), **model_kwargs)
         return p_mean_var["mean"].float() + p_mean_var["variance"] * gradient.float()
 
     def condition_score(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
         """ε' = ε̂ − √(1 − ᾱ_t) ∇_x log p(y | x_t) (Song et al. 2020; ADM Algorithm 2): p_mean_var with the
         conditioned pred_xstart and mean."""
-        model_kwargs = {} if model_kwargs is None else model_kwargs
+        model_kwargs = _check_model_kwargs(model_kwargs)
         alpha_bar = _extract_into_tensor(self.alphas_cumprod, t, x.shape)
         eps = self._predict_eps_from_xstart(x, t, p_mean_var["pred_xstart"])
         eps = eps - (1 - alpha_bar).sqrt() * cond_fn(x, self._scale_timesteps(t), **model_kwargs)
@@ -500,7 +510,8 @@ class GaussianDiffusion:
         only (Improved DDPM eq. 16, L_hybrid = L_simple + λ L_vlb; RESCALED_MSE scales vb by T/1000, λ = 0.001 at
         T = 1000). Returns {"loss": [N], and "mse"/"vb" where used}.
         """
-        model_kwargs = {} if model_kwargs is None else model_kwargs
+        model_kwargs = _check_model_kwargs(model_kwargs)
+        C.check_float("x_start", x_start)
         if noise is None:
             noise = torch.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise=noise)
@@ -533,6 +544,8 @@ class GaussianDiffusion:
     def calc_bpd_loop(self, model, x_start, clip_denoised=True, model_kwargs=None) -> dict:
         """The whole bound in bits/dim, one fresh x_t per timestep: {"total_bpd": [N], "prior_bpd": [N],
         "vb": [N, T], "xstart_mse": [N, T], "mse": [N, T]}; column j holds t = T-1-j (guided-diffusion's order)."""
+        C.check_float("x_start", x_start)
+        model_kwargs = _check_model_kwargs(model_kwargs)
         batch_size = x_start.shape[0]
         vb, xstart_mse, mse = [], [], []
         for t in list(range(self.num_timesteps))[::-1]:

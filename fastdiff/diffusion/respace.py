@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from fastdiff.diffusion.gaussian_diffusion import GaussianDiffusion
+from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import betas_for_timesteps
 
 
@@ -30,7 +31,7 @@ def _parse_section_counts(section_counts) -> list[int]:
         except ValueError:
             raise ValueError(f"section_counts must be 'ddimN' or comma-separated integers, "
                              f"got {section_counts!r}") from None
-    counts = [int(c) for c in section_counts]
+    counts = check_whole_numbers("section_counts", section_counts)
     if not counts:
         raise ValueError("section_counts must not be empty")
     return counts
@@ -80,7 +81,7 @@ class SpacedDiffusion(GaussianDiffusion):
     def __init__(self, use_timesteps, **kwargs):
         if "betas" not in kwargs:
             raise TypeError("SpacedDiffusion needs betas= (the base process) among its keyword arguments")
-        self.use_timesteps = {int(t) for t in use_timesteps}
+        self.use_timesteps = set(check_whole_numbers("use_timesteps", use_timesteps))
         self.original_num_steps = len(kwargs["betas"])
         base = GaussianDiffusion(**kwargs)
         if not self.use_timesteps:

@@ -7,6 +7,7 @@ and triton_kernels/_sampler_math.py).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -91,6 +92,16 @@ def check_model_output(name: str, mo: torch.Tensor, x: torch.Tensor, allow_doubl
     channels = (x.shape[1], 2 * x.shape[1]) if allow_double else (x.shape[1],)
     if mo.dim() != x.dim() or mo.shape[0] != x.shape[0] or mo.shape[2:] != x.shape[2:] or mo.shape[1] not in channels:
         raise ValueError(f"{name} must have shape [N, C or 2C, ...] matching x {tuple(x.shape)}, got {tuple(mo.shape)}")
+
+
+def check_eta(eta) -> float:
+    """DDIM's η (Song et al. eq. 16) as a float >= 0; a number, not a tensor (that would need a host read)."""
+    if isinstance(eta, (torch.Tensor, bool)) or not isinstance(eta, numbers.Real):
+        raise TypeError(f"eta must be a number (a tensor would need a host read per step), got {eta!r}")
+    eta = float(eta)
+    if not eta >= 0.0:  # also rejects NaN
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    return eta
 
 
 def check_guidance_scale(guidance_scale, model_output_uncond) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fastdiff.errors import check_whole_numbers
+
 AC = 0                   # ᾱ_t
 AC_PREV = 1              # ᾱ_{t-1} (1 at t = 0)
 SQRT_AC = 2              # √ᾱ_t
@@ -80,7 +82,7 @@ def betas_for_timesteps(alphas_cumprod, timesteps) -> np.ndarray:
     Returns β: [S] in ascending timestep order, exactly guided-diffusion's SpacedDiffusion.
     """
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
-    ts = sorted(int(t) for t in timesteps)
+    ts = sorted(check_whole_numbers("timesteps", timesteps))
     if not ts:
         raise ValueError("timesteps must not be empty")
     if len(set(ts)) != len(ts):

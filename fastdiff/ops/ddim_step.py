@@ -55,9 +55,7 @@ def ddim_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     if model_output_uncond is not None:
         C.check_model_output("model_output_uncond", model_output_uncond, x)
     t = C.check_coefs_t(x, coefs, t)
-    eta = float(eta)
-    if not eta >= 0.0:  # also rejects NaN
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = C.check_eta(eta)
     scale = C.check_guidance_scale(guidance_scale, model_output_uncond)
     pred = C.prediction_code(prediction)
     seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=eta > 0.0, generator=generator)

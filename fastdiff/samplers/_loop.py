@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import _common as C
 from fastdiff.ops import _table as T
 from fastdiff.ops import betas_for_timesteps, step_table
@@ -34,7 +35,10 @@ def prepare_timesteps(timesteps, alphas_cumprod, x: torch.Tensor):
     ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
     if ac.dim() != 1 or ac.numel() == 0:
         raise ValueError(f"alphas_cumprod must be a non-empty 1-D sequence, got shape {tuple(ac.shape)}")
-    ts = list(range(ac.numel())) if timesteps is None else sorted(int(t) for t in timesteps)
+    if not (bool(((ac >= 0) & (ac <= 1)).all()) and bool((ac[1:] <= ac[:-1]).all())):
+        raise ValueError(f"alphas_cumprod must be ᾱ_t = ∏(1 − β_s): non-increasing values in [0, 1], got min "
+                         f"{float(ac.min())} max {float(ac.max())}")
+    ts = list(range(ac.numel())) if timesteps is None else sorted(check_whole_numbers("timesteps", timesteps))
     table = step_table(betas_for_timesteps(ac.numpy(), ts), device=x.device)
     n = x.shape[0]
     rows = torch.arange(len(ts), device=x.device).unsqueeze(1).expand(len(ts), n).contiguous()

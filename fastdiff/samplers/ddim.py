@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from fastdiff import ops
+from fastdiff.ops import _common as C
 from fastdiff.samplers._loop import consume, run_steps
 
 
@@ -16,9 +17,7 @@ def ddim_steps(model, x, timesteps=None, extra_args=None, *, alphas_cumprod, eta
     Arguments as in `fastdiff.samplers.ddpm_steps`; η = 0 is deterministic (no noise is drawn), η = 1 is
     DDPM-like. Extra variance channels of the model output are ignored.
     """
-    eta = float(eta)
-    if not eta >= 0.0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = C.check_eta(eta)
     step = functools.partial(ops.ddim_step, eta=eta, prediction=prediction, clip_denoised=clip_denoised)
     return run_steps(step, model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod,
                      guidance_scale=guidance_scale, uncond_args=uncond_args, seed=seed if eta > 0 else None,

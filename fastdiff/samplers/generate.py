@@ -13,6 +13,7 @@ import torch
 
 from fastdiff import ops
 from fastdiff.diffusion import space_timesteps
+from fastdiff.errors import check_int
 from fastdiff.samplers.ddim import sample_ddim
 from fastdiff.samplers.ddpm import sample_ddpm
 from fastdiff.samplers.guidance import GuidanceSpec
@@ -52,8 +53,9 @@ def generate(model, alphas_cumprod, num_samples: int, shape, *, sampler: str = "
     """
     if sampler not in SAMPLER_KINDS:
         raise ValueError(f"sampler must be one of {SAMPLER_KINDS}, got {sampler!r}")
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+    check_int("num_samples", num_samples, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
     if labels is not None:
         labels = torch.as_tensor(labels)
         if labels.shape != (num_samples,) or labels.dtype != torch.int64:

@@ -25,6 +25,7 @@ import torch
 
 from fastdiff import ops
 from fastdiff.errors import GraphCaptureError
+from fastdiff.ops import _common as C
 from fastdiff.ops import betas_for_timesteps, philox, step_table
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
 
@@ -185,9 +186,7 @@ class StaticLoop:
             raise ValueError(f"shape must be [N, C, ...] with positive sizes, got {shape}")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        eta = float(eta)
-        if not eta >= 0.0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        eta = C.check_eta(eta)
         if plan.sampler == "ddpm" and eta != 0.0:
             raise ValueError(f"eta applies to the DDIM sampler only, got eta={eta} with sampler='ddpm'")
         if guidance_scale is not None and not uncond_kwargs:

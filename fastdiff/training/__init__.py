@@ -1,9 +1,8 @@
 """Training: objectives (L_simple, L_hybrid, L_vlb, class-conditional, classifier-free; ADM's noisy classifier and
 Discriminator Guidance's discriminator), the Trainer (AdamW, EMA, AMP with loss scaling, crash-safe checkpoints with
 exact resume, DDP) and its checkpoint / distributed helpers."""
+from fastdiff.errors import CheckpointMismatchError, CorruptCheckpointError, TrainingDivergedError
 from fastdiff.training.checkpoint import (
-    CheckpointMismatchError,
-    CorruptCheckpointError,
     atomic_write_bytes,
     copy_ema_,
     list_checkpoints,
@@ -30,7 +29,7 @@ from fastdiff.training.objectives import (
     run_objective,
     sample_timesteps,
 )
-from fastdiff.training.trainer import AMP_MODES, TrainConfig, Trainer, TrainingDivergedError
+from fastdiff.training.trainer import AMP_MODES, TrainConfig, Trainer
 
 __all__ = [
     "AMP_MODES", "BatchDraw", "CheckpointMismatchError", "CorruptCheckpointError", "DiffusionObjective", "DiscriminatorObjective",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fastdiff.errors import CheckpointMismatchError, CorruptCheckpointError  # noqa: F401 - re-exported
+from fastdiff.errors import CorruptCheckpointError
 
 logger = logging.getLogger(__name__)
 

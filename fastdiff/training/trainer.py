@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from fastdiff.errors import (
     CheckpointMismatchError,
     TrainingDivergedError,
-    check_float,
     check_int,
+    check_number,
     state_dict_mismatch,
 )
 from fastdiff.training import checkpoint as ckpt
@@ -55,7 +55,7 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 def _check_float(name: str, value, low: float, high: float = math.inf, **open_ends) -> None:
-    check_float(f"TrainConfig.{name}", value, low, high, **open_ends)
+    check_number(f"TrainConfig.{name}", value, low, high, **open_ends)
 
 
 @dataclass
