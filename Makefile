@@ -36,7 +36,7 @@ test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 demo: install
-	$(PYTHON) -m fastdiff.cli demo --out demo_out
+	$(PYTHON) -m fastdiff demo --out demo_out
 
 bench: install
 	$(PYTHON) benchmarks/run.py

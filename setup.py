@@ -60,7 +60,7 @@ setup(
     packages=find_packages(include=["fastdiff", "fastdiff.*"]) + ["fastdiff.triton_kernels"],
     package_dir={"fastdiff.triton_kernels": "triton_kernels"},
     # run configs (`fastdiff train --config digits_cfg`) and the digits classifier behind the digits metrics
-    package_data={"fastdiff": ["configs/*.toml"], "fastdiff.metrics": ["weights/*.pt"]},
+    package_data={"fastdiff.app": ["configs/*.toml"], "fastdiff.metrics": ["weights/*.pt"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -34,7 +34,7 @@ import torch
 from conftest import smoke_mode
 
 from fastdiff import ops
-from fastdiff.diffusion.schedules import get_named_beta_schedule
+from fastdiff.schedules import get_named_beta_schedule
 from fastdiff.samplers import GraphedSampler, sample_ddim
 
 SHAPE = (2, 4, 64, 64)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fastdiff import ops
-from fastdiff.diffusion.schedules import get_named_beta_schedule
+from fastdiff.schedules import get_named_beta_schedule
 
 PROVIDERS = ("reference", "compile", "cpu", "cuda", "triton")
 FUSED = ("cpu", "cuda", "triton")

@@ -77,8 +77,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from fastdiff.config import load_config
-    from fastdiff.runs import finish_distributed, make_trainer
+    from fastdiff.app.config import load_config
+    from fastdiff.app.runs import finish_distributed, make_trainer
     from fastdiff.training import distributed as D
 
     cfg = load_config(args.config, args.overrides)
@@ -133,15 +133,13 @@ def _add_sample(sub) -> None:
 def _load(args):
     import torch
 
-    from fastdiff.runs import load_run
+    from fastdiff.app.runs import load_openai_run, load_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if getattr(args, "openai_ckpt", None) is not None:
-        from fastdiff.adapters import openai
-
         if args.ckpt is not None:
             raise ValueError("pass either --ckpt (a fastdiff run) or --openai-ckpt, not both")
-        return openai.load_run(args.openai_ckpt, args.flags, variant=args.openai_variant, device=device)
+        return load_openai_run(args.openai_ckpt, args.flags, variant=args.openai_variant, device=device)
     if args.ckpt is None:
         raise ValueError("--ckpt (or --openai-ckpt) is required")
     return load_run(args.ckpt, ema_rate=None if args.ema == "none" else args.ema, device=device)
@@ -151,7 +149,7 @@ def _run_sample(args) -> int:
     import numpy as np
     import torch
 
-    from fastdiff.runs import finish_distributed, gather_chunks, save_grid
+    from fastdiff.app.runs import finish_distributed, gather_chunks, save_grid
     from fastdiff.samplers.generate import guidance_specs
     from fastdiff.training import distributed as D
 
@@ -187,7 +185,7 @@ def _run_sample(args) -> int:
 def _guidance_models(args, run, guidance):
     """(classifier, discriminator) that the guidance terms need, loaded on the run's device; clear errors for a
     missing one (or one given without its term)."""
-    from fastdiff.training import load_classifier, load_discriminator
+    from fastdiff.app.runs import load_classifier, load_discriminator
 
     kinds = {g.kind for g in guidance}
     device = next(run.model.parameters()).device
@@ -242,7 +240,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from fastdiff.evaluate import evaluate
+    from fastdiff.app.evaluate import evaluate
 
     run = _load(args)
     print(json.dumps(evaluate(run, num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
@@ -261,14 +259,14 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> int:
-    from fastdiff.evaluate import bench_ops
+    from fastdiff.app.evaluate import bench_ops
 
     print(bench_ops(device=args.device, quick=args.quick))
     return 0
 
 
 def _add_repro(sub) -> None:
-    from fastdiff.repro import EXPERIMENTS
+    from fastdiff.experiments import EXPERIMENTS
 
     p = sub.add_parser("repro", help="reproduce a seed paper's small-scale experiment",
                        description="Experiments: " + "; ".join(f"{k}: {v.__doc__.splitlines()[0]}"
@@ -281,7 +279,7 @@ def _add_repro(sub) -> None:
 
 
 def _run_repro(args) -> int:
-    from fastdiff.repro import EXPERIMENTS
+    from fastdiff.experiments import EXPERIMENTS
 
     out = args.out or str(Path("repro_out") / args.experiment)
     EXPERIMENTS[args.experiment](out, quick=args.quick, seed=args.seed)
@@ -302,7 +300,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from fastdiff.demo import run_demo
+    from fastdiff.experiments.digits_samplers import run_demo
 
     run_demo(args.out, quick=args.quick, num_samples=args.num_samples, seed=args.seed)
     print((Path(args.out) / "demo_results.md").read_text())

@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from fastdiff import config as C
+from fastdiff.app import config as C
 from fastdiff.data import ArrayDataset, digits_split, load_digits
-from fastdiff.training import Trainer, load_classifier
+from fastdiff.app.runs import load_classifier
+from fastdiff.training import Trainer
 
 BANDS = {"t<100": (0, 99), "t~250": (225, 275), "t~500": (450, 550), "t~750": (725, 775), "t>900": (900, 999)}
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fastdiff import cli
-from fastdiff import config as C
+from fastdiff.app import config as C
 from fastdiff.data import grid25
-from fastdiff.demo import run_demo
-from fastdiff.runs import gather_chunks, load_run, make_trainer
+from fastdiff.experiments.digits_samplers import run_demo
+from fastdiff.app.runs import gather_chunks, load_run, make_trainer
 from fastdiff.samplers import generate, sampling_timesteps
 
 TINY_MLP = ["train.total_steps=30", "train.batch_size=64", "train.save_interval=15", "train.log_interval=10",

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from fastdiff import cli
-from fastdiff import config as C
+from fastdiff.app import config as C
 from fastdiff.models import EncoderUNetModel
-from fastdiff.runs import load_run
-from fastdiff.training import NoisyClassifierObjective, load_checkpoint, load_classifier
+from fastdiff.app.runs import load_run
+from fastdiff.app.runs import load_classifier
+from fastdiff.training import NoisyClassifierObjective, load_checkpoint
 
 TINY = ["model.channel_mult=[1]", "model.attention_resolutions=[]", "train.total_steps=4", "train.batch_size=16",
         "train.save_interval=4", "train.log_interval=2", "train.ema_rates=[0.5]"]

@@ -6,9 +6,10 @@ import torch
 
 from fastdiff import cli
 from fastdiff.data import load_digits
-from fastdiff.guidance_repro import dg_toy, train_discriminator
-from fastdiff.runs import load_run
-from fastdiff.training import load_classifier, load_discriminator, load_run_checkpoint
+from fastdiff.experiments.guidance import dg_toy, train_discriminator
+from fastdiff.app.runs import load_run
+from fastdiff.app.runs import load_classifier, load_discriminator
+from fastdiff.training import load_run_checkpoint
 
 TINY = ["train.total_steps=4", "train.save_interval=4", "train.warmup_steps=1", "train.batch_size=32"]
 
@@ -88,7 +89,7 @@ def test_dg_toy_quick_halves_the_distance_to_the_data(tmp_path):
 def test_guidance_digits_quick(tmp_path):
     """`fastdiff repro guidance-digits --quick` end to end (~2 CPU minutes): both kinds of class guidance raise
     the class accuracy of samples over the unguided model; every row is scored and pictured."""
-    from fastdiff.guidance_repro import guidance_digits
+    from fastdiff.experiments.guidance import guidance_digits
 
     res = guidance_digits(tmp_path, quick=True)
     acc = {(r["method"], r["scale"]): r["accuracy"] for r in res["rows"]}

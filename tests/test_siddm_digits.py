@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fastdiff import cli
-from fastdiff.repro import EXPERIMENTS
-from fastdiff.siddm_digits import QUICK, build_siddm
+from fastdiff.experiments import EXPERIMENTS
+from fastdiff.experiments.siddm_digits import QUICK, build_siddm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,7 +75,7 @@ def test_siddm_log_has_both_players_terms(quick_run):
 
 def test_build_siddm_matches_the_epsilon_unet():
     """The generator is the ε-model's UNet (same UNetModel state-dict keys) plus the z mapping network."""
-    from fastdiff.config import build_model, load_config
+    from fastdiff.app.config import build_model, load_config
     from fastdiff.data import load_digits
 
     pair, objective, diffusion = build_siddm(QUICK)

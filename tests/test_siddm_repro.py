@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastdiff.metrics import gaussian_fd
-from fastdiff.siddm_repro import QUICK_STEPS_T, mog25, siddm_mog
+from fastdiff.experiments.siddm_mog import QUICK_STEPS_T, mog25, siddm_mog
 
 
 @pytest.fixture(scope="module")

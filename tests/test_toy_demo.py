@@ -6,7 +6,7 @@ import torch
 
 from fastdiff import cli
 from fastdiff.data import grid25
-from fastdiff.toy_demo import SAMPLERS, run_demo, sample_with
+from fastdiff.experiments.toy_samplers import SAMPLERS, run_demo, sample_with
 from fastdiff.metrics import mode_stats
 
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from fastdiff import cli, errors, samplers
-from fastdiff import config as C
+from fastdiff import errors, samplers
+from fastdiff import cli
+from fastdiff.app import config as C
 from fastdiff.adapters import openai
 from fastdiff.adapters.diffusers import FastDDIMScheduler, FastDDPMScheduler
 from fastdiff.diffusion import create_gaussian_diffusion, get_named_beta_schedule, space_timesteps
 from fastdiff.models import MLPDenoiser, UNetModel
-from fastdiff.runs import make_trainer
+from fastdiff.app.runs import make_trainer
 
 AC = np.cumprod(1 - get_named_beta_schedule("linear", 100))
 
@@ -184,7 +185,7 @@ def test_cli_without_cuda_names_the_device(capsys):
 
 def test_cli_bug_keeps_its_traceback(tmp_path):
     """Only user errors are shortened: a bug (here an AttributeError) still shows where it happened."""
-    code = ("import sys; from fastdiff import cli; import fastdiff.runs as r\n"
+    code = ("import sys; from fastdiff import cli; import fastdiff.app.runs as r\n"
             "def boom(*a, **k): raise AttributeError('a bug')\n"
             "r.make_trainer = boom\n"
             "sys.exit(cli.main(['train', '--config', 'grid25', '--out', sys.argv[1]]))")

@@ -4,5 +4,5 @@ One module per op (``ddim_step``, ``ddpm_step``, ``q_sample``, ``posterior_mean_
 ``randn_like``), each exposing a launcher named like the module that takes exactly the positional
 arguments of ``fastdiff.ops.<op>.reference`` and returns what it returns. The per-element math lives
 once in ``_sampler_math``; the coefficient table's columns in ``_coefs``; host-side tiling in ``_launch``.
-Modules are imported lazily by ``fastdiff.ops._backend`` so importing this package needs no GPU.
+Modules are imported lazily by ``fastdiff.ops.backend`` so importing this package needs no GPU.
 """

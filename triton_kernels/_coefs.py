@@ -1,4 +1,4 @@
-"""Column indices of the [T, NCOEF] coefficient table, mirroring fastdiff/ops/_table.py.
+"""Column indices of the [T, NCOEF] coefficient table, mirroring fastdiff/ops/table.py.
 
 Nothing is imported from fastdiff here so a test can compare these columns with the table's.
 """

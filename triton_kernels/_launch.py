@@ -82,7 +82,7 @@ def rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def acc_dtype(dtype: torch.dtype):
-    """Triton accumulation dtype: fp64 for fp64 storage, fp32 otherwise (fastdiff.ops._common.acc_dtype)."""
+    """Triton accumulation dtype: fp64 for fp64 storage, fp32 otherwise (fastdiff.ops.common.acc_dtype)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -95,7 +95,7 @@ def split_float(value: float) -> tuple[float, float]:
 def noise_mode(noise, seed: int, seed_tensor=None) -> int:
     """0: no noise term, 1: the caller's noise tensor, 2: in-kernel Philox(seed, offset) with an int seed or
     the device seed tensor (read by the kernel). A noise tensor wins over a seed, as in the reference
-    (fastdiff.ops._common.step_noise) and the C++ kernels."""
+    (fastdiff.ops.common.step_noise) and the C++ kernels."""
     if noise is not None:
         return 1
     return 2 if seed >= 0 or seed_tensor is not None else 0

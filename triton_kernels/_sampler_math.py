@@ -1,4 +1,4 @@
-"""Per-element sampler math as @triton.jit helpers, written once for every op (mirrors fastdiff/ops/_common.py).
+"""Per-element sampler math as @triton.jit helpers, written once for every op (mirrors fastdiff/ops/common.py).
 
 Kernels work on a [ROWS, BLOCK_M] tile: ROWS samples n (one timestep t[n] each) by BLOCK_M elements of the
 sample's row of M = x[0].numel() values. Per-sample coefficients are gathered once per program as [ROWS, 1]

@@ -12,7 +12,7 @@ scaled noise: x_{t-1} = c1·clip(x̂0) + c2·x_t + σ·z (DDPM eq. 7 with x̂0 f
 fused `fastdiff.ops.ddpm_step` kernel computes from one row of its coefficient table, so `set_timesteps` fills a
 [T, NCOEF] table (one row per *training* timestep t, holding the coefficients of the step from t to the timestep
 listed after it) on the device, and `step` gathers row `timestep` inside the kernel: no host synchronisation, no
-per-step tensor built on the host. The columns are used as follows (`fastdiff.ops._table` names):
+per-step tensor built on the host. The columns are used as follows (`fastdiff.ops.table` names):
 
 - x̂0 (eq. 15, and Salimans & Ho's v): SQRT_RECIP_AC, SQRT_RECIPM1_AC = 1/(r√ᾱ_t), √(1−ᾱ_t)/(r√ᾱ_t) for ε;
   SQRT_AC, SQRT_1M_AC = √ᾱ_t/r, √(1−ᾱ_t)/r for v; for `sample` prediction the kernel takes the output as x̂0
@@ -71,11 +71,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
     raise ImportError("fastdiff.adapters.diffusers needs the diffusers package: pip install 'fastdiff[diffusers]'"
                       ) from exc
 
-from fastdiff.diffusion.schedules import betas_for_alpha_bar, cosine_alpha_bar
+from fastdiff.schedules import betas_for_alpha_bar, cosine_alpha_bar
 from fastdiff.errors import check_whole_numbers
-from fastdiff.ops import _backend
-from fastdiff.ops import _common as C
-from fastdiff.ops import _table as T
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 from fastdiff.ops.ddpm_step import reference as _ddpm_reference
 from fastdiff.ops.q_sample import q_sample
 
@@ -160,7 +160,7 @@ def previous_map(timesteps: np.ndarray, num_train_timesteps: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- coefficient rows
 
 
-def prediction_code(prediction: str, r: float) -> int:
+def _kernel_prediction_code(prediction: str, r: float) -> int:
     """The kernel's prediction code for diffusers' prediction_type and clip range r (see `_x0_columns`)."""
     if prediction == "sample" and r != 1.0:
         return C.PREDICTIONS["epsilon"]
@@ -174,7 +174,7 @@ def _host_read_is_free(t: torch.Tensor) -> bool:
 
 def _x0_columns(table: np.ndarray, ac: np.ndarray, prediction: str, r: float) -> None:
     """Fill the x̂0 columns (DDPM eq. 15 for ε, x̂0 = √ᾱ x − √(1−ᾱ) v for v) pre-divided by the clip range r,
-    for the kernel's `prediction_code(prediction, r)`."""
+    for the kernel's `_kernel_prediction_code(prediction, r)`."""
     # ᾱ_{T-1} = 0 under zero terminal SNR: x̂0 = (x − ε)/0 = ±inf, which diffusers clamps to ±r. The kernel's
     # a·x − b·out would be inf − inf = NaN, so a = b = 2^60/r there: the same sign, clamped alike (or ±huge, not NaN,
     # unclipped).
@@ -236,7 +236,7 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
             self.betas = rescale_zero_terminal_snr(self.betas)
         #: r: x̂0 is clipped to [-r, r]; the kernel clips x̂0/r to [-1, 1] (1 when clipping is off).
         self._clip_range = float(clip_sample_range) if clip_sample else 1.0
-        self._pred_code = prediction_code(prediction_type, self._clip_range)
+        self._pred_code = _kernel_prediction_code(prediction_type, self._clip_range)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.init_noise_sigma = 1.0
@@ -401,7 +401,7 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
                 table = _new_table(ac, ac)
                 table[:, T.SQRT_AC], table[:, T.SQRT_1M_AC] = np.sqrt(ac), np.sqrt(1.0 - ac)
                 self._q_table = torch.as_tensor(table, dtype=torch.float32).to(original_samples.device)
-            return q_sample(original_samples, timesteps, noise, self._q_table, backend=self.backend)
+            return q_sample(original_samples, noise, self._q_table, timesteps, backend=self.backend)
         ac = self.alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype)[timesteps]
         shape = (-1,) + (1,) * (original_samples.dim() - 1)
         return ac.flatten().sqrt().reshape(shape) * original_samples + (1 - ac).flatten().sqrt().reshape(shape) * noise

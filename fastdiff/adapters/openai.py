@@ -11,27 +11,26 @@ use_new_attention_order; sigma_small; rescale_timesteps and rescale_learned_sigm
 fixed per image_size 256 / 64 / 32). Both build fastdiff's `UNetModel` / `EncoderUNetModel`, whose state-dict keys
 are the upstream ones, and load the checkpoint with strict key and shape checks.
 
-`load_run` wraps a loaded checkpoint for `fastdiff sample --openai-ckpt` (`OpenAIRun.sample`, same interface as
-`fastdiff.runs.LoadedRun.sample`); `RespacedModel` feeds a model (or classifier) the timesteps it was trained on
-when a sampler runs over the respaced process, as guided-diffusion's `_WrappedModel` does.
+`RespacedModel` feeds a model (or classifier) the timesteps it was trained on when a sampler runs over the
+respaced process, as guided-diffusion's `_WrappedModel` does (`fastdiff.app.runs.load_openai_run` samples an
+OpenAI checkpoint this way for `fastdiff sample --openai-ckpt`).
 """
 from __future__ import annotations
 
 import difflib
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fastdiff.config import SampleConfig
-from fastdiff.diffusion import ModelMeanType, ModelVarType, create_gaussian_diffusion
+from fastdiff import _deprecated
+from fastdiff.diffusion import create_gaussian_diffusion
 from fastdiff.errors import CorruptCheckpointError, state_dict_mismatch
 from fastdiff.models.unet import EncoderUNetModel, UNetModel, parse_attention_resolutions
 
-__all__ = ["FLAG_DEFAULTS", "OpenAIRun", "RespacedModel", "build", "load", "load_classifier", "load_run",
+__all__ = ["FLAG_DEFAULTS", "RespacedModel", "build", "load", "load_classifier",
            "parse_flags"]
 
 NUM_CLASSES = 1000
@@ -370,65 +369,6 @@ class RespacedModel(nn.Module):
         return self.model(x, self.timestep_map.to(t.device)[t], **kwargs)
 
 
-def _var_type(diffusion) -> str:
-    return {ModelVarType.FIXED_SMALL: "fixed_small", ModelVarType.FIXED_LARGE: "fixed_large",
-            ModelVarType.LEARNED: "learned", ModelVarType.LEARNED_RANGE: "learned_range"}[diffusion.model_var_type]
-
-
-@dataclass
-class OpenAIRunConfig:
-    """What `fastdiff sample` reads from a run: the checkpoint's flags and the sampling defaults."""
-    flags: dict
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-
-@dataclass
-class OpenAIRun:
-    """A loaded OpenAI checkpoint with `fastdiff.runs.LoadedRun`'s sampling interface (for `fastdiff sample`)."""
-    cfg: OpenAIRunConfig
-    model: nn.Module
-    diffusion: object
-    data_shape: tuple
-    num_classes: int | None
-    null_label: int | None = None  # the OpenAI models were not trained with label dropout: no classifier-free
-
-    def sample(self, num_samples: int, *, sampler="ddim", steps=50, eta=0.0, guidance=0.0, labels=None, seed=0,
-               batch_size=256, rank=0, world_size=1, progress=False, conditional=True, classifier=None,
-               discriminator=None) -> torch.Tensor:
-        """Samples [num_samples, 3, S, S] in [-1, 1] with `fastdiff.samplers.generate` over the diffusion's
-        (respaced) steps, `steps` of them; labels: int64 [num_samples] classes (default 0..999 in turn when
-        class-conditional, the targets of a classifier otherwise). classifier: a `load_classifier` model (fed the
-        model's timesteps). Arguments as `LoadedRun.sample`."""
-        from fastdiff.samplers import generate
-
-        if self.diffusion.model_mean_type != ModelMeanType.EPSILON:
-            raise ValueError("fastdiff sample supports ε-prediction checkpoints; this one has predict_xstart=True "
-                             "(use fastdiff.samplers.sample_ddim(..., prediction='x0') directly)")
-        if labels is None and self.num_classes and conditional:
-            labels = torch.arange(num_samples) % self.num_classes
-        if labels is not None and self.num_classes is None and conditional:
-            raise ValueError("labels given to an unconditional checkpoint (class_cond=False): pass "
-                             "conditional=False (they are then classifier-guidance targets)")
-        if not isinstance(steps, int) or not 1 <= steps <= self.diffusion.num_timesteps:
-            raise ValueError(f"steps must be an int in [1, {self.diffusion.num_timesteps}] (the steps of "
-                             f"timestep_respacing={self.cfg.flags['timestep_respacing']!r}), got {steps!r}")
-        device = next(self.model.parameters()).device
-        wrap = lambda m: None if m is None else RespacedModel(m, self.diffusion).to(device)
-        return generate(wrap(self.model), self.diffusion.alphas_cumprod, num_samples, self.data_shape,
-                        sampler=sampler, steps=steps, eta=eta,
-                        var_type=_var_type(self.diffusion), labels=labels, guidance=guidance,
-                        null_label=self.null_label, conditional=conditional, classifier=wrap(classifier),
-                        discriminator=wrap(discriminator), seed=seed, batch_size=batch_size, device=device,
-                        rank=rank, world_size=world_size, progress=progress)
-
-
-def load_run(checkpoint, flags: str | dict | None = None, *, variant: str = "guided", device="cpu",
-             **kwargs) -> OpenAIRun:
-    """`load` wrapped as an `OpenAIRun` (what `fastdiff sample --openai-ckpt ... --flags ...` samples)."""
-    model, diffusion = load(checkpoint, flags, variant=variant, device=device, **kwargs)
-    flags = model.openai_flags
-    # Default steps: every step of timestep_respacing when it is set (as the upstream scripts sample), else 50.
-    steps = diffusion.num_timesteps if flags["timestep_respacing"] else min(50, diffusion.num_timesteps)
-    defaults = SampleConfig(steps=steps, num_samples=16, batch_size=16)
-    size = flags["image_size"]
-    return OpenAIRun(OpenAIRunConfig(flags, defaults), model, diffusion, (3, size, size), model.num_classes)
+# The sampling run of `fastdiff sample --openai-ckpt` is application code: fastdiff.app.runs.
+__getattr__ = _deprecated.moved_names(__name__, {"load_run": "fastdiff.app.runs:load_openai_run",
+                                                "OpenAIRun": "fastdiff.app.runs"})

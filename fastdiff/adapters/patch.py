@@ -109,9 +109,16 @@ def _diffusers_resnet_block_2d():
     return ResnetBlock2D
 
 
+# Third-party code: adapted from diffusers 0.42.1, src/diffusers/models/resnet.py, `ResnetBlock2D.forward`
+# (Copyright The HuggingFace Team, Apache License 2.0). Only the norm → activation steps differ. The sha256 of the
+# upstream method's source it was adapted from; tests/adapters/test_patch.py fails when the installed diffusers
+# (pinned to the range README "Supported versions" lists) has another one, so a changed forward is re-synced.
+RESNET_FORWARD_ORIGIN = ("diffusers", "0.42.1", "e3f38e1722955caf8219056735b2d67adfdc670553e701714bc47f4dac1a31e7")
+
+
 def _resnet_block_2d_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """diffusers' `ResnetBlock2D.forward` with norm1 → nonlinearity and norm2 (→ scale/shift) → nonlinearity fused
-    into `fastdiff.ops.adagn` calls; every other step is the same, in the same order."""
+    into `fastdiff.ops.adagn` calls; every other step is the same, in the same order (see RESNET_FORWARD_ORIGIN)."""
     if len(args) > 0 or kwargs.get("scale", None) is not None:
         from diffusers.utils import deprecate
 

@@ -15,8 +15,8 @@ from fastdiff.diffusion.resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from fastdiff.diffusion.respace import SpacedDiffusion, space_timesteps
-from fastdiff.diffusion.schedules import betas_for_alpha_bar, get_named_beta_schedule
+from fastdiff.diffusion.respace import SpacedDiffusion
+from fastdiff.schedules import betas_for_alpha_bar, get_named_beta_schedule, space_timesteps
 
 __all__ = [
     "GaussianDiffusion", "LossAwareSampler", "LossSecondMomentResampler", "LossType", "ModelMeanType",

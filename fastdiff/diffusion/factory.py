@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from fastdiff.diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType
-from fastdiff.diffusion.respace import SpacedDiffusion, space_timesteps
-from fastdiff.diffusion.schedules import get_named_beta_schedule
+from fastdiff.diffusion.respace import SpacedDiffusion
+from fastdiff.schedules import get_named_beta_schedule, space_timesteps
 
 
 def create_gaussian_diffusion(*, steps: int = 1000, learn_sigma: bool = False, sigma_small: bool = False,

@@ -15,7 +15,7 @@ import torch
 
 from fastdiff import ops
 from fastdiff.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from fastdiff.ops import _common as C
+from fastdiff.ops import common as C
 
 _LOG2 = float(np.log(2.0))
 
@@ -49,7 +49,10 @@ class LossType(enum.Enum):
         return self in (LossType.KL, LossType.RESCALED_KL)
 
 
+# The enums' names in fastdiff.ops (`prediction=`, `var_type=`): the one map between the two vocabularies.
 _PREDICTION = {ModelMeanType.EPSILON: "epsilon", ModelMeanType.START_X: "x0", ModelMeanType.V: "v"}
+_VAR_TYPE = {ModelVarType.FIXED_SMALL: "fixed_small", ModelVarType.FIXED_LARGE: "fixed_large",
+             ModelVarType.LEARNED: "learned", ModelVarType.LEARNED_RANGE: "learned_range"}
 _LEARNED_VAR = (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
 
 
@@ -99,6 +102,9 @@ class GaussianDiffusion:
         self.model_var_type = _check_enum("model_var_type", model_var_type, ModelVarType)
         self.loss_type = _check_enum("loss_type", loss_type, LossType)
         self.rescale_timesteps = bool(rescale_timesteps)
+        # The same choices as the fused ops and samplers name them (None: PREVIOUS_X has no fused step).
+        self.prediction = _PREDICTION.get(self.model_mean_type)
+        self.var_type = _VAR_TYPE[self.model_var_type]
         coefs = ops.schedule_coefficients(betas)
         for name, arr in coefs.items():
             setattr(self, name, arr)
@@ -140,7 +146,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn_like(x_start)
         t = self._check_t(x_start, t)
-        return ops.q_sample(x_start, t, noise, self.step_table(x_start.device))
+        return ops.q_sample(x_start, noise, self.step_table(x_start.device), t)
 
     def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I) (DDPM eqs. 6-7; Improved DDPM eqs. 10-12) via the fused op.
@@ -148,7 +154,7 @@ class GaussianDiffusion:
         x_start, x_t: [N, ...]; returns (mean, variance, log_variance_clipped), each x_t's shape.
         """
         t = self._check_t(x_start, t)
-        mean, var, log_var = ops.posterior_mean_variance(x_start, x_t, t, self.step_table(x_start.device))
+        mean, var, log_var = ops.posterior_mean_variance(x_start, x_t, self.step_table(x_start.device), t)
         return mean, var.float().expand(x_t.shape), log_var.float().expand(x_t.shape)
 
     # ------------------------------------------------------------------ reverse process p
@@ -247,14 +253,14 @@ class GaussianDiffusion:
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """ε̂ = (x_t/√ᾱ_t − x̂_0)/√(1/ᾱ_t − 1) (DDPM eq. 4 solved for ε)."""
         t = self._check_t(x_t, t)
-        return ((self._coef(ops._table.SQRT_RECIP_AC, t, x_t) * x_t - pred_xstart)
-                / self._coef(ops._table.SQRT_RECIPM1_AC, t, x_t))
+        return ((self._coef(ops.table.SQRT_RECIP_AC, t, x_t) * x_t - pred_xstart)
+                / self._coef(ops.table.SQRT_RECIPM1_AC, t, x_t))
 
     def _v_target(self, x_start, t, noise):
         """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, the V regression target."""
         t = self._check_t(x_start, t)
-        sqrt_ac = self._coef(ops._table.SQRT_AC, t, x_start)
-        return sqrt_ac * noise - self._coef(ops._table.SQRT_1M_AC, t, x_start) * x_start
+        sqrt_ac = self._coef(ops.table.SQRT_AC, t, x_start)
+        return sqrt_ac * noise - self._coef(ops.table.SQRT_1M_AC, t, x_start) * x_start
 
     # ------------------------------------------------------------------ guidance hooks
 
@@ -321,7 +327,7 @@ class GaussianDiffusion:
         if noise is None and seed is None:
             noise = _randn_like(x)
         sample, pred_xstart = ops.ddpm_step(
-            x, model_output, self.step_table(x.device), t, prediction=_PREDICTION[self.model_mean_type],
+            x, model_output, self.step_table(x.device), t, prediction=self.prediction,
             var_type=self.model_var_type.name.lower(), clip_denoised=clip_denoised, noise=noise, seed=seed,
             offset=offset, return_x0=True)
         return {"sample": sample, "pred_xstart": pred_xstart}
@@ -352,7 +358,7 @@ class GaussianDiffusion:
         if noise is None and seed is None:
             noise = _randn_like(x)  # drawn even at η = 0, as guided-diffusion, so RNG streams line up
         sample, pred_xstart = ops.ddim_step(
-            x, model_output, self.step_table(x.device), t, eta=eta, prediction=_PREDICTION[self.model_mean_type],
+            x, model_output, self.step_table(x.device), t, eta=eta, prediction=self.prediction,
             clip_denoised=clip_denoised, noise=noise, seed=seed, offset=offset, return_x0=True)
         return {"sample": sample, "pred_xstart": pred_xstart}
 
@@ -395,7 +401,7 @@ class GaussianDiffusion:
             from fastdiff.samplers import ddpm_steps
             steps = ddpm_steps(
                 self._sampler_model(model, img), img, range(self.num_timesteps), model_kwargs,
-                alphas_cumprod=self.alphas_cumprod, prediction=_PREDICTION[self.model_mean_type],
+                alphas_cumprod=self.alphas_cumprod, prediction=self.prediction,
                 var_type=self.model_var_type.name.lower(), clip_denoised=clip_denoised, seed=seed,
                 disable=not progress)
             yield from _no_grad_steps(steps)
@@ -426,7 +432,7 @@ class GaussianDiffusion:
             from fastdiff.samplers import ddim_steps
             steps = ddim_steps(
                 self._sampler_model(model, img), img, range(self.num_timesteps), model_kwargs,
-                alphas_cumprod=self.alphas_cumprod, eta=eta, prediction=_PREDICTION[self.model_mean_type],
+                alphas_cumprod=self.alphas_cumprod, eta=eta, prediction=self.prediction,
                 clip_denoised=clip_denoised, seed=seed, disable=not progress)
             yield from _no_grad_steps(steps)
             return

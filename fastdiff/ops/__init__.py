@@ -1,10 +1,10 @@
 """fastdiff's fused ops. Each op has a `reference` (plain PyTorch, the specification), `cpu`, `cuda` and
 `triton` implementation with one meaning; `use_backend` / FASTDIFF_BACKEND choose, "auto" picks the fastest."""
 from fastdiff.ops import _register
-from fastdiff.ops._backend import (BACKENDS, BackendStatus, BackendUnavailableError, available_backends,
+from fastdiff.ops.backend import (BACKENDS, BackendStatus, BackendUnavailableError, available_backends,
                                    get_backend, use_backend)
-from fastdiff.ops._common import PREDICTIONS, VAR_TYPES
-from fastdiff.ops._table import NCOEF, betas_for_timesteps, schedule_coefficients, step_table
+from fastdiff.ops.common import PREDICTIONS, VAR_TYPES
+from fastdiff.ops.table import NCOEF, betas_for_timesteps, schedule_coefficients, step_table
 from fastdiff.ops.adagn import adagn
 from fastdiff.ops.ddim_step import ddim_step
 from fastdiff.ops.ddpm_step import ddpm_step

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from fastdiff import _ext
-from fastdiff.ops import _common as C
+from fastdiff.ops import common as C
 from fastdiff.ops import adagn as _adagn
 from fastdiff.ops import posterior_mean_variance as _pmv
 from fastdiff.ops import q_sample as _qs

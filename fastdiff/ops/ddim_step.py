@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from fastdiff.ops import _backend, _common as C
-from fastdiff.ops import _table as T
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 
 
 def reference(x, model_output, model_output_uncond, coefs, t, eta: float, prediction: int, clip_denoised: bool,

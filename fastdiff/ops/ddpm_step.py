@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from fastdiff.ops import _backend
-from fastdiff.ops import _common as C
-from fastdiff.ops import _table as T
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 
 
 def reference(x, model_output, model_output_uncond, coefs, t, prediction: int, var_type: int, clip_denoised: bool,
@@ -39,7 +39,7 @@ def reference(x, model_output, model_output_uncond, coefs, t, prediction: int, v
 
 def log_variance(model_output, coefs, t, var_type: int, channels: int, dtype):
     """log σ²_t of the step (see `reference`), broadcastable to x: [N, C, ...]; var_type as a code
-    (`_common.VAR_TYPES`); channels = C. Also the Σ_t of classifier guidance's mean shift."""
+    (`common.VAR_TYPES`); channels = C. Also the Σ_t of classifier guidance's mean shift."""
     g = lambda col: C.gather(coefs, t, col, model_output.dim(), dtype)  # noqa: E731
     if var_type == 0:
         return g(T.POST_LOGVAR)

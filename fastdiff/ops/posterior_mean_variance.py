@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from fastdiff.ops import _backend, _common as C
-from fastdiff.ops import _table as T
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 
 
 def reference(x_start, x_t, coefs, t):
@@ -37,12 +38,16 @@ class _TritonPosterior(torch.autograd.Function):
         return grad_mean * a, grad_mean * b, None, None
 
 
-def posterior_mean_variance(x_start: torch.Tensor, x_t: torch.Tensor, t, coefs: torch.Tensor,
+def posterior_mean_variance(x_start: torch.Tensor, x_t: torch.Tensor, coefs: torch.Tensor, t,
                             backend: str | None = None):
-    """(mean [N, ...], variance [N, 1, ...], log_variance_clipped [N, 1, ...]) of q(x_{t-1} | x_t, x_0).
+    """(mean [N, ...], variance [N, 1, ...], log_variance_clipped [N, 1, ...]) of q(x_{t-1} | x_t, x_0) (DDPM
+    eqs. 6-7) for x_start, x_t: [N, ...], coefs: [T, NCOEF] from `step_table`, t: int64 [N].
 
     Same values and broadcastable shapes as guided-diffusion's q_posterior_mean_variance.
     """
+    if C.is_timestep(coefs):  # 0.1's order (x_start, x_t, t, coefs)
+        C.warn_legacy_order("posterior_mean_variance")
+        coefs, t = t, coefs
     C.check_float("x_start", x_start)
     if x_start.dim() < 1:
         raise ValueError("x_start must have a batch dimension")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from fastdiff.ops import _backend, _common as C
-from fastdiff.ops import _table as T
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 
 
 def reference(x_start, noise, coefs, t):
@@ -32,8 +33,12 @@ class _TritonQSample(torch.autograd.Function):
         return grad * a, grad * b, None, None
 
 
-def q_sample(x_start: torch.Tensor, t, noise: torch.Tensor, coefs: torch.Tensor, backend: str | None = None):
-    """Diffuse x_start: [N, ...] to timestep t: int64 [N] with noise ε: [N, ...] (DDPM eq. 4)."""
+def q_sample(x_start: torch.Tensor, noise: torch.Tensor, coefs: torch.Tensor, t, backend: str | None = None):
+    """Diffuse x_start: [N, ...] with noise ε: [N, ...] to timestep t: int64 [N] (DDPM eq. 4); coefs: [T, NCOEF]
+    from `step_table`."""
+    if C.is_timestep(noise):  # 0.1's order (x_start, t, noise, coefs)
+        C.warn_legacy_order("q_sample")
+        noise, coefs, t = coefs, t, noise
     C.check_float("x_start", x_start)
     if x_start.dim() < 1:
         raise ValueError("x_start must have a batch dimension")

@@ -18,7 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastdiff.ops import _backend, _common as C
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
 
 SUPPORTED = ("reference", "cpu", "triton")
 

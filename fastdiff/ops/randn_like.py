@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from fastdiff.ops import _backend, _common as C
+from fastdiff.ops import backend as _backend
+from fastdiff.ops import common as C
 from fastdiff.ops import philox
 
 

@@ -7,8 +7,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fastdiff.errors import check_whole_numbers
-from fastdiff.ops import _common as C
-from fastdiff.ops import _table as T
+from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 from fastdiff.ops import betas_for_timesteps, step_table
 from fastdiff.ops.ddpm_step import log_variance
 from fastdiff.samplers.guidance import Guidance, GuidancePlan, weighted_gradient

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 
 from fastdiff import ops
-from fastdiff.ops import _common as C
+from fastdiff.ops import common as C
 from fastdiff.samplers._loop import consume, run_steps
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 
 from fastdiff import ops
-from fastdiff.diffusion import space_timesteps
+from fastdiff.schedules import space_timesteps
 from fastdiff.errors import check_int
 from fastdiff.samplers.ddim import sample_ddim
 from fastdiff.samplers.ddpm import sample_ddpm

@@ -25,7 +25,7 @@ import torch
 
 from fastdiff import ops
 from fastdiff.errors import GraphCaptureError
-from fastdiff.ops import _common as C
+from fastdiff.ops import common as C
 from fastdiff.ops import betas_for_timesteps, philox, step_table
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
 
@@ -71,8 +71,6 @@ def _even_steps(num: int, steps: int) -> list[int]:
 def _plan_from_diffusion(diffusion, steps: int, sampler: str | None) -> SamplingPlan:
     """fastdiff GaussianDiffusion / SpacedDiffusion: steps of its (respaced) process, model fed the base timesteps
     (· 1000/T when rescale_timesteps), as its p_sample_loop / ddim_sample_loop do."""
-    from fastdiff.diffusion import ModelMeanType, ModelVarType
-
     ac = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
     idx = _even_steps(len(ac), steps)
     base = getattr(diffusion, "timestep_map", None) or list(range(len(ac)))
@@ -80,13 +78,10 @@ def _plan_from_diffusion(diffusion, steps: int, sampler: str | None) -> Sampling
     if getattr(diffusion, "rescale_timesteps", False):
         scale = 1000.0 / getattr(diffusion, "original_num_steps", len(ac))
         model_t = [t * scale for t in model_t]
-    prediction = {ModelMeanType.EPSILON: "epsilon", ModelMeanType.START_X: "x0"}.get(diffusion.model_mean_type)
-    if prediction is None:
+    if diffusion.prediction not in ("epsilon", "x0"):
         raise TypeError(f"diffusion_or_scheduler: model_mean_type {diffusion.model_mean_type} is not supported "
                         f"(EPSILON or START_X)")
-    var_type = {ModelVarType.FIXED_SMALL: "fixed_small", ModelVarType.FIXED_LARGE: "fixed_large",
-                ModelVarType.LEARNED: "learned", ModelVarType.LEARNED_RANGE: "learned_range"}[diffusion.model_var_type]
-    return SamplingPlan(ac, list(idx), model_t, sampler or "ddim", prediction, var_type)
+    return SamplingPlan(ac, list(idx), model_t, sampler or "ddim", diffusion.prediction, diffusion.var_type)
 
 
 def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> SamplingPlan:

@@ -125,7 +125,7 @@ def posterior_sample(diffusion: GaussianDiffusion, x0_pred: torch.Tensor, x_t: t
                      noise: torch.Tensor) -> torch.Tensor:
     """x'_{t−1} = μ̃_t(x_t, x̂_0) + [t > 0] σ̃_t ε, a sample of q(x_{t−1} | x_t, x_0 = x̂_0) (DDPM eqs. 6-7; DDGAN eq. 8)
     through the fused posterior op; differentiable in x0_pred. x0_pred, x_t, noise: [N, ...]; t: int64 [N]."""
-    mean, _, log_var = ops.posterior_mean_variance(x0_pred, x_t, t, diffusion.step_table(x_t.device))
+    mean, _, log_var = ops.posterior_mean_variance(x0_pred, x_t, diffusion.step_table(x_t.device), t)
     nonzero = (t != 0).to(mean.dtype).view(-1, *([1] * (x_t.dim() - 1)))
     return mean + nonzero * torch.exp(0.5 * log_var).to(mean.dtype) * noise
 

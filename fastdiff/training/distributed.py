@@ -91,15 +91,6 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
-def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank `src`'s parameters and buffers to every rank (as DistributedDataParallel does at start)."""
-    if not is_initialized():
-        return
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=src)
-
-
 def all_gather_losses(local: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's 1-D tensor local: [B_r] in rank order -> [Σ B_r] (sizes may differ)."""
     if local.dim() != 1:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdiff.data.dataset import ArrayDataset, check_positive_int
-from fastdiff.training.checkpoint import atomic_write_bytes, copy_ema_, load_run_checkpoint
+from fastdiff.training.checkpoint import atomic_write_bytes
 from fastdiff.training.objectives import BatchDraw, check_labels, run_objective
 
 logger = logging.getLogger(__name__)
@@ -247,61 +247,3 @@ def cached_samples(path, make: Callable[[], torch.Tensor], n: int) -> torch.Tens
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return x[:n]
-
-
-# ---------------------------------------------------------------------------------------------------- loading
-
-
-def load_classifier(checkpoint, device="cpu", ema_rate: float | str | None = "best") -> torch.nn.Module:
-    """The noisy classifier (EncoderUNetModel, eval mode, on `device`) of a `fastdiff train` run with [model] kind
-    = "classifier", rebuilt from the run_config in its checkpoint (a file or a run directory: its newest valid
-    checkpoint), as fastdiff.runs.load_run rebuilds diffusion models.
-
-    ema_rate: "best" (the slowest EMA), one of the run's rates, or None (the raw weights). The classifier expects
-    the timesteps of the run's [diffusion] (fastdiff.config.build_diffusion of the checkpoint's config).
-    """
-    from fastdiff import config as C
-
-    path, state = load_run_checkpoint(checkpoint)
-    cfg, model = C.model_from_run_config(state.get("run_config"), where=f"checkpoint {path}")
-    if cfg.model.kind != "classifier":
-        raise ValueError(f"checkpoint {path} holds a [model] kind = {cfg.model.kind!r} model, not a noisy classifier "
-                         "(kind = 'classifier'); load it with fastdiff.runs.load_run")
-    model.load_state_dict(state["model"])
-    copy_ema_(model, state, ema_rate)
-    return model.to(device).eval()
-
-
-def build_discriminator(spec: dict) -> torch.nn.Module:
-    """A fresh discriminator from the JSON-able `spec` a discriminator run stores in its checkpoint (run_config
-    ["discriminator"]): {"kind": "mlp", "kwargs": MLPDiscriminator kwargs}, {"kind": "encoder", "kwargs":
-    EncoderUNetModel kwargs} (out_channels = 1) or {"kind": "classifier_features",
-    "classifier": the noisy classifier run's run_config, "head": ClassifierFeatureDiscriminator.from_classifier
-    kwargs}. The classifier's weights come with the discriminator's state dict."""
-    from fastdiff import config as C
-    from fastdiff.models import ClassifierFeatureDiscriminator, MLPDiscriminator
-
-    from fastdiff.models import EncoderUNetModel
-
-    kind = spec.get("kind") if isinstance(spec, dict) else None
-    if kind == "mlp":
-        return MLPDiscriminator(**spec.get("kwargs", {}))
-    if kind == "encoder":  # from scratch on x_t (the paper's latent-space discriminator)
-        return EncoderUNetModel(**{**spec.get("kwargs", {}), "out_channels": 1})
-    if kind == "classifier_features":
-        _, classifier = C.model_from_run_config(spec["classifier"], where="discriminator spec's classifier")
-        return ClassifierFeatureDiscriminator.from_classifier(classifier, **spec.get("head", {}))
-    raise ValueError(f"discriminator spec kind must be 'mlp', 'encoder' or 'classifier_features', got {spec!r}")
-
-
-def load_discriminator(checkpoint, device="cpu", ema_rate: float | str | None = "best") -> torch.nn.Module:
-    """The discriminator (eval mode, on `device`, EMA weights by default) of a run trained with run_config
-    {"discriminator": spec} (see `build_discriminator`); checkpoint: a file or a run directory."""
-    path, state = load_run_checkpoint(checkpoint)
-    spec = (state.get("run_config") or {}).get("discriminator")
-    if spec is None:
-        raise ValueError(f"checkpoint {path} is not a discriminator run (no run_config['discriminator'])")
-    model = build_discriminator(spec)
-    model.load_state_dict(state["model"])
-    copy_ema_(model, state, ema_rate)
-    return model.to(device).eval()

@@ -1,6 +1,6 @@
 """The training loop: AdamW, EMA, AMP with dynamic loss scaling, gradient clipping, lr warmup, crash-safe
-checkpoints with exact resume, JSONL logs, and data parallelism over torch.distributed (guided-diffusion's
-TrainLoop, reorganised around a dataclass config).
+checkpoints with exact resume, JSONL logs, and data parallelism with torch's DistributedDataParallel
+(guided-diffusion's TrainLoop, reorganised around a dataclass config).
 
 Determinism: every random quantity of a step is drawn for the GLOBAL batch from one torch.Generator (data order
 from a per-epoch seeded permutation, t / ε / label dropout from the objective's draw), and each rank takes its slice,
@@ -11,19 +11,21 @@ Two-player (adversarial) training: an objective with a `players` tuple (e.g. fas
 SIDDMObjective / DDGANObjective: ("discriminator", "generator")) is trained by alternating updates, in that order,
 on every batch: each player has its own AdamW over `objective.player_parameters(model, player)` (hyper-parameters
 from TrainConfig, overridden per player by TrainConfig.player_optim), its loss from `objective.losses(model, x, y,
-draw, player)`, its own gradient all-reduce, clipping and non-finite check; the EMA covers `objective.ema_players`
-(the generator). An objective without `players` is the single player "model" over every trainable parameter,
-exactly as before.
+draw, player)`, its own DistributedDataParallel wrapper (gradient averaging), clipping and non-finite check; the
+EMA covers `objective.ema_players` (the generator). An objective without `players` is the single player "model"
+over every trainable parameter. No gradients are accumulated over micro-batches, so no `no_sync` is needed.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +212,8 @@ class _Player:
     optimizer: torch.optim.Optimizer
     lr: float
     ema: bool
+    losses: Callable  # (model, x, y, draw) -> (loss, terms, per-sample losses): the objective's, for this player
+    report: Callable | None = None  # (draw, per-sample losses): feed a loss-aware timestep sampler
 
 
 class Trainer:
@@ -252,8 +256,8 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.device = torch.device(device) if device is not None else D.default_device()
         self.model = model.to(self.device)
-        D.broadcast_parameters(self.model)
         self.players = self._build_players()
+        self._forward_model = self._data_parallel()
         ema_players = [p for p in self.players if p.ema]
         # the EMA'd parameters (every trainable one for a single player; the generator's in a two-player game)
         self._params = [t for p in ema_players for t in p.params]
@@ -308,8 +312,41 @@ class Trainer:
             params = [p for _, p in named]
             opt = cfg.optim_for(name)
             players.append(_Player(name, params, [n for n, _ in named], torch.optim.AdamW(params, **opt),
-                                   opt["lr"], ema))
+                                   opt["lr"], ema, *self._player_losses(None if names is None else name)))
         return players
+
+    def _player_losses(self, name: str | None) -> tuple[Callable, Callable | None]:
+        """(losses, report) of the single player (name None: the objective's losses, and its timestep sampler fed
+        with them) or of the two-player objective's `name` (its loss also logged as term loss_<name>)."""
+        objective = self.objective
+        if name is None:
+            return objective.losses, lambda draw, per_sample: objective.update_sampler(draw.t.to(self.device),
+                                                                                       per_sample)
+
+        def losses(model, x, y, draw):
+            loss, terms, per_sample = objective.losses(model, x, y, draw, name)
+            return loss, {**terms, f"loss_{name}": loss.detach().float()}, per_sample
+        return losses, None
+
+    def _data_parallel(self) -> torch.nn.Module:
+        """What the objective calls: the model itself in one process; under torch.distributed, torch's
+        DistributedDataParallel around it, or around each player's sub-module for a two-player objective, so each
+        averages its own gradients over ranks in buckets overlapped with the backward pass. DDP broadcasts rank 0's
+        weights and buffers when it wraps. A player's sub-module runs frozen (or under no_grad) in the other's
+        phase, hence find_unused_parameters there."""
+        if not D.is_initialized() or self.world_size == 1:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        if len(self.players) == 1:
+            return DistributedDataParallel(self.model, device_ids=ids)
+        view = copy.copy(self.model)  # a second container over the same sub-modules: state-dict keys unchanged
+        view._modules = dict(self.model._modules)
+        for player in self.players:
+            setattr(view, player.name, DistributedDataParallel(getattr(self.model, player.name), device_ids=ids,
+                                                                find_unused_parameters=True))
+        return view
 
     # ------------------------------------------------------------------ validation
 
@@ -377,15 +414,14 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _reduce_grads(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Gradients of `params` averaged over ranks and divided by the loss scale (None -> zeros, on every world
-        size)."""
+    def _unscaled_grads(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Gradients of `params` (already averaged over ranks by DistributedDataParallel in the backward) divided
+        by the loss scale; None -> zeros."""
         grads = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-        D.all_reduce_mean_(grads)
         if self.loss_scale != 1.0:
             torch._foreach_mul_(grads, 1.0 / self.loss_scale)
         return grads
@@ -423,7 +459,6 @@ class Trainer:
         draw = self.objective.draw(self.config.batch_size, tuple(x.shape[1:]), self.generator)
         draw = draw.shard(self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size)
         scale_used = self.loss_scale
-        single = len(self.players) == 1
         info = {"terms": {}, "grad_norms": {}, "lrs": {}}
         skipped, ema_stepped = False, False
         for player in self.players:
@@ -433,24 +468,19 @@ class Trainer:
             self.model.zero_grad(set_to_none=True)
             self.model.train()
             with self._autocast():
-                if single:
-                    loss, terms, per_sample = self.objective.losses(self.model, x, y, draw)
-                else:
-                    loss, terms, per_sample = self.objective.losses(self.model, x, y, draw, player.name)
+                loss, terms, per_sample = player.losses(self._forward_model, x, y, draw)
             (loss.float() * scale_used).backward()
-            grads = self._reduce_grads(player.params)
+            grads = self._unscaled_grads(player.params)
             grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
             info.update(loss=loss.detach(), grad_norm=grad_norm.detach(), lr=lr)
             info["terms"].update(terms)
             info["grad_norms"][player.name], info["lrs"][player.name] = grad_norm.detach(), lr
-            if not single:
-                info["terms"][f"loss_{player.name}"] = loss.detach().float()
             if not bool(torch.isfinite(grad_norm)):
                 self.model.zero_grad(set_to_none=True)
                 skipped = True
                 continue
-            if single:
-                self.objective.update_sampler(draw.t.to(self.device), per_sample)
+            if player.report is not None:
+                player.report(draw, per_sample)
             if self.config.grad_clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(player.params, self.config.grad_clip, grad_norm)
             player.optimizer.step()
@@ -458,8 +488,7 @@ class Trainer:
         if ema_stepped:
             self._update_ema()
         if skipped:
-            self._on_nonfinite(float(info["grad_norm"]) if single else
-                               ", ".join(f"{k}: {float(v)}" for k, v in info["grad_norms"].items()))
+            self._on_nonfinite(", ".join(f"{k}: {float(v)}" for k, v in info["grad_norms"].items()))
         else:
             self.skipped_in_a_row = 0
             if self.config.amp == "fp16":
@@ -474,7 +503,7 @@ class Trainer:
                 f"{self.config.max_skipped_steps}) had non-finite gradients, the last at step {self.step - 1}; loss "
                 f"scale {self.loss_scale:g}, amp={self.config.amp!r}. Lower lr, enable grad_clip or use amp='bf16'.")
         info.update(loss_scale=scale_used, skipped=skipped)
-        if single:
+        if len(self.players) == 1:  # one player: its norm and lr are grad_norm and lr
             del info["grad_norms"], info["lrs"]
         return info
 
@@ -552,7 +581,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "model": self.model.state_dict(),
-            "ema": {repr(rate): dict(zip(self._param_names, ema)) for rate, ema in self.ema.items()},
+            "ema": {repr(rate): self.ema_parameters(rate) for rate in self.ema},
             "optimizer": self._optimizer_state(),
             "scaler": {"loss_scale": self.loss_scale, "good_steps": self._good_steps},
             "skipped": {"in_a_row": self.skipped_in_a_row, "total": self.skipped_total},
@@ -651,6 +680,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ export
 
+    def ema_parameters(self, rate: float) -> dict[str, torch.Tensor]:
+        """{parameter name: its EMA tensor} for the EMA at `rate` (one of config.ema_rates); the live tensors."""
+        if rate not in self.ema:
+            raise ValueError(f"ema_rate must be one of config.ema_rates {list(self.ema)}, got {rate!r}")
+        return dict(zip(self._param_names, self.ema[rate]))
+
     def export_safetensors(self, path, ema_rate: float | None = None) -> Path:
         """Write the model's state dict (parameters replaced by the EMA at `ema_rate` when given) as safetensors,
         atomically, with metadata {"step", "ema_rate"}."""
@@ -658,9 +693,7 @@ class Trainer:
 
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
         if ema_rate is not None:
-            if ema_rate not in self.ema:
-                raise ValueError(f"ema_rate must be one of config.ema_rates {list(self.ema)}, got {ema_rate!r}")
-            for name, tensor in zip(self._param_names, self.ema[ema_rate]):
+            for name, tensor in self.ema_parameters(ema_rate).items():
                 state[name] = tensor.detach().cpu().contiguous().clone()
         data = st_save(state, metadata={"step": str(self.step), "ema_rate": repr(ema_rate)})
         path = Path(path)

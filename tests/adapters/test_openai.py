@@ -11,6 +11,7 @@ import torch
 
 from fastdiff import cli
 from fastdiff.adapters import openai as oa
+from fastdiff.app.runs import load_openai_run
 from fastdiff.diffusion import ModelVarType
 from fastdiff.samplers.guidance import ClassifierGuidance
 from tests.models import _spec
@@ -203,7 +204,7 @@ def test_classifier_layout_and_load(classifier_files):
 
 def test_classifier_guided_sampling_feeds_mapped_timesteps(classifier_files):
     classifier = oa.load_classifier(classifier_files[0], **CLASSIFIER, timestep_respacing="4")[0]
-    run = oa.load_run(classifier_files[1], UNCOND64)
+    run = load_openai_run(classifier_files[1], UNCOND64)
     assert run.num_classes is None and run.cfg.sample.steps == 4 and run.data_shape == (3, 64, 64)
     seen = []
     hook = classifier.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))

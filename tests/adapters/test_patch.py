@@ -356,3 +356,18 @@ def test_deepcopy_of_patched_model():
         assert fastdiff.unpatch(clone) == _restored(clone)
         assert torch.equal(clone(x, t).sample, ref)
     assert all(fastdiff.is_patched(m) for m in model.modules() if isinstance(m, ResnetBlock2D))
+
+
+def test_copied_resnet_forward_matches_the_installed_diffusers():
+    """The patched ResnetBlock2D.forward is a marked copy of diffusers' (RESNET_FORWARD_ORIGIN); the installed
+    diffusers, pinned to the tested range, still has exactly that upstream source."""
+    import hashlib
+    import inspect
+
+    from fastdiff.adapters.patch import RESNET_FORWARD_ORIGIN
+
+    package, version, digest = RESNET_FORWARD_ORIGIN
+    source = inspect.getsource(ResnetBlock2D.forward)
+    assert hashlib.sha256(source.encode()).hexdigest() == digest, (
+        f"diffusers {diffusers.__version__} changed ResnetBlock2D.forward since {package} {version}: re-sync "
+        f"fastdiff.adapters.patch._resnet_block_2d_forward and RESNET_FORWARD_ORIGIN")

@@ -2,7 +2,6 @@
 non-contiguous layouts. A case is fully determined by its index and the run's base seed."""
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np

@@ -13,5 +13,5 @@ def backend(request):
     status = ops.available_backends()[name]
     assert status.available, f"backend {name!r} is not available: {status.reason}"
     if name == "triton" and torch.cuda.is_available() is False:
-        assert ops._backend.triton_interpret()
+        assert ops.backend.triton_interpret()
     return name

@@ -52,7 +52,7 @@ def test_explicit_unavailable_backend_raises_instead_of_falling_back():
     with pytest.raises(ops.BackendUnavailableError, match="'cuda' was requested"):
         ops.ddim_step(x, eps, coefs, t, backend="cuda")
     with ops.use_backend("cuda"), pytest.raises(ops.BackendUnavailableError):
-        ops.q_sample(x, t, eps, coefs)
+        ops.q_sample(x, eps, coefs, t)
 
 
 def test_auto_picks_the_compiled_cpu_kernel(monkeypatch):

@@ -47,11 +47,11 @@ def test_step_errors(args, name):
     with pytest.raises(ValueError, match="prediction must be one of"):
         ops.ddim_step(x, eps, coefs, t, prediction="score", backend=name)
     with pytest.raises(ValueError, match="coefs must be a"):
-        ops.q_sample(x, t, eps, coefs[:, :5], backend=name)
+        ops.q_sample(x, eps, coefs[:, :5], t, backend=name)
     with pytest.raises(TypeError, match="t must be an int"):
-        ops.q_sample(x, t.float(), eps, coefs, backend=name)
+        ops.q_sample(x, eps, coefs, t.float(), backend=name)
     with pytest.raises(ValueError, match="x_t must have x_start's shape"):
-        ops.posterior_mean_variance(x, eps[:1], t, coefs, backend=name)
+        ops.posterior_mean_variance(x, eps[:1], coefs, t, backend=name)
 
 
 @pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
@@ -178,7 +178,7 @@ def test_boolean_timesteps_are_refused():
     x = torch.randn(2, 3, 4)
     coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy())
     with pytest.raises(TypeError, match="t must be an int timestep index"):
-        ops.q_sample(x, True, x, coefs)
+        ops.q_sample(x, x, coefs, True)
     with pytest.raises(TypeError, match="t must be"):
         ops.ddim_step(x, x, coefs, torch.tensor([True, False]))
 
@@ -186,7 +186,7 @@ def test_boolean_timesteps_are_refused():
 def test_triton_attention_refuses_bf16_in_the_interpreter():
     """The interpreter has no bfloat16 dot (it returned values ~1e8 off): asked for by name it refuses; `auto`
     picks a backend that computes it."""
-    if not ops._backend.triton_interpret():
+    if not ops.backend.triton_interpret():
         pytest.skip("the refusal is for Triton's interpreter; compiled kernels run bf16")
     qkv = torch.randn(1, 3 * 2 * 16, 16).bfloat16()
     with pytest.raises(ops.BackendUnavailableError, match="no bfloat16 dot"):

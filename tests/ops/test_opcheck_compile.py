@@ -37,8 +37,8 @@ def test_compile_fullgraph_sampler_step():
     def step(x, mo, unc):
         out, x0 = ops.ddim_step(x, mo, coefs, t, eta=1.0, model_output_uncond=unc, guidance_scale=2.0, seed=4,
                                 offset=8, return_x0=True)
-        xt = ops.q_sample(x0, t, out, coefs)
-        mean, var, logvar = ops.posterior_mean_variance(x0, xt, t, coefs)
+        xt = ops.q_sample(x0, out, coefs, t)
+        mean, var, logvar = ops.posterior_mean_variance(x0, xt, coefs, t)
         return ops.ddpm_step(mean, mo, coefs, t, var_type="learned_range", seed=5) + logvar
 
     unc = torch.randn_like(mo)
@@ -72,7 +72,7 @@ def test_compile_fullgraph_backward():
     noise = torch.randn_like(x)
 
     def loss(x0):
-        return ops.q_sample(x0, t, noise, coefs).square().sum()
+        return ops.q_sample(x0, noise, coefs, t).square().sum()
 
     x0 = x.clone().requires_grad_()
     torch.compile(loss, backend="aot_eager", fullgraph=True)(x0).backward()

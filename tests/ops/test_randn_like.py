@@ -35,7 +35,7 @@ def test_reference_stream_matches_known_triton_values():
     import triton
     import triton.language as tl
 
-    from fastdiff.ops._backend import triton_interpret
+    from fastdiff.ops.backend import triton_interpret
 
     if not (torch.cuda.is_available() or triton_interpret()):
         pytest.fail("Triton needs CUDA or TRITON_INTERPRET=1 (set by conftest)")

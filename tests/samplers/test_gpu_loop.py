@@ -38,8 +38,8 @@ def test_step_has_no_host_sync(backend):
         for k in (0, 25, 49):
             ops.ddim_step(x, x, table, rows[k], eta=1.0, seed=1, offset=5, backend=backend)
             ops.ddpm_step(x, torch.cat([x, x], 1), table, rows[k], var_type="learned_range", seed=1, backend=backend)
-            ops.q_sample(x, rows[k], x, table, backend=backend)
-            ops.posterior_mean_variance(x, x, rows[k], table, backend=backend)
+            ops.q_sample(x, x, table, rows[k], backend=backend)
+            ops.posterior_mean_variance(x, x, table, rows[k], backend=backend)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -36,8 +36,8 @@ def test_timesteps_are_visited_in_descending_order_exactly():
 def test_respaced_table_matches_guided_diffusion_respacing():
     ts = list(range(0, 1000, 100))
     table, rows, model_t, host_t = prepare_timesteps(ts, AC, torch.zeros(3, 1))
-    np.testing.assert_allclose(table[:, ops._table.AC].double().numpy(), AC[ts], rtol=1e-6)
-    np.testing.assert_allclose(table[1:, ops._table.AC_PREV].double().numpy(), AC[ts[:-1]], rtol=1e-6)
+    np.testing.assert_allclose(table[:, ops.table.AC].double().numpy(), AC[ts], rtol=1e-6)
+    np.testing.assert_allclose(table[1:, ops.table.AC_PREV].double().numpy(), AC[ts[:-1]], rtol=1e-6)
     assert rows.shape == (10, 3) and model_t[:, 0].tolist() == ts
     assert host_t == ts
 

@@ -73,6 +73,12 @@ def run(rank: int, args) -> None:
                           MASTER_PORT=str(args.port), LOCAL_RANK=str(rank))
         D.init_distributed("gloo")
     trainer = build(args)
+    if args.world_size > 1:  # the gradients are averaged by torch's DDP: the whole model, or each player
+        ddp = torch.nn.parallel.DistributedDataParallel
+        wrapped = [trainer._forward_model] if args.objective == "diffusion" else [
+            getattr(trainer._forward_model, p.name) for p in trainer.players]
+        assert all(isinstance(m, ddp) for m in wrapped), wrapped
+        assert not any(k.startswith("module.") for k in trainer.state_dict()["model"])  # checkpoints keep the keys
     if args.kill_at_step is not None:
         step_once = trainer.train_step
 

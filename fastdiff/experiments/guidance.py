@@ -49,18 +49,12 @@ class _ExactRatio(torch.nn.Module):
 
 def train_discriminator(out, real: torch.Tensor, fake: torch.Tensor, spec: dict, diffusion, *, steps: int,
                         batch_size: int, lr: float, seed: int = 0, init=None):
-    """Train the discriminator `spec` (fastdiff.training.build_discriminator; stored in the checkpoints, so
+    """Train the discriminator `spec` (fastdiff.app.runs.build_discriminator; stored in the checkpoints, so
     `load_discriminator` and `fastdiff sample --discriminator` rebuild it) with DiscriminatorObjective on diffused
     real vs fake, through the Trainer in out/ (resuming). init(model) may load pretrained parts (the frozen
     classifier) first. Returns the model in eval mode with its EMA weights."""
-    from fastdiff.training import (
-        DiscriminatorObjective,
-        TrainConfig,
-        Trainer,
-        build_discriminator,
-        discriminator_dataset,
-        load_discriminator,
-    )
+    from fastdiff.app.runs import build_discriminator, load_discriminator
+    from fastdiff.training import DiscriminatorObjective, TrainConfig, Trainer, discriminator_dataset
 
     torch.manual_seed(seed)
     model = build_discriminator(spec)
@@ -142,8 +136,8 @@ def dg_toy(out, quick: bool = False, seed: int = 0) -> dict:
 
 def _train(config: str, out: Path, overrides=()) -> None:
     """Train (or resume) the shipped config `config` into out/."""
-    from fastdiff.config import load_config
-    from fastdiff.runs import make_trainer
+    from fastdiff.app.config import load_config
+    from fastdiff.app.runs import make_trainer
 
     trainer, _ = make_trainer(load_config(config, list(overrides)), out)
     trainer.train(resume=True)
@@ -178,8 +172,8 @@ def guidance_digits(out, quick: bool = False, seed: int = 0) -> dict:
     """Classifier-free, classifier and discriminator guidance on digits: accuracy vs scale, and DG's FD gain."""
     from fastdiff.data import load_digits
     from fastdiff.metrics import classifier_accuracy, digits_fd
-    from fastdiff.runs import load_run, save_grid, timed
-    from fastdiff.training import cached_samples, load_classifier
+    from fastdiff.app.runs import load_classifier, load_run, save_grid, timed
+    from fastdiff.training import cached_samples
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

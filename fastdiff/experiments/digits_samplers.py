@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from fastdiff.config import load_config
+from fastdiff.app.config import load_config
 from fastdiff.errors import check_device, check_int
-from fastdiff.runs import load_run, make_trainer, save_grid, timed
+from fastdiff.app.runs import load_run, make_trainer, save_grid, timed
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +133,8 @@ def run_demo(out_dir="demo_out", quick: bool = False, num_samples: int | None = 
     results = {"config": CONFIG, "quick": quick, "train": train, "reference": reference, "rows": rows}
     (out / "demo_results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def digits_samplers(out, quick: bool = False, seed: int = 0) -> dict:
+    """DDIM vs DDPM vs steps and classifier-free guidance on class-conditional digits (the demo job)."""
+    return run_demo(out, quick=quick, seed=seed)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from fastdiff import config as C
+from fastdiff.app import config as C
 from fastdiff.errors import check_int
-from fastdiff.runs import LoadedRun, timed
+from fastdiff.app.runs import LoadedRun, timed
 
 TOYS = ("grid25", "ring8")
 
@@ -86,7 +86,7 @@ def bench_ops(device=None, quick: bool = False) -> str:
                                                                guidance_scale=3.0, seed=1, offset=0, backend=be),
         "ddpm_step (fixed large)": lambda be: ops.ddpm_step(x, eps, coefs, t, var_type="fixed_large", seed=1,
                                                            backend=be),
-        "q_sample": lambda be: ops.q_sample(x, t, eps, coefs, backend=be),
+        "q_sample": lambda be: ops.q_sample(x, eps, coefs, t, backend=be),
         "adagn (+SiLU)": lambda be: ops.adagn(h, w, b, 32, 1e-5, sc, sh, act="silu", backend=be),
         "qkv_attention": lambda be: ops.qkv_attention(qkv, 4, backend=be),
     }

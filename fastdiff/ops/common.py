@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 
-from fastdiff.ops import _table as T
+from fastdiff.ops import table as T
 from fastdiff.ops import philox
 
 PREDICTIONS = {"epsilon": 0, "x0": 1, "v": 2}
@@ -92,6 +93,19 @@ def check_model_output(name: str, mo: torch.Tensor, x: torch.Tensor, allow_doubl
     channels = (x.shape[1], 2 * x.shape[1]) if allow_double else (x.shape[1],)
     if mo.dim() != x.dim() or mo.shape[0] != x.shape[0] or mo.shape[2:] != x.shape[2:] or mo.shape[1] not in channels:
         raise ValueError(f"{name} must have shape [N, C or 2C, ...] matching x {tuple(x.shape)}, got {tuple(mo.shape)}")
+
+
+def is_timestep(v) -> bool:
+    """Whether `v` is a timestep argument (an int or an integer tensor) rather than a data tensor."""
+    if isinstance(v, torch.Tensor):
+        return not (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def warn_legacy_order(op: str) -> None:
+    """The ops take (tensors..., coefs, t); 0.1's q_sample / posterior_mean_variance took t before them."""
+    warnings.warn(f"fastdiff.ops.{op}: pass the timestep t last, after coefs (every op takes (tensors..., coefs, "
+                  f"t)); the old order stops working in fastdiff 0.3", DeprecationWarning, stacklevel=3)
 
 
 def check_eta(eta) -> float:

@@ -78,7 +78,7 @@ QUICK = dataclasses.replace(FULL, steps=120, batch_size=64, warmup_steps=10, ema
 def _train_seconds(trainer, out: Path) -> float:
     """Train (resuming) and return the training wall time summed over every call that trained in out/ (kept in
     out/train_seconds.json), so a rerun that finds the finished checkpoint still reports the original time."""
-    from fastdiff.runs import timed
+    from fastdiff.app.runs import timed
 
     record = out / "train_seconds.json"
     before = json.loads(record.read_text())["seconds"] if record.is_file() else 0.0
@@ -92,8 +92,8 @@ def _train_seconds(trainer, out: Path) -> float:
 def train_eps(out: Path, cfg: SIDDMDigitsConfig, seed: int = 0):
     """The ε-model (configs/digits_uncond.toml's UNet and L_simple) for cfg.steps steps of cfg.batch_size images,
     trained (or resumed) in out/; returns (LoadedRun with its EMA weights, training seconds)."""
-    from fastdiff.config import load_config
-    from fastdiff.runs import load_run, make_trainer
+    from fastdiff.app.config import load_config
+    from fastdiff.app.runs import load_run, make_trainer
 
     overrides = [f"train.total_steps={cfg.steps}", f"train.batch_size={cfg.batch_size}",
                  f"train.save_interval={cfg.steps}", f"train.warmup_steps={cfg.warmup_steps}",
@@ -145,7 +145,7 @@ def _score(name: str, samples: torch.Tensor, seconds: float, out: Path, **extra)
     """Metrics of samples [N, 1, 8, 8] in [-1, 1] and their PNG grid (first 100)."""
     from fastdiff.metrics import digits_fd
     from fastdiff.metrics.digits import digits_precision_recall
-    from fastdiff.runs import save_grid
+    from fastdiff.app.runs import save_grid
 
     samples = samples.clamp(-1, 1)
     precision, recall = digits_precision_recall(samples)
@@ -161,7 +161,7 @@ def siddm_digits(out, quick: bool = False, seed: int = 0, cfg: SIDDMDigitsConfig
     Trains both, samples 4 steps each, writes results.md / results.json and one PNG grid per row in out/, prints the
     table; returns the results dict."""
     from fastdiff.data import load_digits
-    from fastdiff.runs import timed
+    from fastdiff.app.runs import timed
     from fastdiff.training.adversarial import sample_few_step
 
     cfg = cfg or (QUICK if quick else FULL)

@@ -103,7 +103,7 @@ def _ema_model(trainer) -> torch.nn.Module:
     """The trainer's model with its EMA weights, in eval mode."""
     params = dict(trainer.model.named_parameters())
     with torch.no_grad():
-        for name, value in zip(trainer._param_names, trainer.ema[trainer.config.ema_rates[0]]):
+        for name, value in trainer.ema_parameters(trainer.config.ema_rates[0]).items():
             params[name].copy_(value)
     return trainer.model.eval()
 

@@ -251,7 +251,7 @@ def build_model(cfg: RunConfig, dataset) -> nn.Module:
 
 def model_from_run_config(meta: dict, where: str = "checkpoint") -> tuple[RunConfig, nn.Module]:
     """(config, freshly built model) from a Trainer checkpoint's run_config {"config", "data_shape",
-    "num_classes"} (what `fastdiff.runs.make_trainer` stores)."""
+    "num_classes"} (what `fastdiff.app.runs.make_trainer` stores)."""
     from types import SimpleNamespace
 
     if "config" not in (meta or {}):
