@@ -10,7 +10,7 @@ from fastdiff.app import config as C
 from fastdiff.data import grid25
 from fastdiff.experiments.digits_samplers import run_demo
 from fastdiff.app.runs import gather_chunks, load_run, make_trainer
-from fastdiff.samplers import generate, sampling_timesteps
+from fastdiff.samplers import SamplerOptions, generate, sampling_timesteps
 
 TINY_MLP = ["train.total_steps=30", "train.batch_size=64", "train.save_interval=15", "train.log_interval=10",
             "data.n=512", "model.width=32", "model.depth=1"]
@@ -87,8 +87,9 @@ def test_chunks_do_not_depend_on_world_size():
     m = grid25()
     ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     eps = m.eps_model(ac)
-    whole = generate(eps, ac, 50, (2,), sampler="ddpm", steps=20, seed=3, batch_size=16)
-    parts = [generate(eps, ac, 50, (2,), sampler="ddpm", steps=20, seed=3, batch_size=16, rank=r, world_size=3)
+    options = SamplerOptions(sampler="ddpm", steps=20, seed=3, batch_size=16)
+    whole = generate(eps, ac, 50, (2,), options)
+    parts = [generate(eps, ac, 50, (2,), options, rank=r, world_size=3)
              for r in range(3)]
     chunks = {r + 3 * j: c for r, p in enumerate(parts) for j, c in enumerate(p.split(16))}
     assert torch.equal(torch.cat([chunks[b] for b in sorted(chunks)]), whole)
@@ -99,7 +100,7 @@ def test_chunks_do_not_depend_on_world_size():
 def test_guidance_needs_labels_and_null_class():
     ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     with pytest.raises(ValueError, match="null_label"):
-        generate(lambda x, t, y=None: x, ac, 4, (2,), guidance=1.0, labels=torch.zeros(4, dtype=torch.long))
+        generate(lambda x, t, y=None: x, ac, 4, (2,), SamplerOptions(guidance=1.0), labels=torch.zeros(4, dtype=torch.long))
 
 
 def test_demo_writes_pictures_and_table(tmp_path):

@@ -60,9 +60,23 @@ def test_fractional_timesteps_are_refused_not_truncated(call):
 
 def test_generate_counts_are_ints():
     with pytest.raises(TypeError, match="num_samples must be an int, got 2.5"):
-        samplers.generate(zero_model, AC, 2.5, (3, 4, 4), steps=2)
+        samplers.generate(zero_model, AC, 2.5, (3, 4, 4), samplers.SamplerOptions(steps=2))
     with pytest.raises(ValueError, match="batch_size must lie in"):
-        samplers.generate(zero_model, AC, 2, (3, 4, 4), steps=2, batch_size=0)
+        samplers.SamplerOptions(steps=2, batch_size=0)
+    with pytest.raises(TypeError, match="steps must be an int, got 2.5"):
+        samplers.SamplerOptions(steps=2.5)
+
+
+def test_generate_keyword_options_still_work_with_a_warning():
+    """0.1's keyword sampler options (with 0.1's defaults) give the same samples as the equivalent options."""
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    with pytest.warns(DeprecationWarning, match="pass options=SamplerOptions"):
+        old = samplers.generate(model, AC, 3, (2,), sampler="ddpm", steps=5, seed=1)
+    new = samplers.generate(model, AC, 3, (2,), samplers.SamplerOptions(
+        sampler="ddpm", steps=5, seed=1, var_type="fixed_large", clip_denoised=True))
+    assert torch.equal(old, new)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['stepz'\]"):
+        samplers.generate(model, AC, 3, (2,), stepz=5)
 
 
 # ------------------------------------------------------------------------------------- diffusers schedulers

@@ -282,10 +282,3 @@ def build_objective(cfg: RunConfig, diffusion, dataset):
     return DiffusionObjective(diffusion=diffusion, schedule_sampler=cfg.diffusion.schedule_sampler,
                               p_uncond=cfg.diffusion.p_uncond,
                               num_classes=dataset.num_classes if cfg.model.class_cond else None)
-
-
-def var_type(cfg: RunConfig) -> str:
-    """The DDPM sampler's variance (ops.ddpm_step var_type) matching the trained diffusion."""
-    if cfg.diffusion.learn_sigma:
-        return "learned_range"
-    return "fixed_small" if cfg.diffusion.sigma_small else "fixed_large"

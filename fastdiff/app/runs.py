@@ -15,7 +15,7 @@ import torch
 from fastdiff.adapters import openai
 from fastdiff.app import config as C
 from fastdiff.app.config import SampleConfig
-from fastdiff.samplers import generate
+from fastdiff.samplers import SamplerOptions, generate
 from fastdiff.training import Trainer, copy_ema_, load_run_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,13 @@ class LoadedRun:
                 raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got values in "
                                  f"[{int(labels.min())}, {int(labels.max())}]")
         device = next(self.model.parameters()).device
-        return generate(self.model, self.diffusion.alphas_cumprod, num_samples, self.data_shape, sampler=sampler,
-                        steps=steps, eta=eta, var_type=C.var_type(self.cfg), labels=labels, guidance=guidance,
-                        null_label=self.null_label, conditional=conditional, classifier=classifier,
-                        discriminator=discriminator, seed=seed, batch_size=batch_size, device=device,
-                        rank=rank, world_size=world_size, progress=progress)
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, var_type=self.diffusion.var_type,
+                                 clip_denoised=self.cfg.sample.clip_denoised, guidance=guidance, seed=seed,
+                                 batch_size=batch_size)
+        return generate(self.model, self.diffusion.alphas_cumprod, num_samples, self.data_shape, options,
+                        labels=labels, null_label=self.null_label, conditional=conditional, classifier=classifier,
+                        discriminator=discriminator, device=device, rank=rank, world_size=world_size,
+                        progress=progress)
 
 
 def make_trainer(cfg: C.RunConfig, out_dir, device=None):
@@ -239,12 +241,12 @@ class OpenAIRun:
                              f"timestep_respacing={self.cfg.flags['timestep_respacing']!r}), got {steps!r}")
         device = next(self.model.parameters()).device
         wrap = lambda m: None if m is None else openai.RespacedModel(m, self.diffusion).to(device)
-        return generate(wrap(self.model), self.diffusion.alphas_cumprod, num_samples, self.data_shape,
-                        sampler=sampler, steps=steps, eta=eta,
-                        var_type=self.diffusion.var_type, labels=labels, guidance=guidance,
-                        null_label=self.null_label, conditional=conditional, classifier=wrap(classifier),
-                        discriminator=wrap(discriminator), seed=seed, batch_size=batch_size, device=device,
-                        rank=rank, world_size=world_size, progress=progress)
+        options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, var_type=self.diffusion.var_type,
+                                 clip_denoised=True, guidance=guidance, seed=seed, batch_size=batch_size)
+        return generate(wrap(self.model), self.diffusion.alphas_cumprod, num_samples, self.data_shape, options,
+                        labels=labels, null_label=self.null_label, conditional=conditional,
+                        classifier=wrap(classifier), discriminator=wrap(discriminator), device=device, rank=rank,
+                        world_size=world_size, progress=progress)
 
 
 def load_openai_run(checkpoint, flags: str | dict | None = None, *, variant: str = "guided", device="cpu",

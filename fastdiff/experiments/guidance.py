@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import torch
 
 from fastdiff.data.toy import GaussianMixture
 from fastdiff.diffusion import create_gaussian_diffusion
-from fastdiff.samplers import generate
+from fastdiff.samplers import SamplerOptions, generate
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +100,16 @@ def dg_toy(out, quick: bool = False, seed: int = 0) -> dict:
     wrong_eps = DG_WRONG.eps_model(ac)
     g = torch.Generator().manual_seed(seed)
     real = DG_DATA.sample(n_train, generator=g)
-    sample = dict(sampler="ddpm", steps=250, var_type="fixed_small", clip_denoised=False, batch_size=4096)
-    fake = cached_samples(out / "generated.npz", lambda: generate(wrong_eps, ac, n_train, (2,), seed=seed, **sample),
-                          n_train)
+    ddpm = SamplerOptions(sampler="ddpm", steps=250, seed=seed, batch_size=4096)
+    fake = cached_samples(out / "generated.npz", lambda: generate(wrong_eps, ac, n_train, (2,), ddpm), n_train)
     disc = train_discriminator(out / "discriminator", real, fake, {"kind": "mlp", "kwargs": {}}, diffusion,
                                steps=steps, batch_size=512, lr=1e-3, seed=seed)
     data = DG_DATA.sample(n_eval, generator=g)
     rows, clouds = [], {"data": data}
-    for kind, kw in (("DDPM-250", sample), ("DDIM-50", dict(sampler="ddim", steps=50, clip_denoised=False))):
+    for kind, options in (("DDPM-250", ddpm), ("DDIM-50", dataclasses.replace(ddpm, sampler="ddim", steps=50))):
         for label, d in (("wrong score", None), ("+ DG (trained MLP)", disc), ("+ DG (exact ratio)", _ExactRatio(ac))):
-            x = generate(wrong_eps, ac, n_eval, (2,), seed=seed + 1, guidance=[] if d is None else "dg=1",
-                         discriminator=d, **{**kw, "batch_size": 4096})
+            x = generate(wrong_eps, ac, n_eval, (2,), dataclasses.replace(
+                options, seed=seed + 1, guidance=[] if d is None else "dg=1"), discriminator=d)
             rows.append({"sampler": kind, "score": label, "fd": gaussian_fd(x, data), "mmd": mmd(x, data)})
             if kind == "DDPM-250":
                 clouds[label] = x

@@ -194,7 +194,7 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
     """SIDDM vs DDGAN vs DDPM/DDIM of an ε-model on the 25-Gaussian grid at 1, 2, 4 and 8 denoising steps.
 
     steps_t: the T values (default STEPS_T, QUICK_STEPS_T with quick); config: MogConfig (default FULL, or QUICK)."""
-    from fastdiff.samplers import generate
+    from fastdiff.samplers import SamplerOptions, generate
     from fastdiff.training.adversarial import sample_few_step
 
     cfg = config or (QUICK if quick else FULL)
@@ -227,9 +227,8 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
             for T_ in steps_t:
                 for sampler in ("ddpm", "ddim"):
                     t0 = time.perf_counter()
-                    x = generate(eps, diffusion.alphas_cumprod, cfg.n_eval, (2,), sampler=sampler, steps=T_,
-                                 var_type="fixed_small", clip_denoised=False, seed=seed + 1,
-                                 batch_size=cfg.n_eval)
+                    x = generate(eps, diffusion.alphas_cumprod, cfg.n_eval, (2,), SamplerOptions(
+                        sampler=sampler, steps=T_, seed=seed + 1, batch_size=cfg.n_eval))
                     add(f"{sampler.upper()}", T_, x, secs, time.perf_counter() - t0)
             continue
         gen, diffusion, secs = train_adversarial(kind, T, data, cfg, out / f"{kind}_T{T}", seed)

@@ -2,6 +2,8 @@
 mixtures: the exact noisy classifier steers samples into the target class, the exact density-ratio discriminator
 turns a wrong score into the true one, one-step updates match the equations, composed guidance is the sum of
 its parts, and bad input fails before sampling starts."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -224,14 +226,18 @@ def test_bad_sampler_guidance_fails_before_the_model_runs(kwargs, match):
     ({"labels": torch.tensor([0, 1, 1])}, r"labels must be int64 \[2\]"),
 ])
 def test_bad_generate_arguments(kwargs, match):
+    options = samplers.SamplerOptions(steps=10)
     with pytest.raises(ValueError, match=match):
-        samplers.generate(_never_called, AC, 2, (2,), steps=10, **kwargs)
+        if "guidance" in kwargs:
+            options = dataclasses.replace(options, guidance=kwargs.pop("guidance"))
+        samplers.generate(_never_called, AC, 2, (2,), options, **kwargs)
 
 
 def test_generate_classifier_guides_an_unconditional_model():
     y = torch.arange(100) % 2
-    out = samplers.generate(TWO.eps_model(AC), AC, 100, (2,), steps=50, labels=y, conditional=False,
-                            guidance="cg=1", classifier=MixtureClassifier(), batch_size=64, clip_denoised=False)
+    options = samplers.SamplerOptions(steps=50, guidance="cg=1", batch_size=64)
+    out = samplers.generate(TWO.eps_model(AC), AC, 100, (2,), options, labels=y, conditional=False,
+                            classifier=MixtureClassifier())
     assert float(((out[:, 0] > 0).long() == y).float().mean()) > 0.98
 
 
