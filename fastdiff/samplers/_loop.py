@@ -11,7 +11,7 @@ from fastdiff.ops import common as C
 from fastdiff.ops import table as T
 from fastdiff.ops import betas_for_timesteps, step_table
 from fastdiff.ops.ddpm_step import log_variance
-from fastdiff.samplers.guidance import Guidance, GuidancePlan, weighted_gradient
+from fastdiff.samplers.guidance import ClassifierFree, Guidance, GuidancePlan, weighted_gradient
 
 # Step i of a loop draws its in-kernel noise at Philox offset (i + 1) << 32 (the initial noise uses offset 0),
 # so sample n of a batch gets the same noise whatever the batch size, as long as N·M < 2^32.
@@ -56,29 +56,31 @@ def run_steps(step: Callable, model, x: torch.Tensor, timesteps, extra_args, *, 
 
     guidance: `fastdiff.samplers.guidance` terms (see there); labels: int64 [N] targets of classifier guidance
     (default: extra_args["y"]); ddpm_var_type: the DDPM step's var_type (classifier guidance then shifts the
-    mean by w·Σ_t·g), None for DDIM. guidance_scale/uncond_args: a constant classifier-free scale s = 1 + w
-    (the older spelling of a `ClassifierFree` term; not both).
+    mean by w·Σ_t·g), None for DDIM. guidance_scale/uncond_args: diffusers' spelling of a constant
+    classifier-free scale s, turned into the `ClassifierFree` term with w = s − 1 (not both).
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be the initial noise x_T of shape [N, C, ...], got {getattr(x, 'shape', x)}")
     extra_args = extra_args or {}
-    if guidance_scale is not None and uncond_args is None:
-        raise ValueError("guidance_scale needs uncond_args (the model kwargs of the unconditional branch)")
+    if guidance_scale is not None:  # diffusers' constant scale s: the classifier-free term with w = s − 1
+        if uncond_args is None:
+            raise ValueError("guidance_scale needs uncond_args (the model kwargs of the unconditional branch)")
+        if any(isinstance(g, ClassifierFree) for g in guidance):
+            raise ValueError("pass classifier-free guidance either as a ClassifierFree term or as guidance_scale")
+        w = C.check_guidance_scale(guidance_scale, uncond_args) - 1.0
+        guidance = [*guidance, ClassifierFree(1.0, uncond_args, schedule=lambda t, num_timesteps: w)]
     if seed is not None and x.numel() >= 1 << STEP_OFFSET_SHIFT:
         raise ValueError(f"in-kernel noise needs N·M < 2^32 elements per step, x has {x.numel()}")
     plan = GuidancePlan(guidance, labels=labels if labels is not None else extra_args.get("y"), n=x.shape[0],
                         prediction=prediction, ddpm_mean_shift=ddpm_var_type is not None)
-    if plan.cfg is not None and guidance_scale is not None:
-        raise ValueError("pass classifier-free guidance either as a ClassifierFree term or as guidance_scale")
-    if plan.cfg is not None:
-        uncond_args = plan.cfg.uncond_args
+    uncond_args = None if plan.cfg is None else plan.cfg.uncond_args
     table, rows, model_t, host_t = prepare_timesteps(timesteps, alphas_cumprod, x)
     num_timesteps = len(alphas_cumprod)
     steps = rows.shape[0]
     for i in tqdm(range(steps), desc=desc, disable=disable):
         k = steps - 1 - i
         t = model_t[k]
-        scale = guidance_scale if plan.cfg is None else 1.0 + plan.cfg_weight(host_t[k], num_timesteps)
+        scale = None if plan.cfg is None else 1.0 + plan.cfg_weight(host_t[k], num_timesteps)
         out, out_u = model_outputs(model, x, t, extra_args, uncond_args if scale not in (None, 1.0) else None)
         eps_grad = weighted_gradient(plan.eps_terms, x, t, num_timesteps)
         if eps_grad is not None:  # ε̂ = ε − √(1 − ᾱ_t)·Σ w·∇f
