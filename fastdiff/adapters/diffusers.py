@@ -86,8 +86,6 @@ SPACINGS = ("leading", "linspace", "trailing")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DDPM_BETA_SCHEDULES = DDIM_BETA_SCHEDULES + ("laplace", "sigmoid")
-_PRED_CODE = {"epsilon": C.PREDICTIONS["epsilon"], "sample": C.PREDICTIONS["x0"],
-              "v_prediction": C.PREDICTIONS["v"]}
 _FIXED_SMALL = C.VAR_TYPES["fixed_small"]
 _FIXED_LARGE = C.VAR_TYPES["fixed_large"]
 _LEARNED = C.VAR_TYPES["learned"]
@@ -164,7 +162,7 @@ def _kernel_prediction_code(prediction: str, r: float) -> int:
     """The kernel's prediction code for diffusers' prediction_type and clip range r (see `_x0_columns`)."""
     if prediction == "sample" and r != 1.0:
         return C.PREDICTIONS["epsilon"]
-    return _PRED_CODE[prediction]
+    return C.prediction_code(prediction)
 
 
 def _host_read_is_free(t: torch.Tensor) -> bool:

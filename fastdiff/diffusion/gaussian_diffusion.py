@@ -49,10 +49,6 @@ class LossType(enum.Enum):
         return self in (LossType.KL, LossType.RESCALED_KL)
 
 
-# The enums' names in fastdiff.ops (`prediction=`, `var_type=`): the one map between the two vocabularies.
-_PREDICTION = {ModelMeanType.EPSILON: "epsilon", ModelMeanType.START_X: "x0", ModelMeanType.V: "v"}
-_VAR_TYPE = {ModelVarType.FIXED_SMALL: "fixed_small", ModelVarType.FIXED_LARGE: "fixed_large",
-             ModelVarType.LEARNED: "learned", ModelVarType.LEARNED_RANGE: "learned_range"}
 _LEARNED_VAR = (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
 
 
@@ -103,8 +99,9 @@ class GaussianDiffusion:
         self.loss_type = _check_enum("loss_type", loss_type, LossType)
         self.rescale_timesteps = bool(rescale_timesteps)
         # The same choices as the fused ops and samplers name them (None: PREVIOUS_X has no fused step).
-        self.prediction = _PREDICTION.get(self.model_mean_type)
-        self.var_type = _VAR_TYPE[self.model_var_type]
+        self.prediction = (None if self.model_mean_type == ModelMeanType.PREVIOUS_X
+                           else C.prediction_name(self.model_mean_type))
+        self.var_type = C.var_type_name(self.model_var_type)
         coefs = ops.schedule_coefficients(betas)
         for name, arr in coefs.items():
             setattr(self, name, arr)

@@ -15,29 +15,44 @@ import torch
 from fastdiff.ops import table as T
 from fastdiff.ops import philox
 
+# The one vocabulary of prediction and variance types (kernel codes), with the other names they go by: diffusers'
+# prediction_type / variance_type and guided-diffusion's ModelMeanType / ModelVarType member names.
 PREDICTIONS = {"epsilon": 0, "x0": 1, "v": 2}
 _PREDICTION_ALIASES = {"eps": "epsilon", "sample": "x0", "start_x": "x0", "v_prediction": "v"}
 VAR_TYPES = {"fixed_small": 0, "fixed_large": 1, "learned": 2, "learned_range": 3}
+_VAR_TYPE_ALIASES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def prediction_code(prediction) -> int:
-    """'epsilon' | 'x0' | 'v' (diffusers' 'sample'/'v_prediction' and ModelMeanType accepted) -> kernel code."""
-    name = getattr(prediction, "name", prediction)
-    name = str(name).lower()
+def prediction_name(prediction) -> str:
+    """'epsilon' | 'x0' | 'v' for any of their names (diffusers' 'sample' / 'v_prediction', a ModelMeanType)."""
+    name = str(getattr(prediction, "name", prediction)).lower()
     name = _PREDICTION_ALIASES.get(name, name)
     if name not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {sorted(PREDICTIONS)} (or {sorted(_PREDICTION_ALIASES)}), "
                          f"got {prediction!r}")
-    return PREDICTIONS[name]
+    return name
+
+
+def var_type_name(var_type) -> str:
+    """'fixed_small' | 'fixed_large' | 'learned' | 'learned_range' for any of their names (diffusers'
+    'fixed_small_log' / 'fixed_large_log', a ModelVarType)."""
+    name = str(getattr(var_type, "name", var_type)).lower()
+    name = _VAR_TYPE_ALIASES.get(name, name)
+    if name not in VAR_TYPES:
+        raise ValueError(f"var_type must be one of {sorted(VAR_TYPES)} (or {sorted(_VAR_TYPE_ALIASES)}), got "
+                         f"{var_type!r}")
+    return name
+
+
+def prediction_code(prediction) -> int:
+    """The kernel code of `prediction` (any name `prediction_name` takes)."""
+    return PREDICTIONS[prediction_name(prediction)]
 
 
 def var_type_code(var_type) -> int:
-    """'fixed_small' | 'fixed_large' | 'learned' | 'learned_range' (or ModelVarType) -> kernel code."""
-    name = str(getattr(var_type, "name", var_type)).lower()
-    if name not in VAR_TYPES:
-        raise ValueError(f"var_type must be one of {sorted(VAR_TYPES)}, got {var_type!r}")
-    return VAR_TYPES[name]
+    """The kernel code of `var_type` (any name `var_type_name` takes)."""
+    return VAR_TYPES[var_type_name(var_type)]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 __all__ = ["GraphCaptureError", "GraphedSampler", "SamplingPlan", "StaticLoop", "sampling_plan"]
 
 SAMPLERS = ("ddim", "ddpm")
-_DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
-_DIFFUSERS_VARIANCE = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large",
-                       "fixed_large_log": "fixed_large", "learned": "learned", "learned_range": "learned_range"}
 _CPU_MESSAGE = "GraphedSampler needs a CUDA device; got {} — use fastdiff.samplers.sample_ddim for the eager loop"
 
 
@@ -100,20 +97,20 @@ def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> Sampling
     if get("thresholding", False):
         raise TypeError(f"diffusion_or_scheduler: {name} with thresholding=True (dynamic thresholding) is not "
                         f"supported by the fused steps")
-    prediction = _DIFFUSERS_PREDICTION.get(get("prediction_type", "epsilon"))
-    if prediction is None:
-        raise TypeError(f"diffusion_or_scheduler: {name}.config.prediction_type={get('prediction_type')!r} is not "
-                        f"supported ({sorted(_DIFFUSERS_PREDICTION)})")
+    try:
+        prediction = C.prediction_name(get("prediction_type", "epsilon"))
+    except ValueError as e:
+        raise TypeError(f"diffusion_or_scheduler: {name}.config.prediction_type is not supported: {e}") from None
     clip = bool(get("clip_sample", False))
     if clip and float(get("clip_sample_range", 1.0)) != 1.0:
         raise TypeError(f"diffusion_or_scheduler: {name}.config.clip_sample_range="
                         f"{get('clip_sample_range')} is not supported (the fused steps clip x̂0 to [-1, 1])")
     var_type = "fixed_small"
     if kind == "ddpm":
-        var_type = _DIFFUSERS_VARIANCE.get(get("variance_type", "fixed_small"))
-        if var_type is None:
-            raise TypeError(f"diffusion_or_scheduler: {name}.config.variance_type={get('variance_type')!r} is not "
-                            f"supported ({sorted(_DIFFUSERS_VARIANCE)})")
+        try:
+            var_type = C.var_type_name(get("variance_type", "fixed_small"))
+        except ValueError as e:
+            raise TypeError(f"diffusion_or_scheduler: {name}.config.variance_type is not supported: {e}") from None
     sched = copy.deepcopy(scheduler)  # set_timesteps mutates; leave the caller's scheduler as it was
     sched.set_timesteps(steps)
     ts = sorted(int(t) for t in torch.as_tensor(sched.timesteps).tolist())
