@@ -100,7 +100,8 @@ def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> Sampling
     try:
         prediction = C.prediction_name(get("prediction_type", "epsilon"))
     except ValueError as e:
-        raise TypeError(f"diffusion_or_scheduler: {name}.config.prediction_type is not supported: {e}") from None
+        raise TypeError(f"diffusion_or_scheduler: {name}.config.prediction_type={get('prediction_type')!r} is not "
+                        f"supported: {e}") from None
     clip = bool(get("clip_sample", False))
     if clip and float(get("clip_sample_range", 1.0)) != 1.0:
         raise TypeError(f"diffusion_or_scheduler: {name}.config.clip_sample_range="
@@ -110,7 +111,8 @@ def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> Sampling
         try:
             var_type = C.var_type_name(get("variance_type", "fixed_small"))
         except ValueError as e:
-            raise TypeError(f"diffusion_or_scheduler: {name}.config.variance_type is not supported: {e}") from None
+            raise TypeError(f"diffusion_or_scheduler: {name}.config.variance_type={get('variance_type')!r} is not "
+                            f"supported: {e}") from None
     sched = copy.deepcopy(scheduler)  # set_timesteps mutates; leave the caller's scheduler as it was
     sched.set_timesteps(steps)
     ts = sorted(int(t) for t in torch.as_tensor(sched.timesteps).tolist())
