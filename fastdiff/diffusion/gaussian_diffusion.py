@@ -312,9 +312,14 @@ class GaussianDiffusion:
         sample = out["mean"] + nonzero_mask * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
+    def model_forward(self, model, x: torch.Tensor, t: torch.Tensor, **model_kwargs):
+        """model(x, t as the model was trained to see it, **model_kwargs) for this process's timestep indices t: [N]
+        (a respaced process maps them to the base process's; rescale_timesteps scales them to [0, 1000))."""
+        return self._wrap_model(model)(x, self._scale_timesteps(t), **model_kwargs)
+
     def _model_output(self, model, x, t, model_kwargs):
         """The model's raw output at t, shape-checked against model_var_type."""
-        out = self._wrap_model(model)(x, self._scale_timesteps(t), **({} if model_kwargs is None else model_kwargs))
+        out = self.model_forward(model, x, t, **_check_model_kwargs(model_kwargs))
         self._split_model_output(out, x)
         return out
 

@@ -75,7 +75,7 @@ class _NoisedInputObjective:
         draw = draw.to(x_start.device)
         x_t = self.diffusion.q_sample(x_start, draw.t, noise=draw.noise.to(x_start.dtype))
         # SpacedDiffusion maps its indices to the base process's timesteps, as in training_losses.
-        out = self.diffusion._wrap_model(model)(x_t, self.diffusion._scale_timesteps(draw.t))
+        out = self.diffusion.model_forward(model, x_t, draw.t)
         return out, draw
 
     def update_sampler(self, t: torch.Tensor, per_sample_losses: torch.Tensor) -> None:
