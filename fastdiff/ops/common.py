@@ -24,25 +24,24 @@ _VAR_TYPE_ALIASES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _canonical(what: str, value, names: dict, aliases: dict) -> str:
+    """The canonical name of `value` (a name, an alias, or an enum member whose .name is one), else a ValueError."""
+    name = str(getattr(value, "name", value)).lower()
+    name = aliases.get(name, name)
+    if name not in names:
+        raise ValueError(f"{what} must be one of {sorted(names)} (or {sorted(aliases)}), got {value!r}")
+    return name
+
+
 def prediction_name(prediction) -> str:
     """'epsilon' | 'x0' | 'v' for any of their names (diffusers' 'sample' / 'v_prediction', a ModelMeanType)."""
-    name = str(getattr(prediction, "name", prediction)).lower()
-    name = _PREDICTION_ALIASES.get(name, name)
-    if name not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {sorted(PREDICTIONS)} (or {sorted(_PREDICTION_ALIASES)}), "
-                         f"got {prediction!r}")
-    return name
+    return _canonical("prediction", prediction, PREDICTIONS, _PREDICTION_ALIASES)
 
 
 def var_type_name(var_type) -> str:
     """'fixed_small' | 'fixed_large' | 'learned' | 'learned_range' for any of their names (diffusers'
     'fixed_small_log' / 'fixed_large_log', a ModelVarType)."""
-    name = str(getattr(var_type, "name", var_type)).lower()
-    name = _VAR_TYPE_ALIASES.get(name, name)
-    if name not in VAR_TYPES:
-        raise ValueError(f"var_type must be one of {sorted(VAR_TYPES)} (or {sorted(_VAR_TYPE_ALIASES)}), got "
-                         f"{var_type!r}")
-    return name
+    return _canonical("var_type", var_type, VAR_TYPES, _VAR_TYPE_ALIASES)
 
 
 def prediction_code(prediction) -> int:
