@@ -338,7 +338,7 @@ class Trainer:
             return self.model
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
+        ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
         if len(self.players) == 1:
             return DistributedDataParallel(self.model, device_ids=ids)
         view = copy.copy(self.model)  # a second container over the same sub-modules: state-dict keys unchanged
