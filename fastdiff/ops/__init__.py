@@ -12,6 +12,7 @@ from fastdiff.ops.posterior_mean_variance import posterior_mean_variance
 from fastdiff.ops.q_sample import q_sample
 from fastdiff.ops.qkv_attention import qkv_attention
 from fastdiff.ops.randn_like import randn_like
+from fastdiff.ops.sampler_step import sampler_step
 
 _register.register()
 
@@ -19,4 +20,5 @@ __all__ = [
     "BACKENDS", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "PREDICTIONS", "VAR_TYPES", "NCOEF", "betas_for_timesteps", "schedule_coefficients", "step_table",
     "adagn", "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
+    "sampler_step",
 ]

@@ -76,28 +76,36 @@ def check_coefs_t(x: torch.Tensor, coefs: torch.Tensor, t) -> torch.Tensor:
     if not isinstance(coefs, torch.Tensor) or coefs.dim() != 2 or coefs.shape[1] != T.NCOEF:
         raise ValueError(f"coefs must be a [T, {T.NCOEF}] table from fastdiff.ops.step_table, got "
                          f"{tuple(coefs.shape) if isinstance(coefs, torch.Tensor) else type(coefs).__name__}")
-    if coefs.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"coefs must be float32 or float64, got {coefs.dtype}")
-    if coefs.device != x.device:
-        raise ValueError(f"coefs is on {coefs.device} but x is on {x.device}")
+    return check_index_table("coefs", "t", x, coefs, t)
+
+
+def check_index_table(table_name: str, index_name: str, x: torch.Tensor, table: torch.Tensor, t) -> torch.Tensor:
+    """A 2-D float32/float64 table on x's device and its row indices t (an int, or int32/int64 [N] / []);
+    returns t as an int64 [N] tensor on x's device."""
+    if table.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{table_name} must be float32 or float64, got {table.dtype}")
+    if table.device != x.device:
+        raise ValueError(f"{table_name} is on {table.device} but x is on {x.device}")
     n = x.shape[0]
     if isinstance(t, bool):
-        raise TypeError("t must be an int timestep index or an int32/int64 tensor, got a bool")
+        raise TypeError(f"{index_name} must be an int row index or an int32/int64 tensor, got a bool")
     if isinstance(t, int):
         t = torch.full((n,), t, dtype=torch.int64, device=x.device)
     if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"t must be an int or an int32/int64 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        raise TypeError(f"{index_name} must be an int or an int32/int64 tensor, got "
+                        f"{getattr(t, 'dtype', type(t).__name__)}")
     if t.dim() == 0:
         t = t.expand(n)
     if t.shape != (n,):
-        raise ValueError(f"t must have shape [N] = [{n}] (one timestep index per sample), got {tuple(t.shape)}")
+        raise ValueError(f"{index_name} must have shape [N] = [{n}] (one row index per sample), got {tuple(t.shape)}")
     if t.device != x.device:
-        raise ValueError(f"t is on {t.device} but x is on {x.device}")
+        raise ValueError(f"{index_name} is on {t.device} but x is on {x.device}")
     # Range check only where it costs no device synchronisation (CUDA kernels assert on device), and not while
     # torch.compile traces (a data-dependent branch; the C++ CPU kernel checks at run time).
-    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling() and (int(t.min()) < 0 or int(t.max()) >= coefs.shape[0]):
-        raise IndexError(f"t must lie in [0, {coefs.shape[0]}) (the table's T), got min {int(t.min())} "
-                         f"max {int(t.max())}")
+    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling() and (
+            int(t.min()) < 0 or int(t.max()) >= table.shape[0]):
+        raise IndexError(f"{index_name} must lie in [0, {table.shape[0]}) (the rows of {table_name}), got min "
+                         f"{int(t.min())} max {int(t.max())}")
     return t.to(torch.int64)
 
 

@@ -91,3 +91,30 @@ def betas_for_timesteps(alphas_cumprod, timesteps) -> np.ndarray:
         raise ValueError(f"timesteps must lie in [0, {len(ac)}), got min {ts[0]} max {ts[-1]}")
     kept = ac[ts]
     return 1.0 - kept / np.append(1.0, kept[:-1])
+
+
+# ----------------------------------------------------------------------------------------- the sampler step table
+# The [S, STEP_NCOL] table of `fastdiff.ops.sampler_step` (DESIGN §9): one row per model evaluation of a sampler,
+# filled in float64 by the sampler's table builder (fastdiff.samplers.tables). Per row:
+#   o      = o_u + CFG_SCALE·(o_c − o_u)                       (when an unconditional output is given)
+#   D      = clip(A_X·x + A_O·o, ±CLIP)                        (CLIP <= 0: no clipping)
+#   x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z       (a history slot with coefficient 0 is not read)
+# then D is written to history slot WRITE_D and x to slot WRITE_X (-1: none). σ_var is 1, or the learned
+# standard deviation exp(½ log σ²) with log σ² = v (learned) or frac·LOGVAR_HI + (1 − frac)·LOGVAR_LO,
+# frac = (v + 1)/2 (learned_range, Improved DDPM eq. 15). Mirrored in csrc/include/fastdiff/coefs.h and
+# triton_kernels/_coefs.py.
+CFG_SCALE = 0
+A_X = 1
+A_O = 2
+CLIP = 3
+C_X = 4
+C_D = 5
+C_Z = 6
+C_H = 7                  # C_H + k for history slot k < MAX_HISTORY
+MAX_HISTORY = 3
+WRITE_D = C_H + MAX_HISTORY  # 10
+WRITE_X = WRITE_D + 1        # 11
+LOGVAR_HI = WRITE_X + 1      # 12: log β_t
+LOGVAR_LO = LOGVAR_HI + 1    # 13: log β̃_t (clipped)
+STEP_NCOL = LOGVAR_LO + 1    # 14
+VAR_MODES = {"table": 0, "learned": 1, "learned_range": 2}
