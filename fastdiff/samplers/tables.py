@@ -1,0 +1,422 @@
+"""Every sampler as a coefficient table of the one fused step (DESIGN §9).
+
+A sampler here is a float64 *table builder*: plain numpy that turns a noise schedule into rows of
+`fastdiff.ops.sampler_step`'s table (columns in `fastdiff.ops.table`), one row per model evaluation. The
+kernel then computes, per sample,
+
+    D = clip(a_x·x + a_o·o),    x_next = c_x·x + c_D·D + Σ_k c_k·H_k + c_z·z
+
+and writes D (or x) into a history slot. Each builder is the only place its sampler's math lives.
+
+Schedules are given in the state space the sampler runs in (`Space`): x = α·x0 + σ·ε with
+- "ve": α = 1, σ = sig (k-diffusion's convention: x̃ = x/α and σ̃ = σ/α; every k-diffusion sampler),
+- "vp": sig = σ̃ = √((1 − ᾱ)/ᾱ), α = 1/√(1 + σ̃²), σ = α·σ̃ (diffusers' multistep schedulers, DDPM, DDIM),
+- "flow": sig = s, α = 1 − s, σ = s (rectified flow: SD3, Flux).
+The builders derive each update in the scale-free variables x̃ = x/α, σ̃ = σ/α, λ = −log σ̃ (where the
+k-diffusion and DPM-Solver formulas are written) and rescale rows by α, so one builder serves all three spaces.
+The model-output conversion a_x, a_o comes from the row's (α, σ) and the prediction type (`conversion`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fastdiff.ops import table as T
+
+SPACES = ("ve", "vp", "flow")
+PREDICTIONS = ("epsilon", "x0", "v", "flow")
+_ALPHA_FLOOR = 2.0 ** -60  # zero-terminal-SNR schedules reach α = 0, where ε-prediction has no x0 (Lin et al. §3.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTable:
+    """A sampler's rows: coefs [R, STEP_NCOL] float64; sigmas [R] the schedule value (in the space's
+    convention) at which row r evaluates the model; step [R] the sampler step each row belongs to (Heun-type
+    samplers spend two rows per step); history: the number of history slots; stochastic: whether any row
+    draws noise; var_mode: `fastdiff.ops.table.VAR_MODES` code."""
+    coefs: np.ndarray
+    sigmas: np.ndarray
+    step: np.ndarray
+    history: int
+    stochastic: bool
+    var_mode: int = 0
+    timesteps: np.ndarray | None = None  # [R] model timesteps, for discrete-time (VP) tables
+
+    def tensor(self, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The [R, STEP_NCOL] table on `device`, stored as `dtype` (float32, or float64 for float64 samples)."""
+        return torch.as_tensor(self.coefs, dtype=dtype, device=device)
+
+    def noisy_rows(self) -> np.ndarray:
+        """Which rows add noise (host-side, so a loop knows where to draw it without reading the device)."""
+        return self.coefs[:, T.C_Z] != 0
+
+    def __len__(self) -> int:
+        return self.coefs.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------- spaces
+
+
+def alpha_sigma(space: str, sig) -> tuple[np.ndarray, np.ndarray]:
+    """(α, σ) of x = α·x0 + σ·ε at schedule values `sig` in `space` (module docstring)."""
+    sig = np.asarray(sig, dtype=np.float64)
+    if space == "ve":
+        return np.ones_like(sig), sig
+    if space == "vp":
+        alpha = 1.0 / np.sqrt(1.0 + sig * sig)
+        return alpha, np.where(np.isinf(sig), 1.0, sig * alpha)
+    if space == "flow":
+        return 1.0 - sig, sig
+    raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+
+
+def sig_from_tilde(space: str, sigma_tilde: float) -> float:
+    """The schedule value whose σ/α is `sigma_tilde` (stage points of two-stage samplers)."""
+    if space in ("ve", "vp"):
+        return sigma_tilde
+    return sigma_tilde / (1.0 + sigma_tilde)
+
+
+def _lambda(alpha, sigma):
+    """λ = log α − log σ = −log σ̃ (DPM-Solver's half-log-SNR), ±inf at the ends."""
+    with np.errstate(divide="ignore"):
+        return np.log(alpha) - np.log(sigma)
+
+
+def conversion(prediction: str, alpha: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a_x, a_o) of x0 = a_x·x + a_o·o for model output o at x = α·x0 + σ·ε:
+    ε: (x − σε)/α; x0: o; v (Salimans & Ho §4, v = α̂ε − σ̂x0 on the unit-variance input x/√(α²+σ²)):
+    a_x = α/(α²+σ²), a_o = −σ/√(α²+σ²); flow velocity (v = ε − x0, Lipman et al.): x0 = (x − σv)/(α+σ)."""
+    if prediction == "epsilon":
+        a = np.maximum(alpha, _ALPHA_FLOOR)
+        return 1.0 / a, -sigma / a
+    if prediction == "x0":
+        return np.zeros_like(alpha), np.ones_like(alpha)
+    if prediction == "v":
+        norm2 = alpha * alpha + sigma * sigma
+        return alpha / norm2, -sigma / np.sqrt(norm2)
+    if prediction == "flow":
+        return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
+# ------------------------------------------------------------------------------------------------- rows
+
+
+class _Rows:
+    """Accumulates table rows in visiting order."""
+
+    def __init__(self, space: str, history: int):
+        self.space, self.history = space, history
+        self.rows: list[np.ndarray] = []
+        self.sigs: list[float] = []
+        self.steps: list[int] = []
+        self.skip: list[tuple[float, float]] = []  # LCM's (c_skip, c_out) boundary condition on D, else (0, 1)
+
+    def add(self, step: int, sig: float, *, c_x=0.0, c_d=0.0, c_z=0.0, h: Sequence[float] = (), write_d=-1,
+            write_x=-1, skip=(0.0, 1.0)) -> np.ndarray:
+        row = np.zeros(T.STEP_NCOL)
+        row[T.C_X], row[T.C_D], row[T.C_Z] = c_x, c_d, c_z
+        for k, c in enumerate(h):
+            row[T.C_H + k] = c
+        row[T.WRITE_D], row[T.WRITE_X] = write_d, write_x
+        self.rows.append(row)
+        self.sigs.append(float(sig))
+        self.steps.append(step)
+        self.skip.append(skip)
+        return row
+
+    def table(self, prediction: str, clip: float = 0.0, cfg_scale=1.0, var_mode: int = 0,
+              timesteps=None) -> StepTable:
+        coefs = np.stack(self.rows)
+        sigs = np.asarray(self.sigs)
+        alpha, sigma = alpha_sigma(self.space, sigs)
+        a_x, a_o = conversion(prediction, alpha, sigma)
+        c_skip, c_out = np.asarray(self.skip).T
+        coefs[:, T.A_X], coefs[:, T.A_O] = c_skip + c_out * a_x, c_out * a_o
+        coefs[:, T.CLIP] = clip
+        steps = np.asarray(self.steps)
+        coefs[:, T.CFG_SCALE] = _per_step(cfg_scale, steps, "cfg_scale")
+        if not np.isfinite(coefs[:, :T.WRITE_D]).all():
+            bad = int(np.flatnonzero(~np.isfinite(coefs[:, :T.WRITE_D]).all(axis=1))[0])
+            raise ValueError(f"the schedule gives a non-finite coefficient at row {bad} (sigma {sigs[bad]}); "
+                             f"check that the sigmas are finite, positive and strictly decreasing")
+        return StepTable(coefs, sigs, steps, self.history, bool((coefs[:, T.C_Z] != 0).any()), var_mode,
+                         None if timesteps is None else np.asarray(timesteps))
+
+
+def _per_step(value, steps: np.ndarray, name: str) -> np.ndarray:
+    """A scalar, or one value per sampler step (e.g. a guidance interval or schedule), spread over the rows."""
+    v = np.asarray(value, dtype=np.float64)
+    if v.ndim == 0:
+        return np.full(len(steps), float(v))
+    if v.ndim != 1 or len(v) != steps.max() + 1:
+        raise ValueError(f"{name} must be a number or one value per step ({steps.max() + 1}), got shape {v.shape}")
+    return v[steps]
+
+
+def _check_sigmas(sigmas) -> np.ndarray:
+    s = np.asarray(sigmas, dtype=np.float64)
+    if s.ndim != 1 or len(s) < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule with at least 2 values (n steps + the final one), got "
+                         f"shape {s.shape}")
+    if not (np.isfinite(s).all() and (s >= 0).all() and (np.diff(s) < 0).all()):
+        raise ValueError(f"sigmas must be finite, >= 0 and strictly decreasing, got {s.tolist()}")
+    return s
+
+
+def _ancestral(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(σ_down, σ_up) splitting a step σ → σ_next into a deterministic part and fresh noise (k-diffusion's
+    get_ancestral_step; η = 1 is the DDPM-like ancestral step)."""
+    if not eta:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(max(sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2, 0.0)))
+    return math.sqrt(sigma_next ** 2 - up ** 2), up
+
+
+class _Point:
+    """One schedule value with its α, σ, σ̃ = σ/α and λ = −log σ̃."""
+
+    def __init__(self, space: str, sig: float):
+        self.sig = float(sig)
+        a, s = alpha_sigma(space, np.array([sig]))
+        self.alpha, self.sigma = float(a[0]), float(s[0])
+        self.tilde = self.sigma / self.alpha if self.alpha > 0 else math.inf
+        self.lam = float(_lambda(a, s)[0])
+
+
+def _points(space: str, sigmas) -> list[_Point]:
+    return [_Point(space, s) for s in _check_sigmas(sigmas)]
+
+
+def _first_order(p: _Point, q: _Point) -> tuple[float, float]:
+    """(c_x, c_D) of the first-order step p → q: DDIM (Song et al. eq. 12, η = 0) = Euler in σ̃ = DPM-Solver-1
+    (Lu et al. eq. 3.5 in data form): x_q = (σ_q/σ_p)·x_p − α_q·expm1(−h)·D, h = λ_q − λ_p."""
+    if q.sigma == 0.0:
+        return 0.0, q.alpha
+    return q.sigma / p.sigma, -q.alpha * math.expm1(-(q.lam - p.lam))
+
+
+# -------------------------------------------------------------------------------------------- samplers
+
+
+def euler(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+    """Euler steps of the probability-flow ODE dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022 Algorithm 2 without
+    churn; flow matching's Euler x + (s_next − s)·v in "flow" space)."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 0)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        c_x, c_d = _first_order(p, q)
+        rows.add(i, p.sig, c_x=c_x, c_d=c_d)
+    return rows.table(prediction, **common)
+
+
+def euler_ancestral(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, space: str = "ve",
+                    prediction: str = "x0", **common) -> StepTable:
+    """Euler steps to σ̃_down plus fresh noise σ̃_up·z (k-diffusion's sample_euler_ancestral)."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 0)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        down, up = _ancestral(p.tilde, q.tilde, eta)
+        r = down / p.tilde
+        rows.add(i, p.sig, c_x=q.alpha / p.alpha * r, c_d=q.alpha * (1.0 - r),
+                 c_z=q.alpha * up * s_noise if q.sigma > 0 else 0.0)
+    return rows.table(prediction, **common)
+
+
+def heun(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+    """Heun's second-order method (Karras et al. 2022 Algorithm 1, no churn): an Euler predictor to σ̃_next,
+    then x̃_next = x̃ + ½(d + d₂)·Δσ̃; two model evaluations (two rows) per step, Euler on the last step to 0.
+    The corrector row reads x̃_i and D_i back from history slots 1 and 0."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 2)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        c_x, c_d = _first_order(p, q)
+        if q.sigma == 0.0:
+            rows.add(i, p.sig, c_x=c_x, c_d=c_d)
+            continue
+        rows.add(i, p.sig, c_x=c_x, c_d=c_d, write_d=0, write_x=1)
+        dt = q.tilde - p.tilde
+        # x̃_next = x̃_i(1 + dt/2σ̃_i) − dt/2σ̃_i·D_i + dt/2σ̃_q·(x̃₂ − D₂), scaled by α_q (x̃ = x/α)
+        rows.add(i, q.sig, c_x=dt / (2 * q.tilde), c_d=-q.alpha * dt / (2 * q.tilde),
+                 h=(-q.alpha * dt / (2 * p.tilde), q.alpha / p.alpha * (1 + dt / (2 * p.tilde))))
+    return rows.table(prediction, **common)
+
+
+def dpmpp_2m(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+    """DPM-Solver++(2M) (Lu et al. 2022b Algorithm 2): x_next = (σ_n/σ)x − α_n·expm1(−h)·D_d with
+    D_d = (1 + 1/2r)D − (1/2r)D_prev, r = h_prev/h; first order on the first step and the step to σ = 0."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 1)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        c_x, c_d = _first_order(p, q)
+        c_prev = 0.0
+        if i > 0 and q.sigma > 0:
+            r = (p.lam - pts[i - 1].lam) / (q.lam - p.lam)
+            c_d, c_prev = c_d * (1 + 1 / (2 * r)), -c_d / (2 * r)
+        rows.add(i, p.sig, c_x=c_x, c_d=c_d, h=(c_prev,), write_d=0)
+    return rows.table(prediction, **common)
+
+
+def dpmpp_2m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint",
+                 space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022b §5, k-diffusion's sample_dpmpp_2m_sde): the data-prediction SDE
+    step x_n = (σ_n/σ)e^{−ηh}x + α_n(1 − e^{−(1+η)h})D + 2nd-order term + σ_n√(1 − e^{−2ηh})·z; x_n = D at σ_n = 0."""
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 1)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        if q.sigma == 0.0:
+            rows.add(i, p.sig, c_d=q.alpha, write_d=0)
+            continue
+        h = q.lam - p.lam
+        eh = eta * h
+        phi = -math.expm1(-h - eh)
+        c_d, c_prev = q.alpha * phi, 0.0
+        if i > 0:
+            r = (p.lam - pts[i - 1].lam) / h
+            k = 0.5 * phi if solver_type == "midpoint" else phi / (-h - eh) + 1.0
+            c_d, c_prev = c_d + q.alpha * k / r, -q.alpha * k / r
+        c_z = q.sigma * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
+        rows.add(i, p.sig, c_x=q.sigma / p.sigma * math.exp(-eh), c_d=c_d, c_z=c_z, h=(c_prev,), write_d=0)
+    return rows.table(prediction, **common)
+
+
+def dpmpp_3m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, space: str = "ve", prediction: str = "x0",
+                 **common) -> StepTable:
+    """DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde): third-order multistep in λ with the last two
+    D's (slots rotated every step), fresh noise σ_n√(1 − e^{−2ηh}); x_n = D at σ_n = 0."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 2)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        slot, prev1, prev2 = i % 2, (i - 1) % 2, (i - 2) % 2  # D_{i-2} sits in the slot D_i overwrites
+        if q.sigma == 0.0:
+            rows.add(i, p.sig, c_d=q.alpha, write_d=slot)
+            continue
+        h = q.lam - p.lam
+        h_eta = h * (eta + 1)
+        c = {"d": -math.expm1(-h_eta), prev1: 0.0, prev2: 0.0}
+        phi2 = math.expm1(-h_eta) / h_eta + 1
+        if i >= 2:
+            r0, r1 = (p.lam - pts[i - 1].lam) / h, (pts[i - 1].lam - pts[i - 2].lam) / h
+            phi3 = phi2 / h_eta - 0.5
+            a = phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1)   # coefficient of (D − D₁)/r0
+            b = -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)        # coefficient of (D₁ − D₂)/r1
+            c["d"] += a / r0
+            c[prev1] = -a / r0 + b / r1
+            c[prev2] = -b / r1
+        elif i == 1:
+            r = (p.lam - pts[0].lam) / h
+            c["d"] += phi2 / r
+            c[prev1] = -phi2 / r
+        hist = [0.0, 0.0]
+        for k in (prev1, prev2):
+            hist[k] = q.alpha * c[k] if i >= 1 else 0.0
+        c_z = q.sigma * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise if eta else 0.0
+        rows.add(i, p.sig, c_x=q.alpha / p.alpha * math.exp(-h_eta) if p.alpha > 0 else 0.0,
+                 c_d=q.alpha * c["d"], c_z=c_z, h=hist, write_d=slot)
+    return rows.table(prediction, **common)
+
+
+def dpmpp_2s_ancestral(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, space: str = "ve",
+                       prediction: str = "x0", **common) -> StepTable:
+    """DPM-Solver++(2S) (Lu et al. 2022b Algorithm 1, r = ½) to σ̃_down, then fresh noise σ̃_up·z (k-diffusion's
+    sample_dpmpp_2s_ancestral): a midpoint row and a final row per step; x_i waits in history slot 0."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 1)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        down, up = _ancestral(p.tilde, q.tilde, eta)
+        c_z = q.alpha * up * s_noise if q.sigma > 0 else 0.0
+        if down == 0.0:
+            rows.add(i, p.sig, c_d=q.alpha, c_z=c_z)
+            continue
+        h = math.log(p.tilde) - math.log(down)
+        mid = _Point(space, sig_from_tilde(space, math.exp(math.log(p.tilde) - h / 2)))
+        rows.add(i, p.sig, c_x=mid.alpha / p.alpha * mid.tilde / p.tilde, c_d=-mid.alpha * math.expm1(-h / 2),
+                 write_x=0)
+        rows.add(i, mid.sig, c_d=-q.alpha * math.expm1(-h), c_z=c_z, h=(q.alpha / p.alpha * down / p.tilde,))
+    return rows.table(prediction, **common)
+
+
+def lcm(alphas_cumprod, timesteps, *, timestep_scaling: float = 10.0, sigma_data: float = 0.5,
+        prediction: str = "epsilon", **common) -> StepTable:
+    """Latent Consistency Model multistep sampling (Luo et al. 2023 Algorithm 1, diffusers' LCMScheduler):
+    D = c_skip(t)·x + c_out(t)·x̂0 with the consistency boundary condition c_skip = σ_d²/(τ² + σ_d²),
+    c_out = τ/√(τ² + σ_d²), τ = timestep_scaling·t; then x_prev = √ᾱ_prev·D + √(1 − ᾱ_prev)·z (D at the end)."""
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    ts = [int(t) for t in timesteps]
+    rows = _Rows("vp", 0)
+    sig = np.sqrt((1 - ac) / np.maximum(ac, _ALPHA_FLOOR ** 2))
+    for i, t in enumerate(ts):
+        tau = timestep_scaling * t
+        skip = (sigma_data ** 2 / (tau ** 2 + sigma_data ** 2), tau / math.sqrt(tau ** 2 + sigma_data ** 2))
+        last = i == len(ts) - 1
+        a_prev = 1.0 if last else ac[ts[i + 1]]
+        rows.add(i, sig[t], c_d=math.sqrt(a_prev) if not last else 1.0,
+                 c_z=0.0 if last else math.sqrt(1 - a_prev), skip=skip)
+    return rows.table(prediction, timesteps=ts, **common)
+
+
+def ddim(alphas_cumprod, timesteps, *, eta: float = 0.0, prediction: str = "epsilon", **common) -> StepTable:
+    """DDIM (Song et al. eq. 12) over the descending `timesteps` of a process with ᾱ = alphas_cumprod:
+    x_prev = √ᾱ_prev·x̂0 + √(1 − ᾱ_prev − σ²)·ε̂ + σz, σ = η√((1−ᾱ_prev)/(1−ᾱ))√(1 − ᾱ/ᾱ_prev), ε̂ from
+    the (clipped) x̂0 as guided-diffusion does: c_x = √(1 − ᾱ_prev − σ²)/√(1 − ᾱ), c_D = √ᾱ_prev − c_x√ᾱ."""
+    ac, ts, ac_prev = _visits(alphas_cumprod, timesteps)
+    rows = _Rows("vp", 0)
+    for i, t in enumerate(ts):
+        a, a_prev = ac[t], ac_prev[i]
+        s = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+        c_x = math.sqrt(max(1 - a_prev - s * s, 0.0)) / math.sqrt(1 - a)
+        rows.add(i, math.sqrt((1 - a) / max(a, _ALPHA_FLOOR ** 2)), c_x=c_x, c_d=math.sqrt(a_prev) - c_x * math.sqrt(a),
+                 c_z=s if i < len(ts) - 1 else 0.0)
+    return rows.table(prediction, timesteps=ts, **common)
+
+
+def ddpm(alphas_cumprod, timesteps, *, var_type: str = "fixed_small", prediction: str = "epsilon",
+         **common) -> StepTable:
+    """Ancestral DDPM (Ho et al. eq. 7 / Algorithm 2) over the respaced `timesteps` (Improved DDPM §4):
+    x_prev = coef1·x̂0 + coef2·x + σ_t z with the posterior of the respaced process; σ_t fixed (small: β̃_t,
+    large: β_t) or learned (var_mode 1, 2: Improved DDPM eq. 15 between LOGVAR_LO = log β̃ and LOGVAR_HI = log β)."""
+    from fastdiff.ops.common import var_type_name
+    from fastdiff.ops.table import betas_for_timesteps, schedule_coefficients
+
+    var_type = var_type_name(var_type)
+    ac, ts, _ = _visits(alphas_cumprod, timesteps)
+    co = schedule_coefficients(betas_for_timesteps(ac, ts))  # ascending in the kept timesteps
+    s = len(ts)
+    rows = _Rows("vp", 0)
+    var_mode = {"learned": 1, "learned_range": 2}.get(var_type, 0)
+    fixed = co["fixed_large_log_variance"] if var_type == "fixed_large" else co["posterior_log_variance_clipped"]
+    for i, t in enumerate(ts):
+        k = s - 1 - i
+        c_z = 0.0 if k == 0 else (1.0 if var_mode else math.exp(0.5 * fixed[k]))
+        a = co["alphas_cumprod"][k]
+        row = rows.add(i, math.sqrt((1 - a) / max(a, _ALPHA_FLOOR ** 2)), c_x=co["posterior_mean_coef2"][k],
+                       c_d=co["posterior_mean_coef1"][k], c_z=c_z)
+        row[T.LOGVAR_HI], row[T.LOGVAR_LO] = co["log_betas"][k], co["posterior_log_variance_clipped"][k]
+    return rows.table(prediction, var_mode=var_mode, timesteps=ts, **common)
+
+
+def _visits(alphas_cumprod, timesteps):
+    """(ᾱ [T] float64, the visited timesteps descending, ᾱ of each visit's predecessor (1 after the last))."""
+    from fastdiff.errors import check_whole_numbers
+
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    if ac.ndim != 1 or ac.size == 0 or not ((ac >= 0) & (ac <= 1)).all():
+        raise ValueError(f"alphas_cumprod must be a non-empty 1-D array of values in [0, 1], got shape {ac.shape}")
+    ts = sorted(set(check_whole_numbers("timesteps", timesteps)), reverse=True)
+    if not ts or ts[-1] < 0 or ts[0] >= len(ac):
+        raise ValueError(f"timesteps must be non-empty and lie in [0, {len(ac)}), got {list(timesteps)}")
+    ac_prev = np.array([ac[t] for t in ts[1:]] + [1.0])
+    return ac, ts, ac_prev
+
+
+BUILDERS: dict[str, Callable[..., StepTable]] = {
+    "euler": euler, "euler_ancestral": euler_ancestral, "heun": heun, "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_sde": dpmpp_2m_sde, "dpmpp_3m_sde": dpmpp_3m_sde, "dpmpp_2s_ancestral": dpmpp_2s_ancestral,
+}
