@@ -98,6 +98,8 @@ def _run_train(args) -> int:
 
 
 def _add_sample(sub) -> None:
+    from fastdiff.samplers.generate import SAMPLER_KINDS, SIGMA_SCHEDULES
+
     p = sub.add_parser("sample", help="sample a trained model with the fused samplers",
                        description="Draw samples from a checkpoint (file or run directory) and write PNG grids "
                                    "and samples.npz (x in [-1, 1], labels).")
@@ -110,8 +112,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--openai-classifier", default=None,
                    help="a guided-diffusion noisy-classifier .pt (for --guidance cg=S), with --classifier-flags")
     p.add_argument("--classifier-flags", default="", help="the classifier's CLASSIFIER_FLAGS")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
-    p.add_argument("--steps", type=_count(), default=None, help="respaced sampling steps")
+    p.add_argument("--sampler", choices=SAMPLER_KINDS, default=None,
+                   help="ddpm / ddim / lcm on respaced timesteps, or a σ-space solver (classifier-free guidance only)")
+    p.add_argument("--schedule", choices=SIGMA_SCHEDULES, default="karras",
+                   help="σ schedule of the σ-space solvers (default: %(default)s)")
+    p.add_argument("--steps", type=_count(), default=None, help="sampling steps")
     p.add_argument("--eta", type=_nonnegative, default=None, help="DDIM η (0: deterministic)")
     p.add_argument("--guidance", action="append", default=None, metavar="KIND=SCALE[,t=LO:HI][,schedule=S]",
                    help="repeatable: cfg=W (classifier-free; a bare number means cfg), cg=S (noisy classifier, needs "
@@ -167,7 +172,7 @@ def _run_sample(args) -> int:
                    batch_size=pick(args.batch_size, s.batch_size), rank=D.get_rank(),
                    world_size=D.get_world_size(), progress=True,
                    conditional=not args.unconditional and run.num_classes is not None,
-                   classifier=classifier, discriminator=discriminator)
+                   classifier=classifier, discriminator=discriminator, schedule=args.schedule)
     x = gather_chunks(x, n, pick(args.batch_size, s.batch_size))
     if D.get_rank() == 0:
         out = Path(args.out)
@@ -225,11 +230,13 @@ def _scatter(x, path) -> None:
 
 
 def _add_eval(sub) -> None:
+    from fastdiff.samplers.generate import SAMPLER_KINDS
+
     p = sub.add_parser("eval", help="score a trained model (FD, precision/recall, accuracy, bits/dim)")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--num-samples", type=_count(2), default=500, help="at least 2 (a Fréchet distance needs a "
                                                                         "covariance)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    p.add_argument("--sampler", choices=SAMPLER_KINDS, default="ddim")
     p.add_argument("--steps", type=_count(), default=50)
     p.add_argument("--guidance", type=_nonnegative, default=0.0)
     p.add_argument("--bpd", action="store_true", help="also bits/dim of the data (calc_bpd_loop; slow: T steps)")

@@ -73,10 +73,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
 
 from fastdiff.schedules import betas_for_alpha_bar, cosine_alpha_bar
 from fastdiff.errors import check_whole_numbers
-from fastdiff.ops import backend as _backend
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops.ddpm_step import reference as _ddpm_reference
+from fastdiff.ops import ddpm_step as _ddpm
 from fastdiff.ops.q_sample import q_sample
 
 __all__ = ["FastDDIMScheduler", "FastDDPMScheduler"]
@@ -375,9 +374,15 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
                             dtype=model_output.dtype)
 
     def _kernel(self, device: torch.device):
-        """The fused affine step `fastdiff.ops.ddpm_step` for this device and backend (schema argument order)."""
-        name = _backend.resolve("ddpm_step", device, backend=self.backend)
-        return _backend.implementation("ddpm_step", name, _ddpm_reference)
+        """The fused affine step (`fastdiff.ops.ddpm_step`'s rows of the one `sampler_step` op) for this backend,
+        taking (x, model_output, model_output_uncond, coefs, t, prediction code, var_type code, clip, scale,
+        noise, seed, offset, return_x0)."""
+        names = {code: name for name, code in C.PREDICTIONS.items()}
+
+        def kernel(x, mo, mou, coefs, t, pred, var_type, clip, scale, noise, seed, offset, return_x0):
+            return _ddpm.fused(x, mo, mou, coefs, t, names[pred], var_type, clip, scale, noise,
+                               None if seed < 0 else seed, offset, return_x0, self.backend)
+        return kernel
 
     # ------------------------------------------------------------------ diffusers API
 

@@ -35,7 +35,7 @@ class LoadedRun:
 
     def sample(self, num_samples: int, *, sampler="ddim", steps=50, eta=0.0, guidance=0.0, labels=None, seed=0,
                batch_size=256, rank=0, world_size=1, progress=False, conditional=True, classifier=None,
-               discriminator=None) -> torch.Tensor:
+               discriminator=None, schedule="karras") -> torch.Tensor:
         """Samples [num_samples, *data_shape] in [-1, 1]; labels default to classes 0..K-1 in turn when
         class-conditional. guidance, conditional, classifier, discriminator: as `fastdiff.samplers.generate`."""
         if labels is None and self.num_classes:
@@ -51,7 +51,7 @@ class LoadedRun:
         device = next(self.model.parameters()).device
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, var_type=self.diffusion.var_type,
                                  clip_denoised=self.cfg.sample.clip_denoised, guidance=guidance, seed=seed,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, schedule=schedule)
         return generate(self.model, self.diffusion.alphas_cumprod, num_samples, self.data_shape, options,
                         labels=labels, null_label=self.null_label, conditional=conditional, classifier=classifier,
                         discriminator=discriminator, device=device, rank=rank, world_size=world_size,
@@ -223,7 +223,7 @@ class OpenAIRun:
 
     def sample(self, num_samples: int, *, sampler="ddim", steps=50, eta=0.0, guidance=0.0, labels=None, seed=0,
                batch_size=256, rank=0, world_size=1, progress=False, conditional=True, classifier=None,
-               discriminator=None) -> torch.Tensor:
+               discriminator=None, schedule="karras") -> torch.Tensor:
         """Samples [num_samples, 3, S, S] in [-1, 1] with `fastdiff.samplers.generate` over the diffusion's
         (respaced) steps, `steps` of them; labels: int64 [num_samples] classes (default 0..999 in turn when
         class-conditional, the targets of a classifier otherwise). classifier: a `load_classifier` model (fed the
@@ -242,7 +242,8 @@ class OpenAIRun:
         device = next(self.model.parameters()).device
         wrap = lambda m: None if m is None else openai.RespacedModel(m, self.diffusion).to(device)
         options = SamplerOptions(sampler=sampler, steps=steps, eta=eta, var_type=self.diffusion.var_type,
-                                 clip_denoised=True, guidance=guidance, seed=seed, batch_size=batch_size)
+                                 clip_denoised=True, guidance=guidance, seed=seed, batch_size=batch_size,
+                                 schedule=schedule)
         return generate(wrap(self.model), self.diffusion.alphas_cumprod, num_samples, self.data_shape, options,
                         labels=labels, null_label=self.null_label, conditional=conditional,
                         classifier=wrap(classifier), discriminator=wrap(discriminator), device=device, rank=rank,

@@ -1,39 +1,35 @@
-"""Fused DDIM step (Song et al. eq. 12, guided-diffusion's ddim_sample) with CFG, clipping and noise."""
+"""DDIM step (Song et al. eq. 12, guided-diffusion's ddim_sample) as rows of the one fused `sampler_step`."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from fastdiff.ops import backend as _backend
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
+from fastdiff.ops.sampler_step import conversion, sampler_step
 
 
-def reference(x, model_output, model_output_uncond, coefs, t, eta: float, prediction: int, clip_denoised: bool,
-              guidance_scale: float, noise, seed: int, offset: int, return_x0: bool, seed_tensor=None):
-    """x_{t-1} = √ᾱ_prev x̂0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, σ = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).
+def ddim_coefficients(ac, ac_prev, eta: float, xp=np):
+    """(c_x, c_D, σ) of DDIM eq. 12 as an affine step x_prev = c_x·x_t + c_D·x̂0 + σz, for ᾱ_t = ac and ᾱ_prev
+    (numpy arrays, or torch tensors with xp=torch): σ = η√((1−ᾱ_prev)/(1−ᾱ_t))√(1 − ᾱ_t/ᾱ_prev) (eq. 16) and ε̂
+    re-derived from the (clipped) x̂0 as guided-diffusion does, ε̂ = (x_t − √ᾱ_t x̂0)/√(1−ᾱ_t), so
+    c_x = √(1 − ᾱ_prev − σ²)/√(1 − ᾱ_t) (clamped at 0 under rounding) and c_D = √ᾱ_prev − c_x√ᾱ_t."""
+    sigma = eta * xp.sqrt((1.0 - ac_prev) / (1.0 - ac)) * xp.sqrt(1.0 - ac / ac_prev)
+    c_x = xp.sqrt(xp.clip(1.0 - ac_prev - sigma * sigma, 0.0, None)) / xp.sqrt(1.0 - ac)
+    return c_x, xp.sqrt(ac_prev) - c_x * xp.sqrt(ac), sigma
 
-    x: [N, C, ...]; model_output(_uncond): [N, C or 2C, ...] (extra variance channels ignored);
-    coefs: [T, NCOEF]; t: int64 [N] row indices. ε̂ is re-derived from the (clipped) x̂0 as guided-diffusion
-    does. z: `noise` [N, C, ...], or Philox(seed, offset + flat index) keyed by the int `seed` (>= 0) or by the
-    int64 [] / [1] tensor `seed_tensor` (then seed = -1); no noise term when neither. Returns (x_{t-1}, x̂0)
-    with x̂0 empty unless return_x0.
-    """
-    acc = C.acc_dtype(x.dtype)
-    g = lambda col: C.gather(coefs, t, col, x.dim(), acc)  # noqa: E731
-    xf = x.to(acc)
-    out = C.guided_output(model_output, model_output_uncond, guidance_scale, x.shape[1], acc)
-    x0 = C.predict_x0(prediction, xf, out, coefs, t, acc)
-    if clip_denoised:
-        x0 = x0.clamp(-1.0, 1.0)
-    eps = (g(T.SQRT_RECIP_AC) * xf - x0) / g(T.SQRT_RECIPM1_AC)
-    ac, ac_prev = g(T.AC), g(T.AC_PREV)
-    sigma = eta * torch.sqrt((1.0 - ac_prev) / (1.0 - ac)) * torch.sqrt(1.0 - ac / ac_prev)
-    x_prev = x0 * torch.sqrt(ac_prev) + torch.sqrt((1.0 - ac_prev - sigma * sigma).clamp_min(0.0)) * eps
-    z = C.step_noise(x, noise, seed, offset, acc, seed_tensor)
-    if z is not None:
-        x_prev = x_prev + (t != 0).to(acc).reshape_as(sigma) * sigma * z
-    x0_out = x0.to(x.dtype) if return_x0 else x.new_empty(0)
-    return x_prev.to(x.dtype), x0_out
+
+def step_rows(coefs: torch.Tensor, eta: float, prediction: str, clip_denoised: bool, guidance_scale: float):
+    """The [T, STEP_NCOL] `sampler_step` table of DDIM from a [T, NCOEF] schedule table (device math, no sync)."""
+    rows = coefs.new_zeros(coefs.shape[0], T.STEP_NCOL)
+    c_x, c_d, sigma = ddim_coefficients(coefs[:, T.AC], coefs[:, T.AC_PREV], eta, torch)
+    rows[:, T.A_X], rows[:, T.A_O] = conversion(prediction, coefs[:, T.SQRT_AC], coefs[:, T.SQRT_1M_AC], torch)
+    rows[:, T.CFG_SCALE] = guidance_scale
+    rows[:, T.CLIP] = 1.0 if clip_denoised else 0.0
+    rows[:, T.C_X], rows[:, T.C_D] = c_x, c_d
+    rows[1:, T.C_Z] = sigma[1:]  # no noise into the final sample (t = 0)
+    rows[:, T.WRITE_D] = rows[:, T.WRITE_X] = -1.0
+    return rows
 
 
 def ddim_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, t, *, eta: float = 0.0,
@@ -41,7 +37,7 @@ def ddim_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
               guidance_scale: float = 1.0, noise: torch.Tensor | None = None, seed: int | torch.Tensor | None = None,
               offset: int = 0, generator: torch.Generator | None = None, return_x0: bool = False,
               backend: str | None = None):
-    """One DDIM step x_t -> x_{t-1} for a batch, fused into one kernel.
+    """One DDIM step x_t -> x_{t-1} for a batch: one `sampler_step` launch on the rows of `step_rows`.
 
     x: [N, C, ...]; model_output: [N, C or 2C, ...] (ε, x0 or v per `prediction`); coefs: [T, NCOEF] table of
     the (respaced) schedule (`fastdiff.ops.step_table`); t: int64 [N] row indices (or an int).
@@ -53,16 +49,14 @@ def ddim_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     """
     C.check_x(x)
     C.check_model_output("model_output", model_output, x)
-    if model_output_uncond is not None:
-        C.check_model_output("model_output_uncond", model_output_uncond, x)
     t = C.check_coefs_t(x, coefs, t)
     eta = C.check_eta(eta)
     scale = C.check_guidance_scale(guidance_scale, model_output_uncond)
-    pred = C.prediction_code(prediction)
+    prediction = C.prediction_name(prediction)
     seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=eta > 0.0, generator=generator)
     if eta == 0.0:
         noise, seed, seed_tensor = None, -1, None
-    impl = _backend.implementation("ddim_step", _backend.resolve("ddim_step", x.device, backend=backend), reference)
-    x_prev, x0 = impl(x, model_output, model_output_uncond, coefs, t, eta, pred, bool(clip_denoised), scale,
-                      noise, seed, int(offset), bool(return_x0), seed_tensor)
-    return (x_prev, x0) if return_x0 else x_prev
+    rows = step_rows(coefs, eta, prediction, bool(clip_denoised), scale)
+    return sampler_step(x, model_output, rows, t, model_output_uncond=model_output_uncond, noise=noise,
+                        seed=seed_tensor if seed_tensor is not None else (None if seed < 0 else seed), offset=offset,
+                        return_denoised=return_x0, backend=backend)

@@ -12,6 +12,7 @@ whole loop of any sampler stays one CUDA graph. The samplers' math lives in thei
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastdiff.ops import backend as _backend
@@ -58,6 +59,28 @@ def reference(x, model_output, model_output_uncond, table, step, history, var_mo
             new = torch.where(write_d == k, d.to(h.dtype), torch.where(write_x == k, x, h))
             h.copy_(new)
     return x_next.to(x.dtype), (d.to(x.dtype) if return_denoised else x.new_empty(0))
+
+
+PREDICTIONS = ("epsilon", "x0", "v", "flow")
+ALPHA_FLOOR = 2.0 ** -60  # zero-terminal-SNR schedules reach α = 0, where ε-prediction has no x0 (Lin et al. §3.3)
+
+
+def conversion(prediction: str, alpha, sigma, xp=np):
+    """(a_x, a_o) of D = x0 = a_x·x + a_o·o for model output o at x = α·x0 + σ·ε (numpy arrays, or torch tensors
+    with xp=torch): ε: (x − σε)/α (DDPM eq. 15 inverted); x0: o; v (Salimans & Ho §4, v = α̂ε − σ̂x0 on the
+    unit-variance input x/√(α²+σ²)): a_x = α/(α²+σ²), a_o = −σ/√(α²+σ²); flow velocity (v = ε − x0, rectified
+    flow): x0 = (x − σv)/(α+σ)."""
+    if prediction == "epsilon":
+        a = xp.clip(alpha, ALPHA_FLOOR, None)
+        return 1.0 / a, -sigma / a
+    if prediction == "x0":
+        return xp.zeros_like(alpha), xp.ones_like(alpha)
+    if prediction == "v":
+        norm2 = alpha * alpha + sigma * sigma
+        return alpha / norm2, -sigma / xp.sqrt(norm2)
+    if prediction == "flow":
+        return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 def _cfg(model_output, model_output_uncond, scale, channels: int, acc):

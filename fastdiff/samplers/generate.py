@@ -1,5 +1,7 @@
-"""Draw many samples from a trained ε-model in fixed-size chunks with the fused DDPM / DDIM samplers, with
-class labels and any mix of classifier-free, classifier and discriminator guidance (`fastdiff.samplers.guidance`).
+"""Draw many samples from a trained ε-model in fixed-size chunks with any fused sampler: DDPM / DDIM with class
+labels and any mix of classifier-free, classifier and discriminator guidance (`fastdiff.samplers.guidance`), and
+the σ-space solvers (Euler, Heun, DPM-Solver++, UniPC, ...; `fastdiff.samplers.solvers`) and LCM with
+classifier-free guidance.
 
 Chunk b of `batch_size` samples starts from Philox noise of seed `chunk_seed(seed, b)` and draws its step noise
 in-kernel from the same seed, so sample k is the same whoever computes it: ranks take chunks b ≡ rank
@@ -14,15 +16,35 @@ from dataclasses import dataclass
 
 import torch
 
-from fastdiff import ops
+import numpy as np
+
+from fastdiff import ops, schedules
 from fastdiff.ops import common as C
 from fastdiff.schedules import space_timesteps
 from fastdiff.errors import check_int
+from fastdiff.samplers import solvers
 from fastdiff.samplers.ddim import sample_ddim
 from fastdiff.samplers.ddpm import sample_ddpm
 from fastdiff.samplers.guidance import GuidanceSpec
 
-SAMPLER_KINDS = ("ddpm", "ddim")
+SIGMA_SAMPLERS = tuple(name for name in solvers.SAMPLERS if name != "flow_euler")
+SAMPLER_KINDS = ("ddpm", "ddim", "lcm") + SIGMA_SAMPLERS
+SIGMA_SCHEDULES = ("karras", "exponential", "polyexponential", "uniform")
+
+
+def sampling_sigmas(denoiser: solvers.DiscreteVPDenoiser, steps: int, schedule: str) -> np.ndarray:
+    """`steps` σ's from the model's σ_max down to its σ_min, plus a final 0: Karras et al. (2022) eq. 5 (ρ = 7),
+    log-linear ("exponential"), polyexponential (ρ = 1), or "uniform" in the training timesteps."""
+    lo, hi = denoiser.sigma_min, denoiser.sigma_max
+    if schedule == "karras":
+        return schedules.get_sigmas_karras(steps, lo, hi)
+    if schedule == "exponential":
+        return schedules.get_sigmas_exponential(steps, lo, hi)
+    if schedule == "polyexponential":
+        return schedules.get_sigmas_polyexponential(steps, lo, hi)
+    if schedule == "uniform":
+        return denoiser.get_sigmas(steps)
+    raise ValueError(f"schedule must be one of {SIGMA_SCHEDULES}, got {schedule!r}")
 
 
 def sampling_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -42,14 +64,17 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 @dataclass(frozen=True)
 class SamplerOptions:
-    """How `generate` samples. sampler: "ddpm" (ancestral, variance `var_type` as ops.ddpm_step) or "ddim" (η =
-    eta); steps: respaced steps (`sampling_timesteps`); clip_denoised: clip x̂0 to [-1, 1]; guidance: the
+    """How `generate` samples. sampler: "ddpm" (ancestral, variance `var_type` as ops.ddpm_step), "ddim" (η =
+    eta), "lcm", or a σ-space solver of `fastdiff.samplers.solvers` ("euler", "dpmpp_2m", ...; only classifier-free
+    guidance) on the σ schedule `schedule` (SIGMA_SCHEDULES); steps: sampler steps (respaced timesteps for
+    ddpm / ddim / lcm, `sampling_timesteps`; σ's for the solvers); clip_denoised: clip x̂0 to [-1, 1]; guidance: the
     classifier-free weight w >= 0 (0: the plain conditional model), or a sequence of `GuidanceSpec`s /
     "KIND=SCALE[,t=LO:HI][,schedule=NAME]" strings; seed: Philox seed of the run (chunk b draws from
     chunk_seed(seed, b)); batch_size: samples per chunk. var_type and clip_denoised default as in fastdiff.ops."""
     sampler: str = "ddim"
     steps: int = 50
     eta: float = 0.0
+    schedule: str = "karras"
     var_type: str = "fixed_small"
     clip_denoised: bool = False
     guidance: object = 0.0
@@ -61,6 +86,8 @@ class SamplerOptions:
             raise ValueError(f"sampler must be one of {SAMPLER_KINDS}, got {self.sampler!r}")
         check_int("steps", self.steps, 1)
         C.check_eta(self.eta)
+        if self.schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"schedule must be one of {SIGMA_SCHEDULES}, got {self.schedule!r}")
         C.var_type_code(self.var_type)
         if not isinstance(self.clip_denoised, bool):
             raise TypeError(f"clip_denoised must be a bool, got {self.clip_denoised!r}")
@@ -109,6 +136,9 @@ def generate(model, alphas_cumprod, num_samples: int, shape, options: SamplerOpt
                          "conditional=True")
     for g in specs:  # every missing model is reported before sampling starts
         g.build(labels=labels, null_labels=labels, classifier=classifier, discriminator=discriminator)
+    if sampler not in ("ddpm", "ddim") and any(g.kind != "cfg" for g in specs):
+        raise ValueError(f"classifier and discriminator guidance run on the ddpm and ddim samplers, not {sampler!r} "
+                         f"(which takes classifier-free guidance only)")
     timesteps = sampling_timesteps(len(alphas_cumprod), options.steps)
     outs = []
     for b in range(rank, math.ceil(num_samples / batch_size), world_size):
@@ -125,11 +155,35 @@ def generate(model, alphas_cumprod, num_samples: int, shape, options: SamplerOpt
                   guidance=terms, labels=y)
         if sampler == "ddpm":
             outs.append(sample_ddpm(model, x, timesteps, extra, var_type=var_type, **kw))
-        else:
+        elif sampler == "ddim":
             outs.append(sample_ddim(model, x, timesteps, extra, eta=eta, **kw))
+        else:
+            outs.append(_sample_solver(model, x, alphas_cumprod, timesteps, extra, terms, options, s, progress))
     if not outs:
         return torch.empty((0, *shape), device=device)
     return torch.cat(outs)
+
+
+def _sample_solver(model, x, alphas_cumprod, timesteps, extra, terms, options: SamplerOptions, seed: int,
+                   progress: bool) -> torch.Tensor:
+    """One chunk with LCM or a σ-space solver: x is unit noise; a classifier-free term becomes the per-step
+    cfg_scale column 1 + w(t) at each step's (rounded) model timestep."""
+    cfg = next((g for g in terms if g.kind == "cfg"), None)
+    num_timesteps = len(alphas_cumprod)
+    kw = dict(disable=not progress, seed=seed, clip=1.0 if options.clip_denoised else 0.0,
+              uncond_args=None if cfg is None else cfg.uncond_args)
+    if options.sampler == "lcm":
+        steps_t = sorted(timesteps, reverse=True)
+        kw["cfg_scale"] = 1.0 if cfg is None else [1.0 + cfg.weight(t, num_timesteps) for t in steps_t]
+        return solvers.sample_lcm(model, x, steps_t, extra, alphas_cumprod=alphas_cumprod, **kw)
+    # Integer model timesteps (the nearest training step of each σ, as A1111's CompVis denoisers): models and
+    # respaced wrappers that index tables by t accept them, and the update itself still uses the exact σ's.
+    den = solvers.DiscreteVPDenoiser(model, alphas_cumprod, quantize=True)
+    sigmas = sampling_sigmas(den, options.steps, options.schedule)
+    if cfg is not None:
+        kw["cfg_scale"] = [1.0 + cfg.weight(int(round(t)), num_timesteps) for t in den.sigma_to_t(sigmas[:-1])]
+    sample = solvers.SAMPLERS[options.sampler]
+    return sample(den, x * float(sigmas[0]), sigmas, extra, **kw)
 
 
 def guidance_specs(guidance) -> list[GuidanceSpec]:

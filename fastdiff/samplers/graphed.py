@@ -4,14 +4,16 @@
                              model_kwargs={"y": labels}, uncond_kwargs={"y": null_labels}, dtype=torch.bfloat16)
     x0 = sampler(seed=1, y=new_labels)      # replay: no Python per step, no re-capture for new seeds/labels
 
-What is captured: S steps of `model(x, t, **kwargs)` (one forward on the doubled batch [x; x] under
-classifier-free guidance, as `fastdiff.samplers._loop.model_outputs`) followed by the fused `ops.ddim_step` /
-`ops.ddpm_step`. The graph reads static device buffers: x_T, every tensor model kwarg, and the seed. Everything
-else (shape, steps, η, guidance scale, schedule) is fixed at capture; build another sampler to change it.
+What is captured: per model evaluation, `model(x, t, **kwargs)` (one forward on the doubled batch [x; x] under
+classifier-free guidance, as `fastdiff.samplers._loop.model_outputs`) followed by one fused `ops.sampler_step` on
+the sampler's table (`fastdiff.samplers.tables`: DDPM, DDIM, or a σ-space solver — Euler, Heun, DPM-Solver++,
+... — on a Karras / exponential / uniform σ schedule; multistep history lives in a device buffer). The graph reads
+static device buffers: x_T, every tensor model kwarg, and the seed. Everything else (shape, steps, η, guidance
+scale, schedule) is fixed at capture; build another sampler to change it.
 
 Noise (fastdiff.ops.philox): step i uses the Philox stream at offset `step_offset(i)`, as the eager loop with `seed=` does.
 The fused steps draw it in-kernel, keyed by the seed held in a 0-dim int64 device buffer that they read from
-device memory (`ops.ddim_step(..., seed=<tensor>)`); only the offset is a kernel scalar, fixed per captured step.
+device memory (`ops.sampler_step(..., seed=<tensor>)`); only the offset is a kernel scalar, fixed per captured step.
 A replay with a new seed therefore needs no re-capture and costs nothing extra: one fused kernel per step.
 """
 from __future__ import annotations
@@ -26,14 +28,16 @@ import torch
 from fastdiff import ops
 from fastdiff.errors import GraphCaptureError
 from fastdiff.ops import common as C
-from fastdiff.ops import betas_for_timesteps, philox, step_table
+from fastdiff.ops import philox
+from fastdiff.samplers import solvers, tables
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
+from fastdiff.samplers.generate import SIGMA_SAMPLERS, SIGMA_SCHEDULES, sampling_sigmas
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GraphCaptureError", "GraphedSampler", "SamplingPlan", "StaticLoop", "sampling_plan"]
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm") + SIGMA_SAMPLERS
 _CPU_MESSAGE = "GraphedSampler needs a CUDA device; got {} — use fastdiff.samplers.sample_ddim for the eager loop"
 
 
@@ -53,6 +57,7 @@ class SamplingPlan:
     var_type: str = "fixed_small"
     clip_denoised: bool = False
     first_step_row: int = 0
+    all_model_t: list | None = None  # model input of every timestep of the process (σ-space solvers need it)
 
     @property
     def steps(self) -> int:
@@ -78,7 +83,11 @@ def _plan_from_diffusion(diffusion, steps: int, sampler: str | None) -> Sampling
     if diffusion.prediction not in ("epsilon", "x0"):
         raise TypeError(f"diffusion_or_scheduler: model_mean_type {diffusion.model_mean_type} is not supported "
                         f"(EPSILON or START_X)")
-    return SamplingPlan(ac, list(idx), model_t, sampler or "ddim", diffusion.prediction, diffusion.var_type)
+    all_t = list(base)
+    if getattr(diffusion, "rescale_timesteps", False):
+        all_t = [t * scale for t in all_t]
+    return SamplingPlan(ac, list(idx), model_t, sampler or "ddim", diffusion.prediction, diffusion.var_type,
+                        all_model_t=all_t)
 
 
 def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> SamplingPlan:
@@ -145,7 +154,7 @@ def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None
         if ac.ndim != 1 or ac.size == 0:
             raise ValueError(f"alphas_cumprod must be a non-empty 1-D sequence, got shape {tuple(ac.shape)}")
         idx = _even_steps(len(ac), steps)
-        return SamplingPlan(ac, list(idx), list(idx), sampler or "ddim")
+        return SamplingPlan(ac, list(idx), list(idx), sampler or "ddim", all_model_t=list(range(len(ac))))
     raise TypeError(f"diffusion_or_scheduler must be a fastdiff GaussianDiffusion/SpacedDiffusion, a diffusers "
                     f"DDIMScheduler/DDPMScheduler (or FastDDIM/FastDDPMScheduler), or alphas_cumprod [T]; got "
                     f"{type(obj).__name__}")
@@ -174,15 +183,15 @@ class StaticLoop:
 
     def __init__(self, model, plan: SamplingPlan, shape, *, eta: float, guidance_scale: float | None,
                  model_kwargs: dict | None, uncond_kwargs: dict | None, dtype: torch.dtype, device,
-                 backend: str | None = None):
+                 backend: str | None = None, schedule: str = "karras"):
         shape = tuple(int(s) for s in shape)
         if len(shape) < 2 or min(shape) < 1:
             raise ValueError(f"shape must be [N, C, ...] with positive sizes, got {shape}")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         eta = C.check_eta(eta)
-        if plan.sampler == "ddpm" and eta != 0.0:
-            raise ValueError(f"eta applies to the DDIM sampler only, got eta={eta} with sampler='ddpm'")
+        if plan.sampler != "ddim" and eta != 0.0:
+            raise ValueError(f"eta applies to the DDIM sampler only, got eta={eta} with sampler={plan.sampler!r}")
         if guidance_scale is not None and not uncond_kwargs:
             raise ValueError("guidance_scale needs uncond_kwargs (the model kwargs of the unconditional branch, "
                              "e.g. {'y': null labels})")
@@ -200,12 +209,41 @@ class StaticLoop:
         self.seed = torch.zeros((), dtype=torch.int64, device=self.device)
         self.kwargs = self._static("model_kwargs", model_kwargs or {}, n)
         self.uncond = self._static("uncond_kwargs", uncond_kwargs or {}, n) if uncond_kwargs else None
-        self.stochastic = plan.sampler == "ddpm" or eta > 0.0
-        self.table = step_table(betas_for_timesteps(plan.alphas_cumprod, plan.table_ts), device=self.device)
-        s = len(plan.table_ts)
-        self.rows = torch.arange(s, device=self.device).unsqueeze(1).expand(s, n).contiguous()
-        t_dtype = torch.float32 if any(isinstance(t, float) for t in plan.model_t) else torch.int64
-        self.model_t = torch.tensor(plan.model_t, dtype=t_dtype).to(self.device).unsqueeze(1).expand(s, n).contiguous()
+        self.steps, model_t, c_in = self._table(plan, eta, schedule)
+        self.noisy = self.steps.noisy_rows()
+        r = len(self.steps)
+        self.table = self.steps.tensor(self.device, torch.float64 if dtype == torch.float64 else torch.float32)
+        self.history = (torch.zeros((self.steps.history, *shape), dtype=dtype, device=self.device)
+                        if self.steps.history else None)
+        self.rows = torch.arange(r, device=self.device).unsqueeze(1).expand(r, n).contiguous()
+        t_dtype = torch.float32 if any(isinstance(t, float) for t in model_t) else torch.int64
+        self.model_t = torch.tensor(model_t, dtype=t_dtype).to(self.device).unsqueeze(1).expand(r, n).contiguous()
+        self.c_in = [None if c == 1.0 else float(c) for c in c_in]
+        self.init_sigma = float(self.steps.sigmas[0]) if plan.sampler in SIGMA_SAMPLERS else 1.0
+
+    def _table(self, plan: SamplingPlan, eta: float, schedule: str):
+        """(StepTable, model input timestep per row, input scale c_in per row) of the plan's sampler."""
+        ac = plan.alphas_cumprod
+        common = dict(prediction=plan.prediction, clip=1.0 if plan.clip_denoised else 0.0,
+                      cfg_scale=1.0 if self.guidance_scale is None else self.guidance_scale)
+        if plan.sampler in ("ddim", "ddpm"):
+            visits = plan.table_ts[plan.first_step_row:][::-1]
+            model_t = [plan.model_t[plan.table_ts.index(t)] for t in visits]
+            if plan.sampler == "ddim":
+                final = float(ac[plan.table_ts[0]]) if plan.first_step_row else 1.0
+                table = tables.ddim(ac, visits, eta=eta, final_alpha_cumprod=final, **common)
+            else:
+                table = tables.ddpm(ac, visits, var_type=plan.var_type, **common)
+            return table, model_t, [1.0] * len(table)
+        if schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"schedule must be one of {SIGMA_SCHEDULES}, got {schedule!r}")
+        if plan.all_model_t is None:
+            raise TypeError(f"sampler {plan.sampler!r} runs in σ-space on a fastdiff diffusion or alphas_cumprod [T]; "
+                            f"a diffusers scheduler gives only its own DDIM/DDPM timesteps")
+        den = solvers.DiscreteVPDenoiser(None, ac, prediction=plan.prediction, quantize=True)
+        table = tables.BUILDERS[plan.sampler](sampling_sigmas(den, plan.steps, schedule), space="ve", **common)
+        c_in, idx = den.model_inputs(table.sigmas)
+        return table, [plan.all_model_t[i] for i in idx], list(c_in)
 
     def _static(self, name: str, kwargs: dict, n: int) -> dict:
         out = {}
@@ -222,8 +260,8 @@ class StaticLoop:
         """Fill the buffers: x_T ([N, C, ...]; None: Philox(seed, offset 0), as fastdiff.samplers.generate draws
         it), seed, and new values of tensor model kwargs (same shapes; the others keep their values)."""
         philox.check_seed_offset(seed, 0)
-        if x_T is None:
-            self.x.copy_(ops.randn_like(self.x, seed=seed))
+        if x_T is None:  # σ-space solvers start from σ_max·z
+            self.x.copy_(ops.randn_like(self.x, seed=seed) * self.init_sigma)
         else:
             if not isinstance(x_T, torch.Tensor):
                 raise TypeError(f"x_T must be a tensor of the captured shape {self.shape}, got {type(x_T).__name__}")
@@ -245,23 +283,19 @@ class StaticLoop:
         self.seed.fill_(seed)
 
     def run(self, num_steps: int | None = None) -> torch.Tensor:
-        """The loop from the x buffer: [N, C, ...] after `num_steps` steps (default all). No host syncs."""
-        plan, x = self.plan, self.x
-        steps = plan.steps if num_steps is None else min(num_steps, plan.steps)
-        last = len(plan.table_ts) - 1
-        step = ops.ddim_step if plan.sampler == "ddim" else ops.ddpm_step
-        opts = {"prediction": plan.prediction, "clip_denoised": plan.clip_denoised, "backend": self.backend}
-        opts.update(eta=self.eta) if plan.sampler == "ddim" else opts.update(var_type=plan.var_type)
+        """The loop from the x buffer: [N, C, ...] after the rows of `num_steps` sampler steps (default all), one
+        model evaluation and one fused `sampler_step` per row. No host syncs."""
+        x, table = self.x, self.steps
+        rows = len(table) if num_steps is None else int(np.searchsorted(table.step, num_steps))
         model = lambda *a, **k: _tensor_output(self.model(*a, **k))
-        for i in range(steps):
-            k = last - i
-            out, out_u = model_outputs(model, x, self.model_t[k], self.kwargs, self.uncond)
-            kwargs = dict(opts)
-            if out_u is not None:
-                kwargs.update(model_output_uncond=out_u, guidance_scale=self.guidance_scale)
-            if self.stochastic:  # in-kernel noise keyed by the device seed: the graph reads its value at replay
-                kwargs.update(seed=self.seed, offset=step_offset(i))
-            x = step(x, out, self.table, self.rows[k], **kwargs)
+        if self.history is not None:
+            self.history.zero_()
+        for r in range(rows):
+            x_in = x if self.c_in[r] is None else x * self.c_in[r]
+            out, out_u = model_outputs(model, x_in, self.model_t[r], self.kwargs, self.uncond)
+            noise = {"seed": self.seed, "offset": step_offset(r)} if self.noisy[r] else {}
+            x = ops.sampler_step(x, out, self.table, self.rows[r], history=self.history, var_mode=table.var_mode,
+                                 model_output_uncond=out_u, backend=self.backend, **noise)
         return x
 
 
@@ -314,7 +348,9 @@ class GraphedSampler:
     static shapes and no host syncs. diffusion_or_scheduler: a fastdiff GaussianDiffusion/SpacedDiffusion, a
     diffusers-style DDIM/DDPM scheduler (by duck typing on config / alphas_cumprod / set_timesteps) or
     alphas_cumprod [T] (`sampling_plan`). shape: [N, C, ...] of x_T; steps: sampler steps.
-    sampler: "ddim" | "ddpm" (default: the scheduler's kind, DDIM otherwise); eta: DDIM η; guidance_scale: the
+    sampler: "ddim" | "ddpm" (default: the scheduler's kind, DDIM otherwise) or a σ-space solver of
+    `fastdiff.samplers.solvers` ("euler", "heun", "dpmpp_2m", ...; on a fastdiff diffusion or alphas_cumprod, with
+    the σ `schedule` "karras" | "exponential" | "polyexponential" | "uniform"); eta: DDIM η; guidance_scale: the
     classifier-free s (ε = ε_u + s(ε_c − ε_u)) with uncond_kwargs the unconditional branch's kwargs;
     model_kwargs: example tensors ([N, ...]) whose buffers later calls refill; dtype: of x (bf16 models: bf16).
     prediction / var_type / clip_denoised override what the diffusion or scheduler says.
@@ -329,7 +365,7 @@ class GraphedSampler:
                  eta: float = 0.0, guidance_scale: float | None = None, model_kwargs: dict | None = None,
                  uncond_kwargs: dict | None = None, dtype: torch.dtype = torch.float32, device=None,
                  prediction: str | None = None, var_type: str | None = None, clip_denoised: bool | None = None,
-                 backend: str | None = None, warmup_steps: int = 2):
+                 backend: str | None = None, warmup_steps: int = 2, schedule: str = "karras"):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         plan = sampling_plan(diffusion_or_scheduler, steps, sampler)
@@ -339,7 +375,8 @@ class GraphedSampler:
         self.device = _cuda_device(model, device)
         self.plan = plan
         self.loop = StaticLoop(model, plan, shape, eta=eta, guidance_scale=guidance_scale, model_kwargs=model_kwargs,
-                               uncond_kwargs=uncond_kwargs, dtype=dtype, device=self.device, backend=backend)
+                               uncond_kwargs=uncond_kwargs, dtype=dtype, device=self.device, backend=backend,
+                               schedule=schedule)
         self.captures = 0
         with torch.cuda.device(self.device):  # capture on the model's device, whichever one is current
             self._capture(int(warmup_steps))

@@ -75,7 +75,7 @@ class DiscreteVPDenoiser(Denoiser):
         """Timestep of σ: linear interpolation of the index in log σ (k-diffusion's DiscreteSchedule)."""
         log_s = np.log(np.asarray(sigma, dtype=np.float64))
         if self.quantize:
-            return np.abs(log_s[None] - self.log_sigmas[:, None]).argmin(axis=0).astype(np.float64)
+            return np.abs(log_s[None] - self.log_sigmas[:, None]).argmin(axis=0).astype(np.int64)
         idx = np.arange(len(self.log_sigmas), dtype=np.float64)
         return np.interp(log_s, self.log_sigmas, idx)
 

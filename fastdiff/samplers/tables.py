@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from fastdiff.ops import table as T
+from fastdiff.ops.ddim_step import ddim_coefficients
+from fastdiff.ops.sampler_step import ALPHA_FLOOR as _ALPHA_FLOOR, conversion
 
 SPACES = ("ve", "vp", "flow")
-PREDICTIONS = ("epsilon", "x0", "v", "flow")
-_ALPHA_FLOOR = 2.0 ** -60  # zero-terminal-SNR schedules reach α = 0, where ε-prediction has no x0 (Lin et al. §3.3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,23 +85,6 @@ def _lambda(alpha, sigma):
     """λ = log α − log σ = −log σ̃ (DPM-Solver's half-log-SNR), ±inf at the ends."""
     with np.errstate(divide="ignore"):
         return np.log(alpha) - np.log(sigma)
-
-
-def conversion(prediction: str, alpha: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(a_x, a_o) of x0 = a_x·x + a_o·o for model output o at x = α·x0 + σ·ε:
-    ε: (x − σε)/α; x0: o; v (Salimans & Ho §4, v = α̂ε − σ̂x0 on the unit-variance input x/√(α²+σ²)):
-    a_x = α/(α²+σ²), a_o = −σ/√(α²+σ²); flow velocity (v = ε − x0, Lipman et al.): x0 = (x − σv)/(α+σ)."""
-    if prediction == "epsilon":
-        a = np.maximum(alpha, _ALPHA_FLOOR)
-        return 1.0 / a, -sigma / a
-    if prediction == "x0":
-        return np.zeros_like(alpha), np.ones_like(alpha)
-    if prediction == "v":
-        norm2 = alpha * alpha + sigma * sigma
-        return alpha / norm2, -sigma / np.sqrt(norm2)
-    if prediction == "flow":
-        return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)
-    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 # ------------------------------------------------------------------------------------------------- rows
@@ -351,29 +334,28 @@ def lcm(alphas_cumprod, timesteps, *, timestep_scaling: float = 10.0, sigma_data
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
     ts = [int(t) for t in timesteps]
     rows = _Rows("vp", 0)
-    sig = np.sqrt((1 - ac) / np.maximum(ac, _ALPHA_FLOOR ** 2))
     for i, t in enumerate(ts):
         tau = timestep_scaling * t
         skip = (sigma_data ** 2 / (tau ** 2 + sigma_data ** 2), tau / math.sqrt(tau ** 2 + sigma_data ** 2))
         last = i == len(ts) - 1
         a_prev = 1.0 if last else ac[ts[i + 1]]
-        rows.add(i, sig[t], c_d=math.sqrt(a_prev) if not last else 1.0,
+        rows.add(i, _vp_sig(ac[t]), c_d=math.sqrt(a_prev) if not last else 1.0,
                  c_z=0.0 if last else math.sqrt(1 - a_prev), skip=skip)
     return rows.table(prediction, timesteps=ts, **common)
 
 
-def ddim(alphas_cumprod, timesteps, *, eta: float = 0.0, prediction: str = "epsilon", **common) -> StepTable:
+def ddim(alphas_cumprod, timesteps, *, eta: float = 0.0, prediction: str = "epsilon",
+         final_alpha_cumprod: float = 1.0, **common) -> StepTable:
     """DDIM (Song et al. eq. 12) over the descending `timesteps` of a process with ᾱ = alphas_cumprod:
     x_prev = √ᾱ_prev·x̂0 + √(1 − ᾱ_prev − σ²)·ε̂ + σz, σ = η√((1−ᾱ_prev)/(1−ᾱ))√(1 − ᾱ/ᾱ_prev), ε̂ from
-    the (clipped) x̂0 as guided-diffusion does: c_x = √(1 − ᾱ_prev − σ²)/√(1 − ᾱ), c_D = √ᾱ_prev − c_x√ᾱ."""
-    ac, ts, ac_prev = _visits(alphas_cumprod, timesteps)
+    the (clipped) x̂0 as guided-diffusion does (`fastdiff.ops.ddim_step.ddim_coefficients`); the last step goes
+    to ᾱ_prev = final_alpha_cumprod (diffusers' set_alpha_to_one=False: ᾱ_0)."""
+    ac, ts, ac_prev = _visits(alphas_cumprod, timesteps, final_alpha_cumprod)
+    a = ac[ts]
+    c_x, c_d, sigma = ddim_coefficients(a, ac_prev, eta)
     rows = _Rows("vp", 0)
-    for i, t in enumerate(ts):
-        a, a_prev = ac[t], ac_prev[i]
-        s = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
-        c_x = math.sqrt(max(1 - a_prev - s * s, 0.0)) / math.sqrt(1 - a)
-        rows.add(i, math.sqrt((1 - a) / max(a, _ALPHA_FLOOR ** 2)), c_x=c_x, c_d=math.sqrt(a_prev) - c_x * math.sqrt(a),
-                 c_z=s if i < len(ts) - 1 else 0.0)
+    for i in range(len(ts)):
+        rows.add(i, _vp_sig(a[i]), c_x=c_x[i], c_d=c_d[i], c_z=sigma[i])  # σ = 0 into ᾱ_prev = 1
     return rows.table(prediction, timesteps=ts, **common)
 
 
@@ -396,14 +378,20 @@ def ddpm(alphas_cumprod, timesteps, *, var_type: str = "fixed_small", prediction
         k = s - 1 - i
         c_z = 0.0 if k == 0 else (1.0 if var_mode else math.exp(0.5 * fixed[k]))
         a = co["alphas_cumprod"][k]
-        row = rows.add(i, math.sqrt((1 - a) / max(a, _ALPHA_FLOOR ** 2)), c_x=co["posterior_mean_coef2"][k],
+        row = rows.add(i, _vp_sig(a), c_x=co["posterior_mean_coef2"][k],
                        c_d=co["posterior_mean_coef1"][k], c_z=c_z)
         row[T.LOGVAR_HI], row[T.LOGVAR_LO] = co["log_betas"][k], co["posterior_log_variance_clipped"][k]
     return rows.table(prediction, var_mode=var_mode, timesteps=ts, **common)
 
 
-def _visits(alphas_cumprod, timesteps):
-    """(ᾱ [T] float64, the visited timesteps descending, ᾱ of each visit's predecessor (1 after the last))."""
+def _vp_sig(ac: float) -> float:
+    """σ̃ = √((1 − ᾱ)/ᾱ) of a VP timestep (finite at ᾱ = 0 through the α floor)."""
+    return math.sqrt((1 - ac) / max(ac, _ALPHA_FLOOR ** 2))
+
+
+def _visits(alphas_cumprod, timesteps, final_alpha_cumprod: float = 1.0):
+    """(ᾱ [T] float64, the visited timesteps descending, ᾱ of each visit's predecessor (final_alpha_cumprod
+    after the last))."""
     from fastdiff.errors import check_whole_numbers
 
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
@@ -412,7 +400,7 @@ def _visits(alphas_cumprod, timesteps):
     ts = sorted(set(check_whole_numbers("timesteps", timesteps)), reverse=True)
     if not ts or ts[-1] < 0 or ts[0] >= len(ac):
         raise ValueError(f"timesteps must be non-empty and lie in [0, {len(ac)}), got {list(timesteps)}")
-    ac_prev = np.array([ac[t] for t in ts[1:]] + [1.0])
+    ac_prev = np.array([ac[t] for t in ts[1:]] + [float(final_alpha_cumprod)])
     return ac, ts, ac_prev
 
 
