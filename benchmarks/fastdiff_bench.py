@@ -33,8 +33,7 @@ CPU_DEFAULT_DTYPES = ("float32", "float16")
 CPU_DEFAULT_LARGE_DTYPES = ("float32",)
 DTYPES = ("float32", "float16", "bfloat16")
 
-DDIM_REF = importlib.import_module("fastdiff.ops.ddim_step").reference
-DDPM_REF = importlib.import_module("fastdiff.ops.ddpm_step").reference
+STEP_REF = importlib.import_module("fastdiff.ops.sampler_step").reference
 
 
 def shape_str(shape) -> str:
@@ -97,50 +96,67 @@ def _randn(shape, dtype, device, generator) -> torch.Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-def _ddim_cfg_noise_inputs(shape, dtype, device, generator):
-    return {"x": _randn(shape, dtype, device, generator), "eps": _randn(shape, dtype, device, generator),
-            "eps_u": _randn(shape, dtype, device, generator), "coefs": _coefs(device),
-            "t": _t(shape[0], device, generator)}
+def _rows(kind: str, device) -> torch.Tensor:
+    """The sampler_step table of each case (built once, outside the timed call): DDIM η = 1 with CFG s = 3 and
+    learned-range DDPM over the 1000-step linear schedule, DPM-Solver++ 2M over 1000 Karras σ's."""
+    from fastdiff.ops import ddim_step, ddpm_step
+    from fastdiff.samplers import tables
+    from fastdiff.schedules import get_sigmas_karras
+
+    coefs = _coefs(device)
+    if kind == "ddim_cfg_noise":
+        return ddim_step.step_rows(coefs, 1.0, "epsilon", False, 3.0)
+    if kind == "ddim":
+        return ddim_step.step_rows(coefs, 0.0, "epsilon", False, 1.0)
+    if kind == "ddpm_learned_range":
+        return ddpm_step.step_rows(coefs, "epsilon", ops.VAR_TYPES["learned_range"], False, 1.0)
+    sigmas = get_sigmas_karras(NUM_TIMESTEPS, 0.03, 14.6)
+    return tables.dpmpp_2m(sigmas, space="vp", prediction="epsilon", cfg_scale=3.0).tensor(device)
 
 
-def _ddim_inputs(shape, dtype, device, generator):
-    return {"x": _randn(shape, dtype, device, generator), "eps": _randn(shape, dtype, device, generator),
-            "coefs": _coefs(device), "t": _t(shape[0], device, generator)}
-
-
-def _ddpm_inputs(shape, dtype, device, generator):
-    doubled = (shape[0], 2 * shape[1], *shape[2:])
-    return {"x": _randn(shape, dtype, device, generator), "eps": _randn(doubled, dtype, device, generator),
-            "coefs": _coefs(device), "t": _t(shape[0], device, generator)}
+def _inputs(kind: str, out_channels: int = 1, uncond: bool = False, history: int = 0):
+    def make(shape, dtype, device, generator):
+        doubled = (shape[0], out_channels * shape[1], *shape[2:])
+        d = {"x": _randn(shape, dtype, device, generator), "eps": _randn(doubled, dtype, device, generator),
+             "rows": _rows(kind, device), "t": _t(shape[0], device, generator)}
+        if uncond:
+            d["eps_u"] = _randn(shape, dtype, device, generator)
+        if history:
+            d["history"] = _randn((history, *shape), dtype, device, generator)
+        return d
+    return make
 
 
 SEED, OFFSET = 1234, 7 << 32
 
+
+def _case(name: str, tensors_moved: int, make_inputs, var_mode: int = 0, noise: bool = True) -> "Case":
+    """A case of the one fused step: its public call and its reference's positional arguments."""
+    seed = SEED if noise else None
+
+    def public(d, b):
+        return ops.sampler_step(d["x"], d["eps"], d["rows"], d["t"], history=d.get("history"), var_mode=var_mode,
+                                model_output_uncond=d.get("eps_u"), seed=seed,
+                                offset=OFFSET if noise else 0, backend=b)
+
+    def reference_args(d):
+        return (d["x"], d["eps"], d.get("eps_u"), d["rows"], d["t"], d.get("history"), var_mode, None,
+                SEED if noise else -1, OFFSET if noise else 0, False)
+    return Case(name, "sampler_step", tensors_moved, make_inputs, public, STEP_REF, reference_args)
+
+
 CASES = {
     # The headline: DDIM η = 1 with classifier-free guidance (s = 3) and in-kernel Philox noise.
     # Moves x, ε_c, ε_u (read) and x_{t-1} (written).
-    "ddim_cfg_noise": Case(
-        "ddim_cfg_noise", "ddim_step", 4, _ddim_cfg_noise_inputs,
-        lambda d, b: ops.ddim_step(d["x"], d["eps"], d["coefs"], d["t"], eta=1.0, model_output_uncond=d["eps_u"],
-                                   guidance_scale=3.0, seed=SEED, offset=OFFSET, return_x0=False, backend=b),
-        DDIM_REF,
-        lambda d: (d["x"], d["eps"], d["eps_u"], d["coefs"], d["t"], 1.0, 0, False, 3.0, None, SEED, OFFSET,
-                   False)),
+    "ddim_cfg_noise": _case("ddim_cfg_noise", 4, _inputs("ddim_cfg_noise", uncond=True)),
     # Deterministic DDIM (η = 0), no guidance: x, ε read, x_{t-1} written.
-    "ddim": Case(
-        "ddim", "ddim_step", 3, _ddim_inputs,
-        lambda d, b: ops.ddim_step(d["x"], d["eps"], d["coefs"], d["t"], eta=0.0, backend=b),
-        DDIM_REF,
-        lambda d: (d["x"], d["eps"], None, d["coefs"], d["t"], 0.0, 0, False, 1.0, None, -1, 0, False)),
+    "ddim": _case("ddim", 3, _inputs("ddim"), noise=False),
     # Improved-DDPM ancestral step with learned-range variance: x and the 2C-channel output read (3 tensors'
     # worth), x_{t-1} written.
-    "ddpm_learned_range": Case(
-        "ddpm_learned_range", "ddpm_step", 4, _ddpm_inputs,
-        lambda d, b: ops.ddpm_step(d["x"], d["eps"], d["coefs"], d["t"], var_type="learned_range", seed=SEED,
-                                   offset=OFFSET, return_x0=False, backend=b),
-        DDPM_REF,
-        lambda d: (d["x"], d["eps"], None, d["coefs"], d["t"], 0, ops.VAR_TYPES["learned_range"], False, 1.0,
-                   None, SEED, OFFSET, False)),
+    "ddpm_learned_range": _case("ddpm_learned_range", 4, _inputs("ddpm_learned_range", out_channels=2),
+                                var_mode=2),
+    # DPM-Solver++ 2M with CFG: x, ε_c, ε_u and the previous D read, x_next and D written (history in place).
+    "dpmpp_2m_cfg": _case("dpmpp_2m_cfg", 6, _inputs("dpmpp_2m_cfg", uncond=True, history=1), noise=False),
 }
 
 

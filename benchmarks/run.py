@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import this fa
 sys.path.insert(0, str(HERE))
 from report import fmt_time, median_s, natural  # noqa: E402  (one formatter for run.py's table and report.py's)
 SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_pipeline.py", "bench_schedulers.py",
+          "bench_solvers.py",
           "bench_adagn.py", "bench_attention.py", "bench_unet.py")
 #: Baselines (reference eager, its torch.compile, torch SDPA for attention, diffusers' own schedulers) and fastdiff's
 #: fused providers (one backend, or `auto`: the fastest backend per op, used for whole models).
@@ -38,11 +39,12 @@ FUSED = ("cpu", "cuda", "triton", "auto", "fused+graph")
 PROBE = """
 import importlib, torch
 from fastdiff import ops
-ref = importlib.import_module("fastdiff.ops.ddim_step").reference
-coefs = ops.step_table([1e-4 * (i + 1) for i in range(100)])
+from fastdiff.ops import ddim_step
+ref = importlib.import_module("fastdiff.ops.sampler_step").reference
+rows = ddim_step.step_rows(ops.step_table([1e-4 * (i + 1) for i in range(100)]), 1.0, "epsilon", False, 3.0)
 x = torch.randn(1, 1, 4, 4)
 t = torch.randint(0, 100, (1,))
-torch.compile(ref, backend="inductor", fullgraph=True)(x, x, x, coefs, t, 1.0, 0, False, 3.0, None, 1, 5, False)
+torch.compile(ref, backend="inductor", fullgraph=True)(x, x, x, rows, t, None, 0, None, 1, 5, False)
 """
 
 
@@ -184,8 +186,10 @@ def report(data: dict, info: dict, gpu: bool) -> str:
     notes = (f"compile = torch.compile(reference, backend={info['compile_backend']!r}, fullgraph=True) "
              f"({info['compile_backend_reason']}). Speedups: fused provider's median vs reference eager and vs "
              "compile (and SDPA), same run. ddim_cfg_noise = DDIM η=1 + CFG s=3 + in-kernel Philox noise; "
-             "ddim = η=0; ddpm_learned_range = Improved-DDPM step, 2C-channel output; ddim50_loop = sample_ddim, "
-             "50 steps; scheduler = 50 steps of diffusers' DDIM/DDPMScheduler (diffusers) vs FastDDIM/DDPMScheduler "
+             "ddim = η=0; ddpm_learned_range = Improved-DDPM step, 2C-channel output; dpmpp_2m_cfg = DPM-Solver++ "
+             "2M + CFG, history slot read and written; all four are the one fused sampler_step; ddim50_loop = "
+             "sample_ddim, 50 steps; solver = 50 steps of a diffusers scheduler (DPMSolverMultistep Karras, UniPC, "
+             "EulerAncestral, FlowMatchEuler) vs the same sampler's table on sampler_step; scheduler = 50 steps of diffusers' DDIM/DDPMScheduler (diffusers) vs FastDDIM/DDPMScheduler "
              "(reference/cpu/... = the backend of its fused step), model replaced by a fixed tensor; "
              "pipeline = diffusers' DDIMPipeline with a UNet2DModel, 50 steps: stock (diffusers) vs "
              "FastDDIMScheduler + adapters.patch (auto) and + GraphedSampler (fused+graph); "

@@ -109,7 +109,8 @@ def test_demo_writes_pictures_and_table(tmp_path):
                    overrides=["train.total_steps=5", "train.save_interval=5", "train.warmup_steps=1"])
     assert res["train"]["steps"] == 5
     names = [r["name"] for r in res["rows"]]
-    assert {"DDPM-1000", "DDIM-50", "DDIM-10", "DDPM-10", "DDIM-50, w=1", "DDIM-50, w=3"} <= set(names)
+    assert {"DDPM-1000", "DDIM-50", "DDIM-10", "DDPM-10", "DDIM-50, w=1", "DDIM-50, w=3",
+            "DPM-Solver++ 2M (Karras σ)-10"} <= set(names)
     for r in res["rows"]:
         assert np.isfinite(r["fd"]) and 0 <= r["accuracy"] <= 1 and r["seconds"] > 0
     assert res["reference"]["fd"] < min(r["fd"] for r in res["rows"])  # 5 steps of training: far from real digits

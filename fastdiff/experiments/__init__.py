@@ -4,6 +4,8 @@
   only, no training).
 - digits-samplers (`digits_samplers`, also `make demo` / `fastdiff demo`): DDIM vs DDPM at few steps, and
   classifier-free guidance (Song et al. §5.1: DDIM keeps quality at 10-50 steps where respaced DDPM does not).
+- samplers-nfe (`samplers_nfe`): Fréchet distance against model evaluations for every sampler of the fused step
+  (DDIM, DDPM, LCM, Euler, Euler-a, Heun, DPM-Solver++ 2M / SDE / 2S-a, UniPC) on the demo's digits model.
 - hybrid-vs-simple (`hybrid_vs_simple`): Improved DDPM §3, bits/dim of L_hybrid with learned variance vs L_simple.
 - dg-toy, guidance-digits (`guidance`): Discriminator Guidance and classifier guidance.
 - siddm-mog (`siddm_mog`): SIDDM vs DDGAN vs DDPM/DDIM at 1-8 steps on the 25-Gaussian grid.
@@ -18,10 +20,12 @@ from __future__ import annotations
 from fastdiff.experiments.digits_samplers import digits_samplers
 from fastdiff.experiments.guidance import dg_toy, guidance_digits
 from fastdiff.experiments.hybrid_vs_simple import hybrid_vs_simple
+from fastdiff.experiments.samplers_nfe import samplers_nfe
 from fastdiff.experiments.siddm_digits import siddm_digits
 from fastdiff.experiments.siddm_mog import siddm_mog
 from fastdiff.experiments.toy_samplers import toy_samplers
 
 EXPERIMENTS = {"toy-samplers": toy_samplers, "digits-samplers": digits_samplers, "hybrid-vs-simple": hybrid_vs_simple,
+               "samplers-nfe": samplers_nfe,
                "dg-toy": dg_toy, "guidance-digits": guidance_digits, "siddm-mog": siddm_mog,
                "siddm-digits": siddm_digits}

@@ -241,7 +241,7 @@ class StaticLoop:
             raise TypeError(f"sampler {plan.sampler!r} runs in σ-space on a fastdiff diffusion or alphas_cumprod [T]; "
                             f"a diffusers scheduler gives only its own DDIM/DDPM timesteps")
         den = solvers.DiscreteVPDenoiser(None, ac, prediction=plan.prediction, quantize=True)
-        table = tables.BUILDERS[plan.sampler](sampling_sigmas(den, plan.steps, schedule), space="ve", **common)
+        table = solvers.BUILDERS[plan.sampler](sampling_sigmas(den, plan.steps, schedule), space="ve", **common)
         c_in, idx = den.model_inputs(table.sigmas)
         return table, [plan.all_model_t[i] for i in idx], list(c_in)
 

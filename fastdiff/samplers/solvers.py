@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from fastdiff import ops
 from fastdiff.ops import common as C
 from fastdiff.samplers import tables
+from fastdiff.samplers.unipc import unipc
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
 
 
@@ -243,6 +244,15 @@ def sample_flow_euler(model, x, sigmas, extra_args=None, callback=None, disable=
     return _sample(tables.euler, model, x, sigmas, extra_args, callback, disable, space="flow", **options)
 
 
+def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, order: int = 2,
+                 variant: str = "bh2", corrector: bool = True, **options):
+    """Sample with UniPC (`fastdiff.samplers.unipc.unipc`) from x: [N, C, ...] at sigmas[0] through `sigmas`
+    (descending, ending at 0), one fused step per model evaluation, the corrector included. order 1..3, variant
+    'bh1' / 'bh2', corrector on/off; options: disable_corrector, lower_order_final, and the common ones above."""
+    return _sample(unipc, model, x, sigmas, extra_args, callback, disable, order=order, variant=variant,
+                   corrector=corrector, **options)
+
+
 def sample_lcm(model, x, timesteps, extra_args=None, callback=None, disable=None, *, alphas_cumprod,
                prediction: str = "epsilon", timestep_scaling: float = 10.0, cfg_scale=1.0, uncond_args=None,
                clip: float = 0.0, noise_sampler=None, seed=None, generator=None, backend=None):
@@ -254,8 +264,10 @@ def sample_lcm(model, x, timesteps, extra_args=None, callback=None, disable=None
                      noise_sampler=noise_sampler, seed=seed, generator=generator, backend=backend, desc="lcm")
 
 
+#: Every σ-space table builder by sampler name (UniPC's lives in its own module).
+BUILDERS = {**tables.BUILDERS, "unipc": unipc}
 SAMPLERS = {
     "euler": sample_euler, "euler_ancestral": sample_euler_ancestral, "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m, "dpmpp_2m_sde": sample_dpmpp_2m_sde, "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral, "flow_euler": sample_flow_euler,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral, "unipc": sample_unipc, "flow_euler": sample_flow_euler,
 }

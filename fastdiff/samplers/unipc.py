@@ -28,7 +28,6 @@ import numpy as np
 
 from fastdiff.ops import table as T
 from fastdiff.samplers import tables
-from fastdiff.samplers.solvers import _sample
 
 VARIANTS = ("bh1", "bh2")
 MAX_ORDER = T.MAX_HISTORY  # UniC-p reads p earlier D's, each in a history slot of the step op
@@ -123,14 +122,3 @@ def unipc(sigmas, *, order: int = 2, variant: str = "bh2", corrector: bool = Tru
                 hist[j % slots] += c
         rows.add(i, pts[i].sig, c_x=c_x, c_d=combo[i], h=hist, write_d=i % slots if slots else -1)
     return rows.table(prediction, **common)
-
-
-def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, *, order: int = 2,
-                 variant: str = "bh2", corrector: bool = True, **options):
-    """Sample with UniPC (`unipc`) from x: [N, C, ...] at sigmas[0] through `sigmas` (descending, ending
-    at 0), one fused step per model evaluation. k-diffusion-style: x = x0 + σε ("ve") unless `model` is a
-    `Denoiser` with its own space. order 1..3, variant 'bh1' / 'bh2', corrector on/off; options:
-    disable_corrector, lower_order_final, and the common ones of `fastdiff.samplers.solvers` (prediction
-    for a plain model, cfg_scale with uncond_args, clip, backend)."""
-    return _sample(unipc, model, x, sigmas, extra_args, callback, disable, order=order, variant=variant,
-                   corrector=corrector, **options)

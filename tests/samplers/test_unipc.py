@@ -11,7 +11,8 @@ import torch
 
 import fastdiff.ops as ops
 from fastdiff.samplers.solvers import DiscreteVPDenoiser, _Plain, run_table
-from fastdiff.samplers.unipc import sample_unipc, unipc
+from fastdiff.samplers.solvers import sample_unipc
+from fastdiff.samplers.unipc import unipc
 
 diffusers = pytest.importorskip("diffusers")
 
