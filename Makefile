@@ -10,6 +10,9 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
 ifeq ($(PYTHON),$(VENV_PYTHON))
 INSTALL := $(PYTHON) -m pip install -q --no-build-isolation -e ".[dev]"
+# k-diffusion, the samplers' parity peer (tests/_kdiffusion.py loads its sampling code), without its declared
+# dependencies: they include torchvision and wandb (for its training code), which we must not pull.
+INSTALL_KDIFFUSION := $(PYTHON) -m pip install -q --no-deps k-diffusion==0.1.1.post1
 else
 # System interpreter (GPU machines without network): use what is installed, download nothing.
 INSTALL := $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
@@ -28,6 +31,7 @@ $(STAMP): $(SOURCES) | $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(VENV_PYTHON))
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==$(TORCH_VERSION)
 	$(PYTHON) -c "import setuptools, wheel, ninja" 2>/dev/null || $(PYTHON) -m pip install -q setuptools wheel ninja
 	$(INSTALL)
+	$(INSTALL_KDIFFUSION)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -71,7 +71,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
     raise ImportError("fastdiff.adapters.diffusers needs the diffusers package: pip install 'fastdiff[diffusers]'"
                       ) from exc
 
-from fastdiff.schedules import betas_for_alpha_bar, cosine_alpha_bar
+from fastdiff.schedules import SPACINGS, betas_for_alpha_bar, cosine_alpha_bar
+# moved to fastdiff.schedules; kept importable here (spaced_timesteps is inference_timesteps' old name)
+from fastdiff.schedules import inference_timesteps as spaced_timesteps  # noqa: F401
+from fastdiff.schedules import rescale_zero_terminal_snr  # noqa: F401
 from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
@@ -81,7 +84,6 @@ from fastdiff.ops.q_sample import q_sample
 __all__ = ["FastDDIMScheduler", "FastDDPMScheduler"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-SPACINGS = ("leading", "linspace", "trailing")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DDPM_BETA_SCHEDULES = DDIM_BETA_SCHEDULES + ("laplace", "sigmoid")
@@ -120,31 +122,6 @@ def make_betas(num_train_timesteps: int, beta_start: float, beta_end: float, bet
     if beta_schedule == "laplace":
         return torch.tensor(betas_for_alpha_bar(n, laplace_alpha_bar).tolist(), dtype=torch.float32)
     return torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start  # GeoDiff "sigmoid"
-
-
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """β rescaled so that ᾱ_{T-1} = 0 (Lin et al. 2023, "Common Diffusion Noise Schedules ... are Flawed",
-    Algorithm 1): √ᾱ shifted to end at 0 and scaled to keep √ᾱ_0; float32 like diffusers."""
-    sqrt_ac = torch.cumprod(1.0 - betas, dim=0).sqrt()
-    first, last = sqrt_ac[0].clone(), sqrt_ac[-1].clone()
-    sqrt_ac = (sqrt_ac - last) * (first / (first - last))
-    ac = sqrt_ac ** 2
-    alphas = torch.cat([ac[0:1], ac[1:] / ac[:-1]])
-    return 1 - alphas
-
-
-def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str, steps_offset: int
-                     ) -> np.ndarray:
-    """The N inference timesteps, descending, int64 — diffusers' three spacings (Lin et al. 2023, Table 2):
-    leading = k·(T//N) + steps_offset, linspace = round(linspace(0, T−1, N)), trailing = round(T − k·T/N) − 1."""
-    t, n = num_train_timesteps, num_inference_steps
-    if spacing == "linspace":
-        return np.linspace(0, t - 1, n).round()[::-1].copy().astype(np.int64)
-    if spacing == "leading":
-        return (np.arange(0, n) * (t // n)).round()[::-1].copy().astype(np.int64) + steps_offset
-    if spacing == "trailing":
-        return np.round(np.arange(t, 0, -t / n)).astype(np.int64) - 1
-    raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
 
 
 def previous_map(timesteps: np.ndarray, num_train_timesteps: int) -> np.ndarray:
