@@ -99,17 +99,18 @@ def _randn(shape, dtype, device, generator) -> torch.Tensor:
 def _rows(kind: str, device) -> torch.Tensor:
     """The sampler_step table of each case (built once, outside the timed call): DDIM η = 1 with CFG s = 3 and
     learned-range DDPM over the 1000-step linear schedule, DPM-Solver++ 2M over 1000 Karras σ's."""
-    from fastdiff.ops import ddim_step, ddpm_step
+    from fastdiff.ops.ddim_step import step_rows as ddim_rows
+    from fastdiff.ops.ddpm_step import step_rows as ddpm_rows
     from fastdiff.samplers import tables
     from fastdiff.schedules import get_sigmas_karras
 
     coefs = _coefs(device)
     if kind == "ddim_cfg_noise":
-        return ddim_step.step_rows(coefs, 1.0, "epsilon", False, 3.0)
+        return ddim_rows(coefs, 1.0, "epsilon", False, 3.0)
     if kind == "ddim":
-        return ddim_step.step_rows(coefs, 0.0, "epsilon", False, 1.0)
+        return ddim_rows(coefs, 0.0, "epsilon", False, 1.0)
     if kind == "ddpm_learned_range":
-        return ddpm_step.step_rows(coefs, "epsilon", ops.VAR_TYPES["learned_range"], False, 1.0)
+        return ddpm_rows(coefs, "epsilon", ops.VAR_TYPES["learned_range"], False, 1.0)
     sigmas = get_sigmas_karras(NUM_TIMESTEPS, 0.03, 14.6)
     return tables.dpmpp_2m(sigmas, space="vp", prediction="epsilon", cfg_scale=3.0).tensor(device)
 

@@ -39,9 +39,9 @@ FUSED = ("cpu", "cuda", "triton", "auto", "fused+graph")
 PROBE = """
 import importlib, torch
 from fastdiff import ops
-from fastdiff.ops import ddim_step
+from fastdiff.ops.ddim_step import step_rows
 ref = importlib.import_module("fastdiff.ops.sampler_step").reference
-rows = ddim_step.step_rows(ops.step_table([1e-4 * (i + 1) for i in range(100)]), 1.0, "epsilon", False, 3.0)
+rows = step_rows(ops.step_table([1e-4 * (i + 1) for i in range(100)]), 1.0, "epsilon", False, 3.0)
 x = torch.randn(1, 1, 4, 4)
 t = torch.randint(0, 100, (1,))
 torch.compile(ref, backend="inductor", fullgraph=True)(x, x, x, rows, t, None, 0, None, 1, 5, False)

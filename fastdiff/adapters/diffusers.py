@@ -78,7 +78,7 @@ from fastdiff.schedules import rescale_zero_terminal_snr  # noqa: F401
 from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops import ddpm_step as _ddpm
+from fastdiff.ops.ddpm_step import fused as _ddpm_fused
 from fastdiff.ops.q_sample import q_sample
 
 __all__ = ["FastDDIMScheduler", "FastDDPMScheduler"]
@@ -357,8 +357,8 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
         names = {code: name for name, code in C.PREDICTIONS.items()}
 
         def kernel(x, mo, mou, coefs, t, pred, var_type, clip, scale, noise, seed, offset, return_x0):
-            return _ddpm.fused(x, mo, mou, coefs, t, names[pred], var_type, clip, scale, noise,
-                               None if seed < 0 else seed, offset, return_x0, self.backend)
+            return _ddpm_fused(x, mo, mou, coefs, t, names[pred], var_type, clip, scale, noise, seed, offset,
+                               return_x0, self.backend)
         return kernel
 
     # ------------------------------------------------------------------ diffusers API

@@ -6,7 +6,7 @@ import torch
 
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops.sampler_step import conversion, sampler_step
+from fastdiff.ops import sampler_step as _step
 
 
 def ddim_coefficients(ac, ac_prev, eta: float, xp=np):
@@ -19,11 +19,22 @@ def ddim_coefficients(ac, ac_prev, eta: float, xp=np):
     return c_x, xp.sqrt(ac_prev) - c_x * xp.sqrt(ac), sigma
 
 
+def x0_columns(coefs: torch.Tensor, prediction: str):
+    """(a_x, a_o) of x̂0 = a_x·x_t + a_o·out from the schedule table's x̂0 columns: ε: (1/√ᾱ, −√(1/ᾱ − 1)) (DDPM
+    eq. 15 inverted); v: (√ᾱ, −√(1 − ᾱ)) (Salimans & Ho); x0: (0, 1). The columns, not ᾱ, define x̂0, so a table
+    may rescale them (the diffusers adapters clip to ±r by dividing them by r)."""
+    if prediction == "epsilon":
+        return coefs[:, T.SQRT_RECIP_AC], -coefs[:, T.SQRT_RECIPM1_AC]
+    if prediction == "v":
+        return coefs[:, T.SQRT_AC], -coefs[:, T.SQRT_1M_AC]
+    return torch.zeros_like(coefs[:, 0]), torch.ones_like(coefs[:, 0])
+
+
 def step_rows(coefs: torch.Tensor, eta: float, prediction: str, clip_denoised: bool, guidance_scale: float):
     """The [T, STEP_NCOL] `sampler_step` table of DDIM from a [T, NCOEF] schedule table (device math, no sync)."""
     rows = coefs.new_zeros(coefs.shape[0], T.STEP_NCOL)
     c_x, c_d, sigma = ddim_coefficients(coefs[:, T.AC], coefs[:, T.AC_PREV], eta, torch)
-    rows[:, T.A_X], rows[:, T.A_O] = conversion(prediction, coefs[:, T.SQRT_AC], coefs[:, T.SQRT_1M_AC], torch)
+    rows[:, T.A_X], rows[:, T.A_O] = x0_columns(coefs, prediction)
     rows[:, T.CFG_SCALE] = guidance_scale
     rows[:, T.CLIP] = 1.0 if clip_denoised else 0.0
     rows[:, T.C_X], rows[:, T.C_D] = c_x, c_d
@@ -56,7 +67,9 @@ def ddim_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=eta > 0.0, generator=generator)
     if eta == 0.0:
         noise, seed, seed_tensor = None, -1, None
+    if model_output_uncond is not None:
+        C.check_model_output("model_output_uncond", model_output_uncond, x)
     rows = step_rows(coefs, eta, prediction, bool(clip_denoised), scale)
-    return sampler_step(x, model_output, rows, t, model_output_uncond=model_output_uncond, noise=noise,
-                        seed=seed_tensor if seed_tensor is not None else (None if seed < 0 else seed), offset=offset,
-                        return_denoised=return_x0, backend=backend)
+    x_prev, x0 = _step.run(x, model_output, model_output_uncond, rows, t, None, 0, noise, seed, int(offset),
+                           bool(return_x0), seed_tensor, backend)
+    return (x_prev, x0) if return_x0 else x_prev

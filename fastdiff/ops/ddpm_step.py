@@ -5,7 +5,8 @@ import torch
 
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops.sampler_step import conversion, sampler_step
+from fastdiff.ops import sampler_step as _step
+from fastdiff.ops.ddim_step import x0_columns
 
 _VAR_MODE = {0: 0, 1: 0, 2: 1, 3: 2}  # var_type code -> sampler_step var_mode (learned, learned_range)
 
@@ -15,7 +16,7 @@ def step_rows(coefs: torch.Tensor, prediction: str, var_type: int, clip_denoised
     x_{t-1} = μ̃_t(x_t, x̂0) + [t > 0]σ_t z with μ̃_t = coef1·x̂0 + coef2·x_t (eq. 7) and log σ²_t fixed
     (small: log β̃_t clipped; large: log β_t, β̃_1 at t = 0) or learned (the op's var_mode, eq. 15 columns)."""
     rows = coefs.new_zeros(coefs.shape[0], T.STEP_NCOL)
-    rows[:, T.A_X], rows[:, T.A_O] = conversion(prediction, coefs[:, T.SQRT_AC], coefs[:, T.SQRT_1M_AC], torch)
+    rows[:, T.A_X], rows[:, T.A_O] = x0_columns(coefs, prediction)
     rows[:, T.CFG_SCALE] = guidance_scale
     rows[:, T.CLIP] = 1.0 if clip_denoised else 0.0
     rows[:, T.C_X], rows[:, T.C_D] = coefs[:, T.POST_COEF2], coefs[:, T.POST_COEF1]
@@ -45,13 +46,13 @@ def log_variance(model_output, coefs, t, var_type: int, channels: int, dtype):
 
 
 def fused(x, model_output, model_output_uncond, coefs, t, prediction: str, var_type: int, clip_denoised: bool,
-          guidance_scale: float, noise, seed, offset: int, return_x0: bool, backend: str | None = None):
-    """(x_{t-1}, x̂0) of one validated DDPM step: one `sampler_step` launch (x̂0 empty unless return_x0)."""
+          guidance_scale: float, noise, seed: int, offset: int, return_x0: bool, backend: str | None = None,
+          seed_tensor=None):
+    """(x_{t-1}, x̂0) of one validated DDPM step: one `sampler_step` launch, no checks and no host reads (x̂0
+    empty unless return_x0; seed −1 without in-kernel noise)."""
     rows = step_rows(coefs, prediction, var_type, clip_denoised, guidance_scale)
-    out = sampler_step(x, model_output, rows, t, var_mode=_VAR_MODE[var_type],
-                       model_output_uncond=model_output_uncond, noise=noise, seed=seed, offset=offset,
-                       return_denoised=True, backend=backend)
-    return out[0], (out[1] if return_x0 else x.new_empty(0))
+    return _step.run(x, model_output, model_output_uncond, rows, t, None, _VAR_MODE[var_type], noise, seed, offset,
+                     return_x0, seed_tensor, backend)
 
 
 def ddpm_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, t, *, prediction="epsilon",
@@ -76,7 +77,8 @@ def ddpm_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     t = C.check_coefs_t(x, coefs, t)
     scale = C.check_guidance_scale(guidance_scale, model_output_uncond)
     seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=True, generator=generator)
+    if model_output_uncond is not None:
+        C.check_model_output("model_output_uncond", model_output_uncond, x)
     x_prev, x0 = fused(x, model_output, model_output_uncond, coefs, t, C.prediction_name(prediction), vt,
-                       bool(clip_denoised), scale, noise, seed_tensor if seed_tensor is not None else
-                       (None if seed < 0 else seed), int(offset), return_x0, backend)
+                       bool(clip_denoised), scale, noise, seed, int(offset), bool(return_x0), backend, seed_tensor)
     return (x_prev, x0) if return_x0 else x_prev

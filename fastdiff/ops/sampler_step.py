@@ -149,8 +149,16 @@ def sampler_step(x: torch.Tensor, model_output: torch.Tensor, table: torch.Tenso
         raise ValueError(f"var_mode={var_mode!r} needs model_output with 2C = {2 * x.shape[1]} channels "
                          f"(output and variance), got {model_output.shape[1]}")
     seed, seed_tensor = C.check_noise_args(x, noise, seed, offset, stochastic=False)
+    x_next, d = run(x, model_output, model_output_uncond, table, step, history, mode, noise, seed, int(offset),
+                    bool(return_denoised), seed_tensor, backend)
+    return (x_next, d) if return_denoised else x_next
+
+
+def run(x, model_output, model_output_uncond, table, step, history, var_mode: int, noise, seed: int, offset: int,
+        return_denoised: bool, seed_tensor=None, backend: str | None = None):
+    """The op on already validated arguments (the schema's, as `reference` takes them) on the chosen backend:
+    no checks, so no host reads (the step of a CUDA graph, a diffusers scheduler's `step`)."""
     impl = _backend.implementation("sampler_step", _backend.resolve("sampler_step", x.device, backend=backend),
                                    reference)
-    x_next, d = impl(x, model_output, model_output_uncond, table, step, history, mode, noise, seed, int(offset),
-                     bool(return_denoised), seed_tensor)
-    return (x_next, d) if return_denoised else x_next
+    return impl(x, model_output, model_output_uncond, table, step, history, var_mode, noise, seed, offset,
+                return_denoised, seed_tensor)
