@@ -15,6 +15,12 @@ TORCH_LIBRARY(fastdiff, m) {
       "ddpm_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, "
       "int prediction, int var_type, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, "
       "int offset, bool return_x0, Tensor? seed_tensor=None) -> (Tensor, Tensor)");
+  // The one sampler step (DESIGN §9): coefficients per sample from row step[n] of the [S, STEP_NCOL] table;
+  // history ([K, N, ...] slots, or None) is written in place; var_mode 0 table, 1 learned, 2 learned_range.
+  m.def(
+      "sampler_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor table, Tensor step, "
+      "Tensor(a!)? history, int var_mode, Tensor? noise, int seed, int offset, bool return_denoised, "
+      "Tensor? seed_tensor=None) -> (Tensor, Tensor)");
   m.def("q_sample(Tensor x_start, Tensor noise, Tensor coefs, Tensor t) -> Tensor");
   m.def("posterior_mean_variance(Tensor x_start, Tensor x_t, Tensor coefs, Tensor t) -> (Tensor, Tensor, Tensor)");
   m.def("randn_like(Tensor x, int seed, int offset) -> Tensor");
@@ -29,6 +35,7 @@ TORCH_LIBRARY(fastdiff, m) {
 TORCH_LIBRARY_IMPL(fastdiff, Autograd, m) {
   m.impl("ddim_step", torch::CppFunction::makeFallthrough());
   m.impl("ddpm_step", torch::CppFunction::makeFallthrough());
+  m.impl("sampler_step", torch::CppFunction::makeFallthrough());
   m.impl("randn_like", torch::CppFunction::makeFallthrough());
 }
 

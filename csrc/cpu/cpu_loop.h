@@ -87,15 +87,17 @@ void store(const A* buf, T* dst, int64_t len) {
   }
 }
 
-// out[n] = make(row, n) with row = &coefs[t[n], 0] (float or double), for every sample n.
+// out[n] = make(row, n) with row = &coefs[t[n], 0] (float or double), for every sample n. coefs: a contiguous
+// [T, NCOL] table of any width (the [T, NCOEF] schedule table, the [S, STEP_NCOL] sampler step table).
 template <typename S, typename F>
 std::vector<S> per_sample(const at::Tensor& coefs, const at::Tensor& t, const F& make) {
   const int64_t* tp = t.data_ptr<int64_t>();
+  const int64_t ncol = coefs.size(1);
   std::vector<S> out;
   out.reserve(t.numel());
   AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "fastdiff_coefs", [&] {
     const scalar_t* base = coefs.data_ptr<scalar_t>();
-    for (int64_t n = 0; n < t.numel(); ++n) out.push_back(make(base + tp[n] * coef::NCOEF, tp[n]));
+    for (int64_t n = 0; n < t.numel(); ++n) out.push_back(make(base + tp[n] * ncol, tp[n]));
   });
   return out;
 }
@@ -122,6 +124,19 @@ void with_flags(const F& f, bool b, Rest... rest) {
     with_flags([&](auto... bs) { f(std::true_type{}, bs...); }, rest...);
   } else {
     with_flags([&](auto... bs) { f(std::false_type{}, bs...); }, rest...);
+  }
+}
+
+// f(std::integral_constant<int, k>) for a runtime count 0 <= k <= Max: loops over k items get a compile-time trip
+// count, so they unroll and the inner loop stays branch-free.
+template <int Max, typename F>
+void with_count(int k, const F& f) {
+  if constexpr (Max == 0) {
+    f(std::integral_constant<int, 0>{});
+  } else if (k == Max) {
+    f(std::integral_constant<int, Max>{});
+  } else {
+    with_count<Max - 1>(k, f);
   }
 }
 

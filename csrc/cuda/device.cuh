@@ -44,22 +44,26 @@ __device__ __forceinline__ Pack<T, V> load(const T* p) { return *reinterpret_cas
 template <typename T, int V>
 __device__ __forceinline__ void store(T* p, const Pack<T, V>& v) { *reinterpret_cast<Pack<T, V>*>(p) = v; }
 
-// Row t of the coefficient table cast to R, or NaNs when t is out of range (never read out of bounds; asserts
-// in debug builds), so a bad timestep poisons its sample instead of reading garbage.
-template <typename R>
-__device__ __forceinline__ void load_row(const R* coefs, int64_t table_len, int64_t t, R (&row)[coef::NCOEF]) {
+// Row t of a contiguous [T, NCOL] table (the [T, NCOEF] schedule table, the [S, STEP_NCOL] sampler step table),
+// or NaNs when t is out of range (never read out of bounds; asserts in debug builds only: setup.py and
+// cuda-check build with -DNDEBUG), so a bad index poisons its sample instead of reading garbage.
+template <typename R, int NCOL>
+__device__ __forceinline__ void load_row(const R* coefs, int64_t table_len, int64_t t, R (&row)[NCOL]) {
   const bool ok = t >= 0 && t < table_len;
-  assert(ok && "fastdiff: t out of range [0, T)");
+  assert(ok && "fastdiff: table row index out of range [0, T)");
 #pragma unroll
-  for (int k = 0; k < coef::NCOEF; ++k) row[k] = ok ? coefs[t * coef::NCOEF + k] : R(NAN);
+  for (int k = 0; k < NCOL; ++k) row[k] = ok ? coefs[t * NCOL + k] : R(NAN);
 }
 
 // Whether a step draws in-kernel Philox noise, and its seed: *seed_ptr (device memory, so a captured CUDA graph
 // sees the value at replay) or the scalar seed. Read once per thread; the 8 bytes sit in L2 after the first warp.
-__host__ __device__ __forceinline__ bool has_philox_seed(const StepParams& p) {
+// P: any launch parameter struct with seed and seed_ptr (StepParams, SamplerStepParams).
+template <typename P>
+__host__ __device__ __forceinline__ bool has_philox_seed(const P& p) {
   return p.seed_ptr != nullptr || p.seed >= 0;
 }
-__device__ __forceinline__ uint64_t step_seed(const StepParams& p) {
+template <typename P>
+__device__ __forceinline__ uint64_t step_seed(const P& p) {
   return static_cast<uint64_t>(p.seed_ptr != nullptr ? *p.seed_ptr : p.seed);
 }
 
@@ -113,16 +117,23 @@ void dispatch_dtypes(DType dtype, DType coefs_dtype, const F& f) {
 // a row length that is not a multiple of V sends the whole tensor down the scalar path (a vector body plus a
 // scalar tail per row would keep 16-byte accesses where the row start is aligned), and rows shorter than 32·V
 // leave lanes of their one block idle (several rows per block would fill it).
+// vec: whether the kernel's every row length is a multiple of V and every pointer 16-byte aligned.
 template <typename T, typename F>
-void launch_step_rows(const Rows& rows, const StepParams& p, const F& launch) {
+void launch_rows(const Rows& rows, bool vec, const F& launch) {
   constexpr int V = 16 / sizeof(T);
-  const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
-                   aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
   if (vec) {
     launch(std::integral_constant<int, V>{}, row_launch(rows.n, rows.m / V));
   } else {
     launch(std::integral_constant<int, 1>{}, row_launch(rows.n, rows.m));
   }
+}
+
+template <typename T, typename F>
+void launch_step_rows(const Rows& rows, const StepParams& p, const F& launch) {
+  constexpr int V = 16 / sizeof(T);
+  const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
+                   aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
+  launch_rows<T>(rows, vec, launch);
 }
 
 }  // namespace cuda

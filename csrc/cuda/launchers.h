@@ -17,7 +17,7 @@ struct Rows {
 };
 
 struct TableArgs {
-  const void* coefs = nullptr;  // [T, NCOEF] float or double
+  const void* coefs = nullptr;  // [T, NCOL] float or double (NCOL: the kernel's table width)
   DType coefs_dtype = DType::kFloat;
   int64_t table_len = 0;        // T; rows with t[n] outside [0, T) produce NaN (and assert in debug builds)
   const int64_t* t = nullptr;   // [N]
@@ -36,6 +36,21 @@ struct StepParams {
   const int64_t* seed_ptr = nullptr;
 };
 
+// The one sampler step (fastdiff.ops.sampler_step, DESIGN §9); the table is TableArgs' [S, STEP_NCOL] step table
+// and t its row per sample.
+struct SamplerStepParams {
+  const void *x = nullptr, *mo = nullptr, *mou = nullptr, *noise = nullptr;  // mou / noise may be null
+  void *out = nullptr, *d = nullptr;                                          // d (the returned D) may be null
+  // [K, N, M], contiguous, or null (K = 0): slots read where their row coefficient is nonzero and written in
+  // place after every read of the element (WRITE_D / WRITE_X).
+  void* history = nullptr;
+  int history_len = 0;
+  int64_t mo_row = 0, mou_row = 0;  // Mo, Mu: row lengths of model_output(_uncond) (M or 2M)
+  int var_mode = 0;                 // 0 table, 1 learned, 2 learned_range (v: model_output channels C..2C)
+  int64_t seed = -1, offset = 0;    // as StepParams
+  const int64_t* seed_ptr = nullptr;
+};
+void launch_sampler_step(DType dtype, Rows rows, TableArgs table, const SamplerStepParams& p, cudaStream_t stream);
 
 // DDIM eq. 12 and DDPM eq. 7 steps (see fastdiff/sampler_math.h).
 void launch_ddim_step(DType dtype, Rows rows, TableArgs table, const StepParams& p, cudaStream_t stream);

@@ -11,7 +11,8 @@ from fastdiff.ops import q_sample as _qs
 
 
 def _step_fake(x, return_x0: bool):
-    """(x_{t-1}, x̂0) of a sampler step: contiguous like x: [N, C, ...]; x̂0 empty [0] unless return_x0."""
+    """(x_{t-1}, x̂0) of a sampler step (or sampler_step's (x_next, D)): contiguous like x: [N, C, ...]; the
+    second empty [0] unless return_x0 / return_denoised."""
     return torch.empty_like(x, memory_format=torch.contiguous_format), (
         torch.empty_like(x, memory_format=torch.contiguous_format) if return_x0 else x.new_empty(0))
 
@@ -42,6 +43,10 @@ def register() -> None:
     torch.library.register_fake("fastdiff::ddpm_step")(
         lambda x, mo, mou, coefs, t, pred, vt, clip, scale, noise, seed, offset, rx0, seed_tensor=None:
         _step_fake(x, rx0))
+    # sampler_step writes history in place (Tensor(a!)?) and returns new tensors, like the other steps.
+    torch.library.register_fake("fastdiff::sampler_step")(
+        lambda x, mo, mou, table, step, history, var_mode, noise, seed, offset, rd, seed_tensor=None:
+        _step_fake(x, rd))
     torch.library.register_fake("fastdiff::q_sample")(
         lambda x_start, noise, coefs, t: torch.empty_like(x_start, memory_format=torch.contiguous_format))
 

@@ -1,5 +1,5 @@
 // Argument checks shared by the CPU (csrc/cpu) and CUDA (csrc/cuda/*_torch.cpp) registrations: one copy of each
-// check, with messages that name the argument, mirroring fastdiff/ops/_common.py. Includes torch; never include
+// check, with messages that name the argument, mirroring fastdiff/ops/common.py. Includes torch; never include
 // it from a .cu file.
 #pragma once
 
@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Optional.h>
+#include <c10/util/StringUtil.h>
 
 #include "fastdiff/coefs.h"
 
@@ -24,26 +25,34 @@ inline void check_float(const char* name, const at::Tensor& v, const at::Tensor*
   }
 }
 
-// Validates coefs [T, NCOEF] (float32/float64) and t [N] (int32/int64) on x's device; returns contiguous int64 t.
-// The range check 0 <= t < T runs on CPU only (on CUDA it would synchronise; the kernels guard on device).
+// A [S, NCOL] float32/float64 table on x's device with S > 0 (the caller checks NCOL, naming the table's kind),
+// and its row indices t: int32/int64 [N] on x's device. The range check 0 <= t < S runs on CPU only (on CUDA it
+// would synchronise; the kernels poison a bad row with NaN on device). Returns t as contiguous int64.
+// Mirrors check_index_table in fastdiff/ops/common.py.
+inline at::Tensor check_index_table(const char* table_name, const char* index_name, const at::Tensor& x,
+                                    const at::Tensor& table, const at::Tensor& t) {
+  TORCH_CHECK(table.size(0) > 0, table_name, " must have at least one row, got shape ", table.sizes());
+  TORCH_CHECK(table.scalar_type() == at::kFloat || table.scalar_type() == at::kDouble, table_name,
+              " must be float32 or float64, got ", table.scalar_type());
+  TORCH_CHECK(table.device() == x.device(), table_name, " is on ", table.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, index_name,
+              " must be an int32/int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0), index_name, " must have shape [N] = [", x.size(0),
+              "] (one row index per sample), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), index_name, " is on ", t.device(), " but x is on ", x.device());
+  if (t.device().is_cpu() && t.numel() > 0) {
+    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < table.size(0), index_name, " must lie in [0, ", table.size(0), ") (the rows of ",
+                table_name, "), got min ", lo, " max ", hi);
+  }
+  return t.to(at::kLong).contiguous();
+}
+
+// Validates coefs [T, NCOEF] and t [N] (check_index_table); returns contiguous int64 t.
 inline at::Tensor check_coefs_t(const at::Tensor& x, const at::Tensor& coefs, const at::Tensor& t) {
   TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == coef::NCOEF, "coefs must be a [T, ", int(coef::NCOEF),
               "] table from fastdiff.ops.step_table, got shape ", coefs.sizes());
-  TORCH_CHECK(coefs.size(0) > 0, "coefs must have at least one row (T > 0), got shape ", coefs.sizes());
-  TORCH_CHECK(coefs.scalar_type() == at::kFloat || coefs.scalar_type() == at::kDouble,
-              "coefs must be float32 or float64, got ", coefs.scalar_type());
-  TORCH_CHECK(coefs.device() == x.device(), "coefs is on ", coefs.device(), " but x is on ", x.device());
-  TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, "t must be an int32/int64 tensor, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0), "t must have shape [N] = [", x.size(0),
-              "] (one timestep index per sample), got ", t.sizes());
-  TORCH_CHECK(t.device() == x.device(), "t is on ", t.device(), " but x is on ", x.device());
-  if (t.device().is_cpu() && t.numel() > 0) {
-    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < coefs.size(0), "t must lie in [0, ", coefs.size(0), ") (the table's T), got min ",
-                lo, " max ", hi);
-  }
-  return t.to(at::kLong).contiguous();
+  return check_index_table("coefs", "t", x, coefs, t);
 }
 
 inline void check_model_output(const char* name, const at::Tensor& mo, const at::Tensor& x) {
@@ -98,10 +107,11 @@ inline int64_t host_seed(const StepArgs& a, int64_t seed) {
   return v;
 }
 
-inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
-                           const c10::optional<at::Tensor>& model_output_uncond, const at::Tensor& coefs,
-                           const at::Tensor& t, const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
-                           const c10::optional<at::Tensor>& seed_tensor) {
+// x, the model outputs and the noise source of a sampler step: every StepArgs field but coefs and t.
+inline StepArgs check_step_inputs(const at::Tensor& x, const at::Tensor& model_output,
+                                  const c10::optional<at::Tensor>& model_output_uncond,
+                                  const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
+                                  const c10::optional<at::Tensor>& seed_tensor) {
   check_float("x", x);
   TORCH_CHECK(x.dim() >= 2, "x must be [N, C, ...] with at least 2 dims, got shape ", x.sizes());
   check_model_output("model_output", model_output, x);
@@ -117,14 +127,79 @@ inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
   }
   check_seed_offset(seed, offset);
   a.seed = check_seed_tensor(x, seed_tensor, a.noise, seed);
-  a.t = check_coefs_t(x, coefs, t);
   a.x = x.contiguous();
   a.mo = model_output.contiguous();
-  a.coefs = coefs.contiguous();
   a.n = x.size(0);
   a.m = a.n > 0 ? x.numel() / a.n : 0;
   a.mo_row = a.n > 0 ? a.mo.numel() / a.n : 0;
   a.mou_row = a.mou.defined() && a.n > 0 ? a.mou.numel() / a.n : 0;
+  return a;
+}
+
+inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
+                           const c10::optional<at::Tensor>& model_output_uncond, const at::Tensor& coefs,
+                           const at::Tensor& t, const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
+                           const c10::optional<at::Tensor>& seed_tensor) {
+  StepArgs a = check_step_inputs(x, model_output, model_output_uncond, noise, seed, offset, seed_tensor);
+  a.t = check_coefs_t(x, coefs, t);
+  a.coefs = coefs.contiguous();
+  return a;
+}
+
+// ------------------------------------------------------------------ sampler_step (fastdiff/ops/sampler_step.py)
+
+// The [S, STEP_NCOL] step table and its row indices `step` (check_index_table); returns contiguous int64 step.
+inline at::Tensor check_table_step(const at::Tensor& x, const at::Tensor& table, const at::Tensor& step) {
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == step::STEP_NCOL, "table must be a [S, ", int(step::STEP_NCOL),
+              "] sampler step table (fastdiff.samplers.tables), got shape ", table.sizes());
+  return check_index_table("table", "step", x, table, step);
+}
+
+// history: absent, or [K, *x.shape] with 1 <= K <= MAX_HISTORY, x's dtype and device, and contiguous (the kernels
+// write its slots in place, so it cannot be copied into a contiguous temporary). Returns K (0 when absent).
+inline int64_t check_history(const at::Tensor& x, const c10::optional<at::Tensor>& history) {
+  if (!history.has_value()) return 0;
+  const at::Tensor& h = *history;
+  check_float("history", h, &x);
+  TORCH_CHECK(h.dim() == x.dim() + 1 && h.sizes().slice(1) == x.sizes() && h.size(0) >= 1 &&
+                  h.size(0) <= step::MAX_HISTORY,
+              "history must have shape [K, *x.shape] = [K, ", c10::Join(", ", x.sizes()), "] with 1 <= K <= ",
+              int(step::MAX_HISTORY), ", got ", h.sizes());
+  TORCH_CHECK(h.is_contiguous(), "history must be contiguous (the step writes into it in place)");
+  return h.size(0);
+}
+
+// var_mode 0 (table), 1 (learned) or 2 (learned_range); the learned ones read v from channels C..2C.
+inline void check_var_mode(int64_t var_mode, const at::Tensor& model_output, const at::Tensor& x) {
+  TORCH_CHECK(var_mode >= step::VAR_MODE_TABLE && var_mode <= step::VAR_MODE_LEARNED_RANGE,
+              "var_mode must be 0 (table), 1 (learned) or 2 (learned_range), got ", var_mode);
+  if (var_mode != step::VAR_MODE_TABLE) {
+    TORCH_CHECK(model_output.size(1) == 2 * x.size(1), "var_mode=", var_mode, " needs model_output with 2C = ",
+                2 * x.size(1), " channels (output and variance), got ", model_output.size(1));
+  }
+}
+
+// A sampler_step's arguments: StepArgs with coefs = the step table and t = the int64 step rows, plus history
+// (undefined when absent; the caller's tensor itself, written in place) and its slot count K.
+struct SamplerStepArgs : StepArgs {
+  at::Tensor history;
+  int64_t k_slots = 0;
+};
+
+inline SamplerStepArgs check_sampler_step(const at::Tensor& x, const at::Tensor& model_output,
+                                          const c10::optional<at::Tensor>& model_output_uncond,
+                                          const at::Tensor& table, const at::Tensor& step,
+                                          const c10::optional<at::Tensor>& history, int64_t var_mode,
+                                          const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
+                                          const c10::optional<at::Tensor>& seed_tensor) {
+  SamplerStepArgs a;
+  static_cast<StepArgs&>(a) = check_step_inputs(x, model_output, model_output_uncond, noise, seed, offset,
+                                                seed_tensor);
+  a.t = check_table_step(x, table, step);
+  a.coefs = table.contiguous();
+  a.k_slots = check_history(x, history);
+  if (history.has_value()) a.history = *history;
+  check_var_mode(var_mode, model_output, x);
   return a;
 }
 

@@ -1,7 +1,9 @@
-// Column indices of the [T, NCOEF] coefficient table; mirrors fastdiff/ops/_table.py exactly.
+// Column indices of the fused ops' tables; each enum mirrors its Python constants exactly.
 #pragma once
 
 namespace fastdiff {
+
+// The [T, NCOEF] coefficient table of the DDPM / DDIM ops (fastdiff/ops/table.py, top).
 namespace coef {
 enum : int {
   AC = 0,                  // ᾱ_t
@@ -19,6 +21,33 @@ enum : int {
   NCOEF = 12
 };
 }  // namespace coef
+
+// Column indices of the [S, STEP_NCOL] sampler step table of fastdiff.ops.sampler_step (DESIGN §9); mirrors the
+// constants at the end of fastdiff/ops/table.py exactly. Per row: o = o_u + CFG_SCALE·(o_c − o_u);
+// D = clip(A_X·x + A_O·o, ±CLIP) (CLIP <= 0: none); x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z; then D is
+// written to history slot WRITE_D and x to slot WRITE_X (-1: none).
+namespace step {
+enum : int {
+  CFG_SCALE = 0,  // w of the CFG combine
+  A_X = 1,        // D = A_X·x + A_O·o
+  A_O = 2,
+  CLIP = 3,       // clamp D to [−CLIP, CLIP] when CLIP > 0
+  C_X = 4,        // x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z
+  C_D = 5,
+  C_Z = 6,
+  C_H = 7,        // C_H + k for history slot k < MAX_HISTORY
+  MAX_HISTORY = 3,
+  WRITE_D = C_H + MAX_HISTORY,  // 10: slot that receives D (a float holding an int; -1: none)
+  WRITE_X = WRITE_D + 1,        // 11: slot that receives x
+  LOGVAR_HI = WRITE_X + 1,      // 12: log β_t
+  LOGVAR_LO = LOGVAR_HI + 1,    // 13: log β̃_t (clipped)
+  STEP_NCOL = LOGVAR_LO + 1     // 14
+};
+
+// var_mode codes, as fastdiff.ops.table.VAR_MODES: σ_var = 1, or exp(½ log σ²) with log σ² = v (learned) or
+// the Improved DDPM eq. 15 interpolation (learned_range).
+enum VarMode : int { VAR_MODE_TABLE = 0, VAR_MODE_LEARNED = 1, VAR_MODE_LEARNED_RANGE = 2 };
+}  // namespace step
 
 // Kernel codes, as in fastdiff/ops/_common.py (PREDICTIONS, VAR_TYPES).
 enum Prediction : int { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 };
