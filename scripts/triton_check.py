@@ -58,8 +58,9 @@ ELEMENTWISE_ARCHS = (80, 90)
 # spill at most 336 B (fp16/bf16 dK/dV at BLOCK_D 64 on sm_90); 1 KiB flags any tile that goes back to spilling
 # whole rows.
 ATTENTION_SPILL_BYTES = 1024
-ELEMENTWISE = ("_ddim_step_kernel", "_ddpm_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel",
-               "_stats_kernel", "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
+ELEMENTWISE = ("_ddim_step_kernel", "_ddpm_step_kernel", "_sampler_step_kernel", "_q_sample_kernel",
+               "_posterior_kernel", "_randn_kernel", "_stats_kernel", "_apply_kernel", "_bwd_sums_kernel",
+               "_bwd_dx_kernel")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -140,6 +141,51 @@ def drive_step_kernels():
                                   a["seed_tensor"])
 
 
+def _step_table(table_dtype, rows: int = 8):
+    """A [rows, STEP_NCOL] sampler step table (fastdiff.ops.sampler_step) with every term in use: guidance,
+    clipping, all history slots read and written, noise with both log-variance ends."""
+    from fastdiff.ops import table as T
+    table = torch.rand(rows, T.STEP_NCOL, dtype=torch.float64) + 0.1
+    table[:, T.WRITE_D], table[:, T.WRITE_X] = 0, T.MAX_HISTORY - 1
+    table[:, T.LOGVAR_HI], table[:, T.LOGVAR_LO] = -3.0, -4.0
+    return table.to(table_dtype)
+
+
+def drive_sampler_step():
+    """sampler_step: the full feature set (guidance, MAX_HISTORY slots, learned-range variance, Philox noise, D
+    output) at every tile class in every dtype, and every other value of each constexpr once (one at a time from
+    the full set) at the image tile in every dtype: 0..MAX_HISTORY-1 slots, var modes 0 and 1, noise from a tensor,
+    a device seed or none (which also sets var mode 0: σ_var only scales noise), no guidance, no D, and the other
+    table dtype (the op takes a float32 or float64 table with any x)."""
+    from fastdiff.ops import table as T
+    from fastdiff.triton_kernels.sampler_step import sampler_step
+    for dtype in DTYPES:
+        table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        table = _step_table(table_dtype)
+        for shape_name, shape in SHAPES.items():
+            x = _randn(shape, dtype)
+            full = dict(model_output=torch.cat([x, x], 1), model_output_uncond=x.clone(),
+                        history=torch.zeros((T.MAX_HISTORY,) + shape, dtype=dtype), var_mode=2, noise=None, seed=7,
+                        return_denoised=True, seed_tensor=None)
+            variants = {"full": {}}
+            if shape_name == "img":
+                variants.update({f"history={k}": dict(history=full["history"][:k] if k else None)
+                                 for k in range(T.MAX_HISTORY)})
+                variants.update({
+                    "var=table": dict(var_mode=0, model_output=x.clone()), "var=learned": dict(var_mode=1),
+                    "noise=tensor": dict(noise=x.clone(), seed=-1), "noise=none": dict(seed=-1),
+                    "seed=tensor": dict(seed=-1, seed_tensor=torch.tensor([5])),
+                    "nocfg": dict(model_output_uncond=None), "noD": dict(return_denoised=False),
+                    "table=other": dict(table=_step_table(
+                        torch.float32 if table_dtype == torch.float64 else torch.float64))})
+            for vname, change in variants.items():
+                a = {"table": table, **full, **change}
+                with case(f"sampler_step {shape_name} {vname}"):
+                    sampler_step(x, a["model_output"], a["model_output_uncond"], a["table"],
+                                 torch.randint(0, a["table"].shape[0], (shape[0],)), a["history"], a["var_mode"],
+                                 a["noise"], a["seed"], 0, a["return_denoised"], a["seed_tensor"])
+
+
 def drive_table_kernels():
     """q_sample, posterior_mean_variance and randn_like: every dtype at every tile class."""
     from fastdiff.triton_kernels.posterior_mean_variance import posterior_mean_variance
@@ -189,7 +235,7 @@ def drive_attention():
                 attention_backward(qkv, out, lse, out.clone(), heads, True)
 
 
-DRIVERS = (drive_step_kernels, drive_table_kernels, drive_adagn, drive_attention)
+DRIVERS = (drive_step_kernels, drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention)
 
 
 def capture() -> list[Launch]:

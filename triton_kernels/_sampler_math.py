@@ -50,11 +50,18 @@ def load_t(t_ptr, rows, row_mask, T):
 
 
 @triton.jit
-def coef_rows(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
-    """coefs[t[n], COL] for each row, ACC [ROWS]; NaN for t = -1 (out of range, see load_t)."""
+def table_rows(table_ptr, t, COL: tl.constexpr, NCOL: tl.constexpr, ACC: tl.constexpr):
+    """table[t[n], COL] of a contiguous [T, NCOL] table for each row, ACC [ROWS]; NaN for t = -1 (out of range,
+    see load_t), whose load goes to row 0 instead."""
     valid = t >= 0
-    value = tl.load(coefs_ptr + tl.where(valid, t, 0) * K.NCOEF + COL).to(ACC)
+    value = tl.load(table_ptr + tl.where(valid, t, 0) * NCOL + COL).to(ACC)
     return tl.where(valid, value, float("nan"))
+
+
+@triton.jit
+def coef_rows(coefs_ptr, t, COL: tl.constexpr, ACC: tl.constexpr):
+    """coefs[t[n], COL] of the [T, NCOEF] coefficient table for each row, ACC [ROWS]; NaN for t = -1."""
+    return table_rows(coefs_ptr, t, COL, K.NCOEF, ACC)
 
 
 @triton.jit
@@ -92,9 +99,15 @@ def predict_x0(x, out, coefs_ptr, t, PREDICTION: tl.constexpr, ACC: tl.constexpr
 def clip(x0, CLIP: tl.constexpr):
     """x̂0 clamped to [-1, 1] when CLIP (guided-diffusion's clip_denoised)."""
     if CLIP:
-        # Comparisons rather than min/max: NaN stays NaN as in torch.clamp, in fp32 and fp64 alike.
-        x0 = tl.where(x0 < -1.0, -1.0, tl.where(x0 > 1.0, 1.0, x0))
+        x0 = clamp_abs(x0, 1.0)
     return x0
+
+
+@triton.jit
+def clamp_abs(v, bound):
+    """v clamped to [-bound, bound] (bound: a number or an ACC [ROWS, 1] column, > 0)."""
+    # Comparisons rather than min/max: NaN stays NaN as in torch.clamp, in fp32 and fp64 alike.
+    return tl.where(v < -bound, -bound, tl.where(v > bound, bound, v))
 
 
 @triton.jit
@@ -136,10 +149,16 @@ def ddpm_log_variance(v, coefs_ptr, t, VAR_TYPE: tl.constexpr, ACC: tl.constexpr
     elif VAR_TYPE == 2:
         log_var = v
     else:
-        frac = (v + 1.0) / 2.0
-        log_var = (frac * coef(coefs_ptr, t, K.LOG_BETA, ACC)
-                   + (1.0 - frac) * coef(coefs_ptr, t, K.POST_LOGVAR, ACC))
+        log_var = learned_range_log_variance(v, coef(coefs_ptr, t, K.LOG_BETA, ACC),
+                                             coef(coefs_ptr, t, K.POST_LOGVAR, ACC))
     return log_var
+
+
+@triton.jit
+def learned_range_log_variance(v, log_hi, log_lo):
+    """Improved DDPM eq. 15: frac·log β_t + (1 − frac)·log β̃_t, frac = (v + 1)/2 (log_hi, log_lo: [ROWS, 1])."""
+    frac = (v + 1.0) / 2.0
+    return frac * log_hi + (1.0 - frac) * log_lo
 
 
 @triton.jit
@@ -189,3 +208,54 @@ def step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE
 def nonzero_t(t, ACC: tl.constexpr):
     """[t > 0] as an ACC [ROWS, 1] column: no noise is added on the last step (t = 0)."""
     return (t != 0).to(ACC)[:, None]
+
+
+# ------------------------------------------------------------------------------ the one sampler step (DESIGN §9)
+# Rows r = step[n] of the [S, STEP_NCOL] step table (fastdiff.ops.table, mirrored in _coefs); r = -1 marks a step
+# outside [0, S) (load_t), whose coefficients are NaN.
+
+@triton.jit
+def step_coef(table_ptr, r, COL: tl.constexpr, ACC: tl.constexpr):
+    """table[r[n], COL] as an ACC [ROWS, 1] column; NaN for r = -1."""
+    return table_rows(table_ptr, r, COL, K.STEP_NCOL, ACC)[:, None]
+
+
+@triton.jit
+def write_slot(table_ptr, r, COL: tl.constexpr):
+    """The history slot int(table[r[n], COL]) a row writes to (WRITE_D / WRITE_X), int32 [ROWS, 1]: -1 (no write)
+    where that is no slot in [0, MAX_HISTORY), for NaN, and for r = -1 (an out-of-range step writes nothing).
+    Read per row from the device table, so choosing the slot needs no host read."""
+    value = tl.load(table_ptr + tl.where(r >= 0, r, 0) * K.STEP_NCOL + COL)
+    # Truncation toward zero in the table's dtype, as the reference's .to(int64); values outside (-1, MAX_HISTORY)
+    # truncate to no slot either way, and are replaced before the cast so it never sees NaN or a huge value.
+    in_range = (r >= 0) & (value > -1.0) & (value < K.MAX_HISTORY)
+    return tl.where(in_range, value, -1.0).to(tl.int32)[:, None]
+
+
+@triton.jit
+def sparse_term(c, value):
+    """c·value where c != 0, else 0: a zero coefficient drops its term even when value is inf or NaN."""
+    return tl.where(c != 0, c * value, 0.0)
+
+
+@triton.jit
+def denoised(x, o, table_ptr, r, ACC: tl.constexpr):
+    """D = clip(a_x·x + a_o·o): the denoised estimate from ε / x0 / v / flow velocity, clamped to ±CLIP where
+    CLIP > 0 (NaN stays NaN). x, o: ACC [ROWS, BLOCK_M]."""
+    d = step_coef(table_ptr, r, K.A_X, ACC) * x + step_coef(table_ptr, r, K.A_O, ACC) * o
+    bound = step_coef(table_ptr, r, K.CLIP, ACC)
+    return tl.where(bound > 0, clamp_abs(d, bound), d)
+
+
+@triton.jit
+def step_noise_scale(v, table_ptr, r, VAR_MODE: tl.constexpr, ACC: tl.constexpr):
+    """c_z·σ_var: the noise coefficient, times exp(½ log σ²) for a learned variance (VAR_MODE 1: log σ² = v;
+    2: Improved DDPM eq. 15 between LOGVAR_LO and LOGVAR_HI). v: ACC [ROWS, BLOCK_M] (unused for VAR_MODE 0)."""
+    c = step_coef(table_ptr, r, K.C_Z, ACC)
+    if VAR_MODE == 1:
+        c = c * tl.exp(0.5 * v)
+    elif VAR_MODE == 2:
+        log_var = learned_range_log_variance(v, step_coef(table_ptr, r, K.LOGVAR_HI, ACC),
+                                             step_coef(table_ptr, r, K.LOGVAR_LO, ACC))
+        c = c * tl.exp(0.5 * log_var)
+    return c
