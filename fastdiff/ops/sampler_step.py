@@ -5,6 +5,7 @@ Per sample n, with row r = step[n] of the [S, STEP_NCOL] table (columns in `fast
     o      = o_u + w·(o_c − o_u)                         classifier-free guidance (Ho & Salimans eq. 6, w = 1 + w')
     D      = clip(a_x·x + a_o·o)                         the denoised estimate from ε / x0 / v / flow velocity
     x_next = c_x·x + c_D·D + Σ_k c_k·H_k + c_z·σ_var·z   H_k: history slots (earlier D's or x's); z: noise
+             + c_o·o + c_ou·o_u                          the raw outputs (unclipped ε of diffusers' DDIM; CFG++)
 
 and D (and x) are written into history slots, so multistep solvers keep their past in device memory and a
 whole loop of any sampler stays one CUDA graph. The samplers' math lives in their table builders
@@ -27,7 +28,8 @@ def reference(x, model_output, model_output_uncond, table, step, history, var_mo
     x: [N, C, ...]; model_output(_uncond): [N, C or 2C, ...] (channels C..2C: the learned variance v, read
     from the conditional output when var_mode is 1 or 2); table: [S, STEP_NCOL] float32/float64; step: int64
     [N] rows; history: None or [K, N, C, ...] (K <= MAX_HISTORY, x's dtype, contiguous), updated in place;
-    var_mode: 0 (σ_var = 1), 1 (learned: log σ² = v), 2 (learned_range, Improved DDPM eq. 15);
+    var_mode: 0 (σ_var = 1), 1 (learned: log σ² = v), 2 (learned_range, Improved DDPM eq. 15); c_o·o and c_ou·o_u
+    are added after c_D·D, each only where its coefficient is nonzero (c_ou only with an unconditional output);
     noise / seed / seed_tensor as in `fastdiff.ops.ddim_step` (no noise term with none of them).
     Returns (x_next, D) with D empty unless return_denoised. Operation order is the kernels' (each adds the
     terms in this order, in the accumulation dtype).
@@ -36,12 +38,19 @@ def reference(x, model_output, model_output_uncond, table, step, history, var_mo
     g = lambda col: C.gather(table, step, col, x.dim(), acc)  # noqa: E731
     xf = x.to(acc)
     channels = x.shape[1]
-    o = C.guided_output(model_output, model_output_uncond, 1.0, channels, acc) if model_output_uncond is None \
-        else _cfg(model_output, model_output_uncond, g(T.CFG_SCALE), channels, acc)
+    o = model_output[:, :channels].to(acc)
+    if model_output_uncond is not None:  # o_u + w·(o_c − o_u)
+        o_u = model_output_uncond[:, :channels].to(acc)
+        o = o_u + g(T.CFG_SCALE) * (o - o_u)
     d = g(T.A_X) * xf + g(T.A_O) * o
     clip = g(T.CLIP)
     d = torch.where(clip > 0, torch.minimum(torch.maximum(d, -clip), clip), d)
     x_next = g(T.C_X) * xf + g(T.C_D) * d
+    c_o = g(T.C_O)
+    x_next = x_next + torch.where(c_o != 0, c_o * o, 0.0)
+    if model_output_uncond is not None:
+        c_ou = g(T.C_OU)
+        x_next = x_next + torch.where(c_ou != 0, c_ou * o_u, 0.0)
     k_slots = 0 if history is None else history.shape[0]
     for k in range(k_slots):
         c_k = g(T.C_H + k)
@@ -81,13 +90,6 @@ def conversion(prediction: str, alpha, sigma, xp=np):
     if prediction == "flow":
         return 1.0 / (alpha + sigma), -sigma / (alpha + sigma)
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-
-
-def _cfg(model_output, model_output_uncond, scale, channels: int, acc):
-    """o_u + w·(o_c − o_u) with a per-row scale w: [N, 1, ...]."""
-    cond = model_output[:, :channels].to(acc)
-    unc = model_output_uncond[:, :channels].to(acc)
-    return unc + scale * (cond - unc)
 
 
 def learned_log_variance(model_output, table, step, var_mode: int, channels: int, dtype):

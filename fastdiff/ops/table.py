@@ -99,6 +99,7 @@ def betas_for_timesteps(alphas_cumprod, timesteps) -> np.ndarray:
 #   o      = o_u + CFG_SCALE·(o_c − o_u)                       (when an unconditional output is given)
 #   D      = clip(A_X·x + A_O·o, ±CLIP)                        (CLIP <= 0: no clipping)
 #   x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z       (a history slot with coefficient 0 is not read)
+#            + C_O·o + C_OU·o_u                                (the raw outputs: diffusers' unclipped-ε DDIM, CFG++)
 # then D is written to history slot WRITE_D and x to slot WRITE_X (-1: none). σ_var is 1, or the learned
 # standard deviation exp(½ log σ²) with log σ² = v (learned) or frac·LOGVAR_HI + (1 − frac)·LOGVAR_LO,
 # frac = (v + 1)/2 (learned_range, Improved DDPM eq. 15). Mirrored in csrc/include/fastdiff/coefs.h and
@@ -116,5 +117,7 @@ WRITE_D = C_H + MAX_HISTORY  # 10
 WRITE_X = WRITE_D + 1        # 11
 LOGVAR_HI = WRITE_X + 1      # 12: log β_t
 LOGVAR_LO = LOGVAR_HI + 1    # 13: log β̃_t (clipped)
-STEP_NCOL = LOGVAR_LO + 1    # 14
+C_O = LOGVAR_LO + 1          # 14: coefficient of the (guided) model output o itself
+C_OU = C_O + 1               # 15: coefficient of the unconditional output o_u (0 without one)
+STEP_NCOL = C_OU + 1         # 16
 VAR_MODES = {"table": 0, "learned": 1, "learned_range": 2}

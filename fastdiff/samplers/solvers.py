@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastdiff import ops
+from fastdiff import ops, schedules
 from fastdiff.ops import common as C
 from fastdiff.samplers import tables
 from fastdiff.samplers.unipc import unipc
@@ -58,8 +58,7 @@ class DiscreteVPDenoiser(Denoiser):
 
     def __init__(self, inner_model: Callable, alphas_cumprod, prediction: str = "epsilon", quantize: bool = False):
         super().__init__(inner_model)
-        ac = np.asarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu())
-        self.sigmas = np.sqrt((1 - ac) / ac)
+        self.sigmas = schedules.vp_sigmas(np.asarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()))
         self.log_sigmas = np.log(self.sigmas)
         self.prediction = C.prediction_name(prediction) if prediction != "flow" else prediction
         self.quantize = quantize
@@ -73,12 +72,8 @@ class DiscreteVPDenoiser(Denoiser):
         return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: np.ndarray) -> np.ndarray:
-        """Timestep of σ: linear interpolation of the index in log σ (k-diffusion's DiscreteSchedule)."""
-        log_s = np.log(np.asarray(sigma, dtype=np.float64))
-        if self.quantize:
-            return np.abs(log_s[None] - self.log_sigmas[:, None]).argmin(axis=0).astype(np.int64)
-        idx = np.arange(len(self.log_sigmas), dtype=np.float64)
-        return np.interp(log_s, self.log_sigmas, idx)
+        """Timestep of σ: the index interpolated in log σ, or the nearest one when quantized (int64)."""
+        return schedules.sigma_to_t(sigma, self.sigmas, quantize=self.quantize)
 
     def get_sigmas(self, n: int) -> np.ndarray:
         """n σ's evenly spaced in t from T−1 to 0, plus a final 0 (k-diffusion's DiscreteSchedule.get_sigmas)."""
@@ -176,6 +171,8 @@ def _sample(builder, model, x, sigmas, extra_args, callback, disable, *, predict
         else sigmas.astype(np.float64)
     if uncond_args is None and not np.all(np.asarray(cfg_scale) == 1.0):
         raise ValueError("cfg_scale needs uncond_args (the model kwargs of the unconditional branch)")
+    if options.get("cfg_pp") and uncond_args is None:
+        raise ValueError("cfg_pp (CFG++) renoises with the unconditional output: it needs uncond_args")
     table = builder(sig, space=model.space, prediction=model.prediction, clip=clip, cfg_scale=cfg_scale, **options)
     return run_table(model, x, table, extra_args, callback, disable, uncond_args=uncond_args,
                      noise_sampler=noise_sampler, seed=seed, generator=generator, backend=backend,
@@ -195,6 +192,7 @@ def _doc(builder):
 
 @_doc(tables.euler)
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+    """cfg_pp=True: CFG++ (guidance scale λ = cfg_scale, typically in (0, 1])."""
     return _sample(tables.euler, model, x, sigmas, extra_args, callback, disable, **options)
 
 

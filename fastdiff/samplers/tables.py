@@ -101,9 +101,9 @@ class _Rows:
         self.skip: list[tuple[float, float]] = []  # LCM's (c_skip, c_out) boundary condition on D, else (0, 1)
 
     def add(self, step: int, sig: float, *, c_x=0.0, c_d=0.0, c_z=0.0, h: Sequence[float] = (), write_d=-1,
-            write_x=-1, skip=(0.0, 1.0)) -> np.ndarray:
+            write_x=-1, skip=(0.0, 1.0), c_o=0.0, c_ou=0.0) -> np.ndarray:
         row = np.zeros(T.STEP_NCOL)
-        row[T.C_X], row[T.C_D], row[T.C_Z] = c_x, c_d, c_z
+        row[T.C_X], row[T.C_D], row[T.C_Z], row[T.C_O], row[T.C_OU] = c_x, c_d, c_z, c_o, c_ou
         for k, c in enumerate(h):
             row[T.C_H + k] = c
         row[T.WRITE_D], row[T.WRITE_X] = write_d, write_x
@@ -187,14 +187,21 @@ def _first_order(p: _Point, q: _Point) -> tuple[float, float]:
 # -------------------------------------------------------------------------------------------- samplers
 
 
-def euler(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+def euler(sigmas, *, space: str = "ve", prediction: str = "x0", cfg_pp: bool = False, **common) -> StepTable:
     """Euler steps of the probability-flow ODE dx̃/dσ̃ = (x̃ − D)/σ̃ (Karras et al. 2022 Algorithm 2 without
-    churn; flow matching's Euler x + (s_next − s)·v in "flow" space)."""
+    churn; flow matching's Euler x + (s_next − s)·v in "flow" space). cfg_pp: CFG++ (Chung et al. 2024 eq. 12):
+    renoise along the *unconditional* ε̂_u, x_next = α_n·D_λ + σ_n·ε̂_u with D_λ guided at scale λ = cfg_scale
+    (typically ≤ 1); ε̂_u = e_x·x + e_o·o_u from ε = (x − αD)/σ, so the row reads o_u through C_OU."""
     pts = _points(space, sigmas)
     rows = _Rows(space, 0)
     for i, (p, q) in enumerate(zip(pts, pts[1:])):
         c_x, c_d = _first_order(p, q)
-        rows.add(i, p.sig, c_x=c_x, c_d=c_d)
+        c_ou = 0.0
+        if cfg_pp:
+            a_x, a_o = (float(v[0]) for v in conversion(prediction, np.array([p.alpha]), np.array([p.sigma])))
+            c_x, c_d = q.sigma * (1.0 - p.alpha * a_x) / p.sigma, q.alpha
+            c_ou = -q.sigma * p.alpha * a_o / p.sigma
+        rows.add(i, p.sig, c_x=c_x, c_d=c_d, c_ou=c_ou)
     return rows.table(prediction, **common)
 
 
@@ -230,15 +237,18 @@ def heun(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> Step
     return rows.table(prediction, **common)
 
 
-def dpmpp_2m(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+def dpmpp_2m(sigmas, *, lower_order_final: bool = False, space: str = "ve", prediction: str = "x0",
+             **common) -> StepTable:
     """DPM-Solver++(2M) (Lu et al. 2022b Algorithm 2): x_next = (σ_n/σ)x − α_n·expm1(−h)·D_d with
-    D_d = (1 + 1/2r)D − (1/2r)D_prev, r = h_prev/h; first order on the first step and the step to σ = 0."""
+    D_d = (1 + 1/2r)D − (1/2r)D_prev, r = h_prev/h; first order on the first step and the step to σ = 0, and
+    with `lower_order_final` on the last step of fewer than 15 (diffusers' DPMSolverMultistepScheduler)."""
     pts = _points(space, sigmas)
     rows = _Rows(space, 1)
+    last = _lower_order_last(len(pts) - 1, lower_order_final)
     for i, (p, q) in enumerate(zip(pts, pts[1:])):
         c_x, c_d = _first_order(p, q)
         c_prev = 0.0
-        if i > 0 and q.sigma > 0:
+        if i > 0 and q.sigma > 0 and i != last:
             r = (p.lam - pts[i - 1].lam) / (q.lam - p.lam)
             c_d, c_prev = c_d * (1 + 1 / (2 * r)), -c_d / (2 * r)
         rows.add(i, p.sig, c_x=c_x, c_d=c_d, h=(c_prev,), write_d=0)
@@ -246,13 +256,16 @@ def dpmpp_2m(sigmas, *, space: str = "ve", prediction: str = "x0", **common) -> 
 
 
 def dpmpp_2m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint",
-                 space: str = "ve", prediction: str = "x0", **common) -> StepTable:
+                 lower_order_final: bool = False, space: str = "ve", prediction: str = "x0",
+                 **common) -> StepTable:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b §5, k-diffusion's sample_dpmpp_2m_sde): the data-prediction SDE
-    step x_n = (σ_n/σ)e^{−ηh}x + α_n(1 − e^{−(1+η)h})D + 2nd-order term + σ_n√(1 − e^{−2ηh})·z; x_n = D at σ_n = 0."""
+    step x_n = (σ_n/σ)e^{−ηh}x + α_n(1 − e^{−(1+η)h})D + 2nd-order term + σ_n√(1 − e^{−2ηh})·z; x_n = D at σ_n = 0;
+    `lower_order_final`: first order on the last step of fewer than 15 (diffusers)."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     pts = _points(space, sigmas)
     rows = _Rows(space, 1)
+    last = _lower_order_last(len(pts) - 1, lower_order_final)
     for i, (p, q) in enumerate(zip(pts, pts[1:])):
         if q.sigma == 0.0:
             rows.add(i, p.sig, c_d=q.alpha, write_d=0)
@@ -261,13 +274,18 @@ def dpmpp_2m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, solver_type:
         eh = eta * h
         phi = -math.expm1(-h - eh)
         c_d, c_prev = q.alpha * phi, 0.0
-        if i > 0:
+        if i > 0 and i != last:
             r = (p.lam - pts[i - 1].lam) / h
             k = 0.5 * phi if solver_type == "midpoint" else phi / (-h - eh) + 1.0
             c_d, c_prev = c_d + q.alpha * k / r, -q.alpha * k / r
         c_z = q.sigma * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
         rows.add(i, p.sig, c_x=q.sigma / p.sigma * math.exp(-eh), c_d=c_d, c_z=c_z, h=(c_prev,), write_d=0)
     return rows.table(prediction, **common)
+
+
+def _lower_order_last(steps: int, lower_order_final: bool) -> int:
+    """The step that diffusers' lower_order_final makes first order (the last of fewer than 15), else -1."""
+    return steps - 1 if lower_order_final and steps < 15 else -1
 
 
 def dpmpp_3m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, space: str = "ve", prediction: str = "x0",
@@ -345,25 +363,43 @@ def lcm(alphas_cumprod, timesteps, *, timestep_scaling: float = 10.0, sigma_data
 
 
 def ddim(alphas_cumprod, timesteps, *, eta: float = 0.0, prediction: str = "epsilon",
-         final_alpha_cumprod: float = 1.0, **common) -> StepTable:
+         final_alpha_cumprod: float = 1.0, prev_timesteps=None, clipped_eps: bool = True,
+         **common) -> StepTable:
     """DDIM (Song et al. eq. 12) over the descending `timesteps` of a process with ᾱ = alphas_cumprod:
     x_prev = √ᾱ_prev·x̂0 + √(1 − ᾱ_prev − σ²)·ε̂ + σz, σ = η√((1−ᾱ_prev)/(1−ᾱ))√(1 − ᾱ/ᾱ_prev), ε̂ from
     the (clipped) x̂0 as guided-diffusion does (`fastdiff.ops.ddim_step.ddim_coefficients`); the last step goes
-    to ᾱ_prev = final_alpha_cumprod (diffusers' set_alpha_to_one=False: ᾱ_0)."""
+    to ᾱ_prev = final_alpha_cumprod (diffusers' set_alpha_to_one=False: ᾱ_0). prev_timesteps (one per visit,
+    descending order; < 0: final_alpha_cumprod) replaces each step's target timestep (default: the next visit;
+    diffusers' DDIMScheduler: t − T//n). clipped_eps=False: the direction term uses the model's raw ε̂, not the
+    one re-derived from the clipped x̂0 (diffusers' DDIMScheduler default, use_clipped_model_output=False)."""
     ac, ts, ac_prev = _visits(alphas_cumprod, timesteps, final_alpha_cumprod)
+    if prev_timesteps is not None:
+        prev = [int(p) for p in prev_timesteps]
+        if len(prev) != len(ts) or max(prev) >= len(ac):
+            raise ValueError(f"prev_timesteps must give one timestep below {len(ac)} per visit ({len(ts)}), "
+                             f"got {prev}")
+        ac_prev = np.array([ac[p] if p >= 0 else float(final_alpha_cumprod) for p in prev])
     a = ac[ts]
     c_x, c_d, sigma = ddim_coefficients(a, ac_prev, eta)
     rows = _Rows("vp", 0)
     for i in range(len(ts)):
-        rows.add(i, _vp_sig(a[i]), c_x=c_x[i], c_d=c_d[i], c_z=sigma[i])  # σ = 0 into ᾱ_prev = 1
+        cx, cd, co = c_x[i], c_d[i], 0.0
+        if not clipped_eps:  # ε̂ = e_x·x + e_o·o from the raw output: ε, v (ε = √ᾱ·v + √(1−ᾱ)·x) or x0
+            e_x, e_o = {"epsilon": (0.0, 1.0), "v": (math.sqrt(1 - a[i]), math.sqrt(a[i])),
+                        "x0": (1 / math.sqrt(1 - a[i]), -math.sqrt(a[i] / (1 - a[i])))}[prediction]
+            direction = cx * math.sqrt(1 - a[i])  # √(1 − ᾱ_prev − σ²)
+            cx, cd, co = direction * e_x, math.sqrt(ac_prev[i]), direction * e_o
+        rows.add(i, _vp_sig(a[i]), c_x=cx, c_d=cd, c_o=co, c_z=sigma[i])  # σ = 0 into ᾱ_prev = 1
     return rows.table(prediction, timesteps=ts, **common)
 
 
 def ddpm(alphas_cumprod, timesteps, *, var_type: str = "fixed_small", prediction: str = "epsilon",
-         **common) -> StepTable:
+         final_noise: bool = False, **common) -> StepTable:
     """Ancestral DDPM (Ho et al. eq. 7 / Algorithm 2) over the respaced `timesteps` (Improved DDPM §4):
     x_prev = coef1·x̂0 + coef2·x + σ_t z with the posterior of the respaced process; σ_t fixed (small: β̃_t,
-    large: β_t) or learned (var_mode 1, 2: Improved DDPM eq. 15 between LOGVAR_LO = log β̃ and LOGVAR_HI = log β)."""
+    large: β_t) or learned (var_mode 1, 2: Improved DDPM eq. 15 between LOGVAR_LO = log β̃ and LOGVAR_HI = log β).
+    final_noise: noise on the last step too when its timestep is > 0, as diffusers' DDPMScheduler adds it at every
+    t > 0 (there β̃ = 0, floored at 1e-20; fixed_large: β)."""
     from fastdiff.ops.common import var_type_name
     from fastdiff.ops.table import betas_for_timesteps, schedule_coefficients
 
@@ -377,10 +413,14 @@ def ddpm(alphas_cumprod, timesteps, *, var_type: str = "fixed_small", prediction
     for i, t in enumerate(ts):
         k = s - 1 - i
         c_z = 0.0 if k == 0 else (1.0 if var_mode else math.exp(0.5 * fixed[k]))
+        lo = co["posterior_log_variance_clipped"][k]
+        if k == 0 and final_noise and t > 0:
+            lo = math.log(max(co["posterior_variance"][0], 1e-20))
+            c_z = 1.0 if var_mode else math.exp(0.5 * (co["log_betas"][0] if var_type == "fixed_large" else lo))
         a = co["alphas_cumprod"][k]
         row = rows.add(i, _vp_sig(a), c_x=co["posterior_mean_coef2"][k],
                        c_d=co["posterior_mean_coef1"][k], c_z=c_z)
-        row[T.LOGVAR_HI], row[T.LOGVAR_LO] = co["log_betas"][k], co["posterior_log_variance_clipped"][k]
+        row[T.LOGVAR_HI], row[T.LOGVAR_LO] = co["log_betas"][k], lo
     return rows.table(prediction, var_mode=var_mode, timesteps=ts, **common)
 
 

@@ -177,7 +177,7 @@ def test_guidance_scale_without_an_unconditional_output_is_refused(op):
 def test_boolean_timesteps_are_refused():
     x = torch.randn(2, 3, 4)
     coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy())
-    with pytest.raises(TypeError, match="t must be an int timestep index"):
+    with pytest.raises(TypeError, match="t must be an int row index or an int32/int64 tensor, got a bool"):
         ops.q_sample(x, x, coefs, True)
     with pytest.raises(TypeError, match="t must be"):
         ops.ddim_step(x, x, coefs, torch.tensor([True, False]))

@@ -10,10 +10,10 @@ and DDIM η > 0 on every step, LCM on all but the last, DDPM at t > 0); `run_tab
 once per row with c_z ≠ 0, in order; the only peer draws without a matching row are on the last step, where
 they multiply 0 (σ_up = 0, σ_next = 0, ᾱ_prev = 1), so the two streams line up.
 
-The error is max|ours − peer| / max|peer| over the final sample (printed; run with -s to see it). Cases marked
-xfail (strict) are real differences between a builder and the peer; each reason names the builder (or op)
-option that would remove it, and the case already passes that option once the builder takes it (`_proposed`),
-so it turns into an XPASS failure, i.e. a reminder to drop the mark, when the option lands.
+The error is max|ours − peer| / max|peer| over the final sample (printed; run with -s to see it). The builders'
+peer-matching options are passed where diffusers differs from the papers' formulation: lower_order_final
+(DPM-Solver++ at < 15 steps), prev_timesteps (DDIM steps to t − T//n), clipped_eps=False (DDIM's raw ε̂
+beside a clipped x̂0: the op's C_O column) and final_noise (DDPM noise at a last t > 0).
 """
 from __future__ import annotations
 
@@ -85,13 +85,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy()
 
 
-def _proposed(builder, **options) -> dict:
-    """The builder options proposed for diffusers parity (see the xfail reasons) that `builder` already takes:
-    none today, so those cases fail; once an option exists its case passes and strict xfail flags the mark."""
-    params = inspect.signature(builder).parameters
-    return {k: v for k, v in options.items() if k in params}
-
-
 def _with_timesteps(table: tables.StepTable, timesteps) -> tables.StepTable:
     """The table with the peer's model timesteps (one per row)."""
     ts = _np(torch.as_tensor(timesteps))
@@ -135,7 +128,7 @@ def dpmpp(opts, model):
     sched.set_timesteps(opts["steps"])
     sigmas = _np(sched.sigmas)  # σ̃ = √((1 − ᾱ)/ᾱ) of the VP sample, then the final σ
     builder = tables.dpmpp_2m_sde if sde else tables.dpmpp_2m
-    options = _proposed(builder, lower_order_final=True)
+    options = {"lower_order_final": True}
     if sde:
         table = builder(sigmas, eta=1.0, solver_type="midpoint", space="vp", prediction="epsilon", **options)
     else:
@@ -164,8 +157,7 @@ def ddim(opts, model):
     sched.set_timesteps(opts["steps"])
     ts = sched.timesteps.tolist()
     step = sched.config.num_train_timesteps // opts["steps"]  # the peer steps from t to t − T//n
-    options = _proposed(tables.ddim, prev_timesteps=[t - step for t in ts],
-                        clipped_eps=opts.get("clipped_eps", False))
+    options = {"prev_timesteps": [t - step for t in ts], "clipped_eps": opts.get("clipped_eps", False)}
     table = tables.ddim(_np(sched.alphas_cumprod), ts, eta=opts["eta"], prediction="epsilon",
                         clip=1.0 if opts["clip"] else 0.0,
                         final_alpha_cumprod=float(sched.final_alpha_cumprod), **options)
@@ -178,32 +170,11 @@ def ddpm(opts, model):
                                     timestep_spacing=opts.get("spacing", "leading"))
     sched.set_timesteps(opts["steps"])
     table = tables.ddpm(_np(sched.alphas_cumprod), sched.timesteps.tolist(), var_type=opts["var"],
-                        prediction="epsilon", clip=1.0, **_proposed(tables.ddpm, final_noise=True))
+                        prediction="epsilon", clip=1.0, final_noise=True)
     return sched, {}, _Plain(model, "epsilon", "vp"), table
 
 
 # --------------------------------------------------------------------------------------------------- cases
-
-
-def _xfail(reason):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-_LOWER_ORDER_FINAL = (
-    "diffusers' DPMSolverMultistepScheduler (lower_order_final=True) takes a first-order step on the last of "
-    "fewer than 15 steps also when it ends at σ > 0 (final_sigmas_type='sigma_min'); tables.dpmpp_2m / "
-    "dpmpp_2m_sde only drop to first order on a step to σ = 0: needs their option lower_order_final")
-_DDIM_RAW_EPS = (
-    "diffusers' DDIM with clip_sample and use_clipped_model_output=False (its default) clips x̂0 but keeps "
-    "the raw ε̂ in the direction term; sampler_step only sees the clipped D: needs a table column C_O "
-    "(coefficient of the raw output o) and the ddim option clipped_eps=False")
-_DDIM_PREV_T = (
-    "diffusers' DDIM steps from t to ᾱ of t − T//n, not of the next visited timestep (they differ for "
-    "trailing spacing when n does not divide T); tables.ddim uses the next visited timestep: needs its "
-    "option prev_timesteps")
-_DDPM_FINAL_NOISE = (
-    "diffusers' DDPM adds noise at every t > 0, so with trailing spacing (last t = 99) its last step adds "
-    "√β·z for fixed_large; tables.ddpm never adds noise on the last step: needs its option final_noise")
 
 
 def _case(case_id: str, family, marks=(), **opts):
@@ -225,12 +196,12 @@ CASES = [
     _case("dpmpp_2m-20", dpmpp, algorithm=_DPM, steps=20),
     _case("dpmpp_2m-10-karras", dpmpp, algorithm=_DPM, steps=10, karras=True),
     _case("dpmpp_2m-20-sigma_min", dpmpp, algorithm=_DPM, steps=20, final="sigma_min"),
-    _case("dpmpp_2m-10-sigma_min", dpmpp, _xfail(_LOWER_ORDER_FINAL), algorithm=_DPM, steps=10,
+    _case("dpmpp_2m-10-sigma_min", dpmpp, algorithm=_DPM, steps=10,
           final="sigma_min"),
     _case("dpmpp_2m_sde-10", dpmpp, algorithm=_SDE, steps=10),
     _case("dpmpp_2m_sde-20", dpmpp, algorithm=_SDE, steps=20),
     _case("dpmpp_2m_sde-10-karras", dpmpp, algorithm=_SDE, steps=10, karras=True),
-    _case("dpmpp_2m_sde-10-sigma_min", dpmpp, _xfail(_LOWER_ORDER_FINAL), algorithm=_SDE, steps=10,
+    _case("dpmpp_2m_sde-10-sigma_min", dpmpp, algorithm=_SDE, steps=10,
           final="sigma_min"),
     _case("flow_euler-shift1", flow_euler, steps=10, shift=1.0),
     _case("flow_euler-shift3", flow_euler, steps=10, shift=3.0),
@@ -245,7 +216,7 @@ CASES = [
           clipped_eps=True),
     _case("ddim-eta0-clip-clipped_eps", ddim, steps=10, eta=0.0, spacing="trailing", clip=True,
           clipped_eps=True),
-    _case("ddim-eta0-clip-raw_eps", ddim, _xfail(_DDIM_RAW_EPS), steps=10, eta=0.0, spacing="leading",
+    _case("ddim-eta0-clip-raw_eps", ddim, steps=10, eta=0.0, spacing="leading",
           clip=True),
     _case("ddim-eta0-alpha_to_one_false", ddim, steps=10, eta=0.0, spacing="leading", clip=False,
           alpha_to_one=False),
@@ -253,12 +224,12 @@ CASES = [
     # to ᾱ_0 and adds noise for η > 0
     _case("ddim-eta1-alpha_to_one_false-offset1", ddim, steps=10, eta=1.0, spacing="leading", offset=1,
           clip=False, alpha_to_one=False),
-    _case("ddim-eta0-trailing-7", ddim, _xfail(_DDIM_PREV_T), steps=7, eta=0.0, spacing="trailing",
+    _case("ddim-eta0-trailing-7", ddim, steps=7, eta=0.0, spacing="trailing",
           clip=False),
     _case("ddpm-fixed_small", ddpm, steps=10, var="fixed_small"),
     _case("ddpm-fixed_large", ddpm, steps=10, var="fixed_large"),
     _case("ddpm-learned_range", ddpm, steps=10, var="learned_range"),
-    _case("ddpm-fixed_large-trailing", ddpm, _xfail(_DDPM_FINAL_NOISE), steps=10, var="fixed_large",
+    _case("ddpm-fixed_large-trailing", ddpm, steps=10, var="fixed_large",
           spacing="trailing"),
 ]
 

@@ -199,3 +199,25 @@ def test_bad_sigmas_name_the_argument():
         tables.dpmpp_2m_sde([2.0, 1.0, 0.0], solver_type="rk4")
     with pytest.raises(ValueError, match="cfg_scale needs uncond_args"):
         solvers.sample_euler(lambda x, s: x, torch.zeros(1, 1, 2), [2.0, 0.0], cfg_scale=2.0)
+
+
+def test_cfg_pp_renoises_with_the_unconditional_eps():
+    """CFG++ Euler (Chung et al. 2024): x_next = D_λ + σ_next·ε̂_u, the guided D with the unconditional ε."""
+    inner = _ToyNet(2)
+    shift = torch.full((2, 1, 1, 1), 0.1)
+    den = solvers.DiscreteVPDenoiser(lambda x, t, shift: inner(x, t) + shift, _betas_ac())
+    sigmas = den.get_sigmas(4)
+    lam = 0.6
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(7)) * float(sigmas[0])
+    out = solvers.sample_euler(den, x.clone(), sigmas, extra_args={"shift": shift}, uncond_args={"shift": -shift},
+                               cfg_scale=lam, cfg_pp=True, disable=True, backend="reference")
+    manual = x.clone()
+    for i in range(4):
+        t = torch.tensor(den.sigma_to_t(sigmas[i:i + 1])).expand(2)
+        eps_u = inner(manual / float(np.sqrt(sigmas[i] ** 2 + 1)), t) - shift
+        eps = eps_u + lam * 2 * shift
+        d = manual - float(sigmas[i]) * eps
+        manual = d + float(sigmas[i + 1]) * eps_u
+    torch.testing.assert_close(out, manual, rtol=1e-5, atol=1e-5 * float(manual.abs().max()))
+    with pytest.raises(ValueError, match="cfg_pp"):
+        solvers.sample_euler(den, x, sigmas, extra_args={"shift": shift}, cfg_pp=True)
