@@ -68,6 +68,13 @@ def test_cli_train_sample_eval(tmp_path, capsys):
     data = np.load(tmp_path / "s" / "samples.npz", allow_pickle=True)
     assert data["x"].shape == (300, 2) and np.isfinite(data["x"]).all()
     assert (tmp_path / "s" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    for sampler, schedule in (("dpmpp_2m", "karras"), ("unipc", "exponential"), ("euler_ancestral", "uniform"),
+                              ("lcm", "karras")):
+        out = tmp_path / f"s_{sampler}"
+        assert cli.main(["sample", "--ckpt", str(run_dir), "--sampler", sampler, "--schedule", schedule, "--steps",
+                         "6", "--num-samples", "40", "--out", str(out)]) == 0
+        x = np.load(out / "samples.npz", allow_pickle=True)["x"]
+        assert x.shape == (40, 2) and np.isfinite(x).all() and x.std() > 0.1, sampler
     capsys.readouterr()
     assert cli.main(["eval", "--ckpt", str(run_dir), "--num-samples", "200", "--steps", "10"]) == 0
     scores = json.loads(capsys.readouterr().out)

@@ -6,7 +6,7 @@ import torch
 
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops import sampler_step as _step
+from fastdiff.ops.sampler_step import run as run_step
 
 
 def ddim_coefficients(ac, ac_prev, eta: float, xp=np):
@@ -70,6 +70,6 @@ def ddim_step(x: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, 
     if model_output_uncond is not None:
         C.check_model_output("model_output_uncond", model_output_uncond, x)
     rows = step_rows(coefs, eta, prediction, bool(clip_denoised), scale)
-    x_prev, x0 = _step.run(x, model_output, model_output_uncond, rows, t, None, 0, noise, seed, int(offset),
+    x_prev, x0 = run_step(x, model_output, model_output_uncond, rows, t, None, 0, noise, seed, int(offset),
                            bool(return_x0), seed_tensor, backend)
     return (x_prev, x0) if return_x0 else x_prev

@@ -5,7 +5,7 @@ import torch
 
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops import sampler_step as _step
+from fastdiff.ops.sampler_step import run as run_step
 from fastdiff.ops.ddim_step import x0_columns
 
 _VAR_MODE = {0: 0, 1: 0, 2: 1, 3: 2}  # var_type code -> sampler_step var_mode (learned, learned_range)
@@ -51,7 +51,7 @@ def fused(x, model_output, model_output_uncond, coefs, t, prediction: str, var_t
     """(x_{t-1}, x̂0) of one validated DDPM step: one `sampler_step` launch, no checks and no host reads (x̂0
     empty unless return_x0; seed −1 without in-kernel noise)."""
     rows = step_rows(coefs, prediction, var_type, clip_denoised, guidance_scale)
-    return _step.run(x, model_output, model_output_uncond, rows, t, None, _VAR_MODE[var_type], noise, seed, offset,
+    return run_step(x, model_output, model_output_uncond, rows, t, None, _VAR_MODE[var_type], noise, seed, offset,
                      return_x0, seed_tensor, backend)
 
 

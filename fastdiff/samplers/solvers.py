@@ -17,8 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastdiff import ops, schedules
+from fastdiff import schedules
 from fastdiff.ops import common as C
+from fastdiff.ops import philox
+from fastdiff.ops import table as T
+from fastdiff.ops.sampler_step import run as run_step
 from fastdiff.samplers import tables
 from fastdiff.samplers.unipc import unipc
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
@@ -106,14 +109,17 @@ def _wrap(model, prediction: str | None, space: str):
 
 def run_table(model, x: torch.Tensor, table: tables.StepTable, extra_args: dict | None = None, callback=None,
               disable=None, *, uncond_args: dict | None = None, noise_sampler=None, seed: int | None = None,
-              generator: torch.Generator | None = None, backend: str | None = None, desc: str = "sampling"):
+              generator: torch.Generator | None = None, backend: str | None = None, desc: str = "sampling",
+              cfg_rescale: float = 0.0):
     """Run a sampler's table: per row one model evaluation (doubled batch under classifier-free guidance) and
     one fused `sampler_step`. model: a `Denoiser` or `_Plain` wrapper; x: [N, C, ...] the initial sample.
 
     Noise for rows with c_z ≠ 0: noise_sampler(σ_i, σ_{i+1}) (k-diffusion's convention, step σ's as 0-dim
     tensors), else in-kernel Philox keyed by `seed` (drawn from `generator` / torch's default generator when
     None) at offset step_offset(row). callback({"x", "i", "sigma", "sigma_hat", "denoised"}) once per step
-    with the x before it and D of its first model evaluation, as k-diffusion calls it.
+    with the x before it and D of its first model evaluation, as k-diffusion calls it. cfg_rescale: φ of
+    classifier-free guidance rescale (`rescale_outputs`; needs a per-sample reduction: ~8 eager ops per step
+    before the fused step, not fused).
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be the initial sample of shape [N, C, ...], got {getattr(x, 'shape', x)}")
@@ -132,6 +138,7 @@ def run_table(model, x: torch.Tensor, table: tables.StepTable, extra_args: dict 
     if noisy.any() and noise_sampler is None:
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
+        philox.check_seed_offset(seed, 0)
         if x.numel() >= 1 << STEP_OFFSET_SHIFT:
             raise ValueError(f"in-kernel noise needs N·M < 2^32 elements per step, x has {x.numel()}")
     step_sigmas = _step_sigmas(table)
@@ -139,21 +146,50 @@ def run_table(model, x: torch.Tensor, table: tables.StepTable, extra_args: dict 
     for r in tqdm(range(rows), desc=desc, disable=disable):
         x_in = x if scale_in[r] is None else x * scale_in[r]
         out, out_u = model_outputs(model.inner_model, x_in, model_t[r], extra_args, uncond_args)
-        kwargs = {}
-        if noisy[r]:
-            if noise_sampler is not None:
-                i = int(table.step[r])
-                kwargs["noise"] = noise_sampler(*step_sigmas[i]).to(x.dtype)
-            else:
-                kwargs.update(seed=seed, offset=step_offset(r))
-        x_next, denoised = ops.sampler_step(x, out, tab, step_rows[r], history=history, var_mode=table.var_mode,
-                                            model_output_uncond=out_u, return_denoised=True, backend=backend,
-                                            **kwargs)
+        C.check_model_output("model_output", out, x)
+        if table.var_mode and out.shape[1] != 2 * x.shape[1]:
+            raise ValueError(f"a learned-variance table needs model outputs with 2C = {2 * x.shape[1]} channels, "
+                             f"got {out.shape[1]}")
+        if out_u is not None:
+            C.check_model_output("model_output_uncond", out_u, x)
+            if cfg_rescale:
+                out, out_u = rescale_outputs(out, out_u, float(table.coefs[r, T.CFG_SCALE]), cfg_rescale,
+                                             x.shape[1])
+        noise, row_seed = None, -1
+        if noisy[r] and noise_sampler is not None:
+            noise = _checked_noise(noise_sampler(*step_sigmas[int(table.step[r])]), x)
+        elif noisy[r]:
+            row_seed = seed
+        # The table, rows, history and seed were checked once above: the step itself runs unchecked (no host work)
+        x_next, denoised = run_step(x, out, out_u, tab, step_rows[r], history, table.var_mode, noise, row_seed,
+                                    step_offset(r), True, None, backend)
         if callback is not None and first[r]:
             sigma = step_sigmas[int(table.step[r])][0]
             callback({"x": x, "i": int(table.step[r]), "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         x = x_next
     return x
+
+
+def rescale_outputs(out: torch.Tensor, out_u: torch.Tensor, scale: float, phi: float, channels: int):
+    """Classifier-free guidance rescale (Lin et al. 2023 §3.4, eqs. 15-16): with o = o_u + s(o_c − o_u), the
+    guided output becomes o·k, k = φ·std(o_c)/std(o) + 1 − φ per sample (std over all but the batch dim). As k
+    scales o linearly, the step's own combine of (k·o_c, k·o_u) gives it. out, out_u: [N, C or 2C, ...] with
+    C = channels; returns both scaled (their first C channels; variance channels unchanged)."""
+    c = channels
+    o_c, o_u = out[:, :c].float(), out_u[:, :c].float()
+    o = o_u + scale * (o_c - o_u)
+    dims = list(range(1, o.dim()))
+    k = phi * o_c.std(dim=dims, keepdim=True) / o.std(dim=dims, keepdim=True) + (1.0 - phi)
+    scaled = lambda t: torch.cat([(t[:, :c].float() * k).to(t.dtype), t[:, c:]], dim=1)  # noqa: E731
+    return scaled(out), scaled(out_u)
+
+
+def _checked_noise(noise, x: torch.Tensor) -> torch.Tensor:
+    """A noise sampler's tensor: x's shape, device and dtype (cast from another float dtype, as k-diffusion adds it)."""
+    if not isinstance(noise, torch.Tensor) or noise.shape != x.shape or noise.device != x.device:
+        raise ValueError(f"noise_sampler must return a tensor of x's shape {tuple(x.shape)} on {x.device}, got "
+                         f"{getattr(noise, 'shape', type(noise).__name__)}")
+    return noise.to(x.dtype)
 
 
 def _step_sigmas(table: tables.StepTable) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -165,7 +201,7 @@ def _step_sigmas(table: tables.StepTable) -> list[tuple[torch.Tensor, torch.Tens
 
 def _sample(builder, model, x, sigmas, extra_args, callback, disable, *, prediction=None, space="ve",
             cfg_scale=1.0, uncond_args=None, clip: float = 0.0, noise_sampler=None, seed=None, generator=None,
-            backend=None, **options):
+            backend=None, cfg_rescale: float = 0.0, **options):
     model = _wrap(model, prediction, space)
     sig = np.asarray(torch.as_tensor(sigmas, dtype=torch.float64).cpu()) if not isinstance(sigmas, np.ndarray) \
         else sigmas.astype(np.float64)
@@ -176,7 +212,7 @@ def _sample(builder, model, x, sigmas, extra_args, callback, disable, *, predict
     table = builder(sig, space=model.space, prediction=model.prediction, clip=clip, cfg_scale=cfg_scale, **options)
     return run_table(model, x, table, extra_args, callback, disable, uncond_args=uncond_args,
                      noise_sampler=noise_sampler, seed=seed, generator=generator, backend=backend,
-                     desc=builder.__name__)
+                     desc=builder.__name__, cfg_rescale=cfg_rescale)
 
 
 def _doc(builder):
@@ -184,8 +220,9 @@ def _doc(builder):
         fn.__doc__ = (f"Sample with `fastdiff.samplers.tables.{builder.__name__}` from x: [N, C, ...] at sigmas[0] "
                       f"through `sigmas` (descending, ending at 0). {fn.__doc__ or ''}\n\n"
                       "Common options: prediction (for a plain model: 'x0' = a k-diffusion denoiser, or 'epsilon' /"
-                      " 'v' / 'flow' raw outputs), cfg_scale (a number or one per step) with uncond_args, clip "
-                      "(|D| bound, 0: none), noise_sampler(σ, σ_next) or seed for the noise, backend.")
+                      " 'v' / 'flow' raw outputs), cfg_scale (a number or one per step) with uncond_args, "
+                      "cfg_rescale (φ of guidance rescale), clip (|D| bound, 0: none), noise_sampler(σ, σ_next) or "
+                      "seed for the noise, backend.")
         return fn
     return deco
 

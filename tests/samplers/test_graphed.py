@@ -98,7 +98,7 @@ def test_static_loop_keys_step_noise_by_its_device_seed_buffer(monkeypatch):
     """The loop hands the fused step its seed buffer (no noise tensor): what the buffer holds when the loop runs,
     not what it held when the loop was built, keys the noise, as in a graph replay."""
     calls = []
-    real = ops.ddpm_step
+    real = ops.sampler_step
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
@@ -107,7 +107,7 @@ def test_static_loop_keys_step_noise_by_its_device_seed_buffer(monkeypatch):
     loop = _loop(toy_model, sampling_plan(AC, 4, "ddpm"), (2, 3, 4, 4), backend="cpu")
     x_T = torch.randn(2, 3, 4, 4)
     loop.load(x_T, 5, {})
-    monkeypatch.setattr(ops, "ddpm_step", spy)
+    monkeypatch.setattr(ops, "sampler_step", spy)
     first = loop.run()
     monkeypatch.undo()
     assert [c["seed"] is loop.seed and "noise" not in c for c in calls] == [True] * 4
@@ -146,6 +146,29 @@ def test_static_loop_matches_the_eager_fused_ddim_loop_with_cfg_and_noise(backen
     got2 = loop.run()
     assert torch.equal(got2, expected2)
     assert (got2 - got).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler_ancestral", "heun", "unipc"])
+def test_static_loop_runs_the_sigma_space_solvers_as_the_eager_loop(sampler):
+    """A σ-space solver in the captured loop: the eager k-diffusion-style function on the same Karras σ's,
+    quantized model timesteps and Philox stream (initial noise σ_max·Philox(seed), step noise by row), with CFG."""
+    from fastdiff import samplers
+    from fastdiff.samplers.generate import sampling_sigmas
+
+    shape, steps, seed = (3, 2, 5, 7), 6, 11
+    y, null = torch.tensor([0, 1, 2]), torch.full((3,), 3)
+    loop = _loop(toy_model, sampling_plan(AC, steps, sampler), shape, guidance_scale=2.0, model_kwargs={"y": y},
+                 uncond_kwargs={"y": null}, backend="reference")
+    loop.load(None, seed, {})
+    got = loop.run()
+    den = samplers.DiscreteVPDenoiser(toy_model, AC, quantize=True)
+    sigmas = sampling_sigmas(den, steps, "karras")
+    x_T = ops.randn_like(torch.empty(shape), seed=seed) * float(sigmas[0])
+    expected = samplers.SAMPLERS[sampler](den, x_T, sigmas, {"y": y}, uncond_args={"y": null}, cfg_scale=2.0,
+                                          seed=seed, disable=True, backend="reference")
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        _loop(toy_model, sampling_plan(AC, steps, sampler), shape, schedule="cosine")
 
 
 def test_static_loop_respaced_ddpm_feeds_base_timesteps():

@@ -221,3 +221,22 @@ def test_cfg_pp_renoises_with_the_unconditional_eps():
     torch.testing.assert_close(out, manual, rtol=1e-5, atol=1e-5 * float(manual.abs().max()))
     with pytest.raises(ValueError, match="cfg_pp"):
         solvers.sample_euler(den, x, sigmas, extra_args={"shift": shift}, cfg_pp=True)
+
+
+def test_cfg_rescale_is_diffusers_rescale_noise_cfg():
+    """Guidance rescale (Lin et al. 2023 eq. 16): the step's combine of the rescaled outputs equals diffusers'
+    rescale_noise_cfg of the guided output; a whole loop with φ = 0.7 differs from φ = 0."""
+    from diffusers.guiders.guider_utils import rescale_noise_cfg
+
+    gen = torch.Generator().manual_seed(8)
+    o_c, o_u = torch.randn(3, 4, 5, 5, generator=gen), torch.randn(3, 4, 5, 5, generator=gen) * 0.5
+    a, b = solvers.rescale_outputs(o_c, o_u, 5.0, 0.7, 4)
+    torch.testing.assert_close(b + 5.0 * (a - b), rescale_noise_cfg(o_u + 5.0 * (o_c - o_u), o_c, 0.7))
+    den = solvers.DiscreteVPDenoiser(lambda x, t, s: _ToyNet()(x, t) * s, _betas_ac())
+    sig = den.get_sigmas(4)
+    x = torch.randn(3, 3, 4, 4, generator=gen) * float(sig[0])
+    scale = torch.ones(3, 1, 1, 1)
+    run = lambda phi: solvers.sample_dpmpp_2m(den, x, sig, {"s": scale}, uncond_args={"s": scale / 2},  # noqa: E731
+                                              cfg_scale=3.0, cfg_rescale=phi, disable=True, backend="reference")
+    plain, rescaled = run(0.0), run(0.7)
+    assert (rescaled - plain).abs().max() > 1e-2 * plain.abs().max()
