@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["GraphCaptureError", "GraphedSampler", "SamplingPlan", "StaticLoop", "sampling_plan"]
 
-SAMPLERS = ("ddim", "ddpm") + SIGMA_SAMPLERS
+SAMPLERS = ("ddim", "ddpm", "lcm") + SIGMA_SAMPLERS
 _CPU_MESSAGE = "GraphedSampler needs a CUDA device; got {} — use fastdiff.samplers.sample_ddim for the eager loop"
 
 
@@ -219,17 +219,19 @@ class StaticLoop:
         t_dtype = torch.float32 if any(isinstance(t, float) for t in model_t) else torch.int64
         self.model_t = torch.tensor(model_t, dtype=t_dtype).to(self.device).unsqueeze(1).expand(r, n).contiguous()
         self.c_in = [None if c == 1.0 else float(c) for c in c_in]
-        self.init_sigma = float(self.steps.sigmas[0]) if plan.sampler in SIGMA_SAMPLERS else 1.0
+        self.init_sigma = float(self.steps.sigmas[0]) if plan.sampler in SIGMA_SAMPLERS else 1.0  # σ-space x_T
 
     def _table(self, plan: SamplingPlan, eta: float, schedule: str):
         """(StepTable, model input timestep per row, input scale c_in per row) of the plan's sampler."""
         ac = plan.alphas_cumprod
         common = dict(prediction=plan.prediction, clip=1.0 if plan.clip_denoised else 0.0,
                       cfg_scale=1.0 if self.guidance_scale is None else self.guidance_scale)
-        if plan.sampler in ("ddim", "ddpm"):
+        if plan.sampler in ("ddim", "ddpm", "lcm"):
             visits = plan.table_ts[plan.first_step_row:][::-1]
             model_t = [plan.model_t[plan.table_ts.index(t)] for t in visits]
-            if plan.sampler == "ddim":
+            if plan.sampler == "lcm":
+                table = tables.lcm(ac, visits, **common)
+            elif plan.sampler == "ddim":
                 final = float(ac[plan.table_ts[0]]) if plan.first_step_row else 1.0
                 table = tables.ddim(ac, visits, eta=eta, final_alpha_cumprod=final, **common)
             else:

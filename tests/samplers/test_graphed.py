@@ -171,6 +171,17 @@ def test_static_loop_runs_the_sigma_space_solvers_as_the_eager_loop(sampler):
         _loop(toy_model, sampling_plan(AC, steps, sampler), shape, schedule="cosine")
 
 
+def test_static_loop_runs_lcm_as_the_eager_loop():
+    shape, seed = (2, 2, 3, 5), 4
+    loop = _loop(toy_model, sampling_plan(AC, 4, "lcm"), shape, backend="reference")
+    x_T = torch.randn(shape)
+    loop.load(x_T, seed, {})
+    from fastdiff.samplers import sample_lcm
+    expected = sample_lcm(toy_model, x_T, [750, 500, 250, 0], alphas_cumprod=AC, seed=seed, disable=True,
+                          backend="reference")
+    torch.testing.assert_close(loop.run(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_static_loop_respaced_ddpm_feeds_base_timesteps():
     """SpacedDiffusion with learned range and rescaled timesteps: the model sees timestep_map · 1000/T."""
     diffusion = create_gaussian_diffusion(steps=2000, learn_sigma=True, timestep_respacing="20",
