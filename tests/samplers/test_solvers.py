@@ -47,19 +47,25 @@ def kdiffusion():
     return module
 
 
+def _both_loops(kdiffusion, name: str, model, den, steps: int, shape, seed: int, **ours):
+    """(k-diffusion's sample_<name>, ours) from the same σ-space x_T and the same noise per step."""
+    sigmas = torch.tensor(den.get_sigmas(steps), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) * sigmas[0]
+    noises = [torch.randn(shape, generator=gen) for _ in range(steps)]
+    kw = (lambda: {"noise_sampler": _noise_sampler(noises)}) if name in STOCHASTIC else dict
+    expected = getattr(kdiffusion, f"sample_{name}")(model, x.clone(), sigmas, disable=True, **kw())
+    actual = getattr(solvers, f"sample_{name}")(model, x.clone(), sigmas, disable=True, **ours, **kw())
+    return expected, actual
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("name", KD_SAMPLERS)
 def test_matches_kdiffusion(kdiffusion, name, prediction):
     """A whole 12-step loop equals k-diffusion's function of the same name (its own code running our denoiser's
     eager D, ours fusing the ε/v → D conversion into the step) within 1e-5 relative, fp32."""
     den = solvers.DiscreteVPDenoiser(_ToyNet(), _betas_ac(), prediction=prediction)
-    sigmas = torch.tensor(den.get_sigmas(12), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 3, 5, 5, generator=gen) * sigmas[0]
-    noises = [torch.randn(3, 3, 5, 5, generator=gen) for _ in range(12)]
-    kw = (lambda: {"noise_sampler": _noise_sampler(noises)}) if name in STOCHASTIC else dict
-    expected = getattr(kdiffusion, f"sample_{name}")(den, x.clone(), sigmas, disable=True, **kw())
-    actual = getattr(solvers, f"sample_{name}")(den, x.clone(), sigmas, disable=True, backend="reference", **kw())
+    expected, actual = _both_loops(kdiffusion, name, den, den, 12, (3, 3, 5, 5), 1, backend="reference")
     rel = float((actual - expected).norm() / expected.norm())
     assert rel <= 1e-5, f"{name}/{prediction}: relative error {rel:.2e}"
     assert float((actual - expected).abs().max()) <= 1e-5 * float(expected.abs().max()) * 4
@@ -70,13 +76,7 @@ def test_plain_denoiser_matches_kdiffusion(kdiffusion, name):
     """A k-diffusion denoiser model(x, σ) -> D (prediction 'x0') runs unchanged."""
     den = solvers.DiscreteVPDenoiser(_ToyNet(1), _betas_ac(), prediction="epsilon")
     plain = lambda x, sigma, **kw: den(x, sigma, **kw)  # noqa: E731 (not a Denoiser: D comes out)
-    sigmas = torch.tensor(den.get_sigmas(8), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 4, 4, generator=gen) * sigmas[0]
-    noises = [torch.randn(2, 3, 4, 4, generator=gen) for _ in range(8)]
-    kw = (lambda: {"noise_sampler": _noise_sampler(noises)}) if name in STOCHASTIC else dict
-    expected = getattr(kdiffusion, f"sample_{name}")(plain, x.clone(), sigmas, disable=True, **kw())
-    actual = getattr(solvers, f"sample_{name}")(plain, x.clone(), sigmas, disable=True, **kw())
+    expected, actual = _both_loops(kdiffusion, name, plain, den, 8, (2, 3, 4, 4), 2)
     assert float((actual - expected).norm() / expected.norm()) <= 1e-5
 
 
