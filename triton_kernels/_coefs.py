@@ -25,7 +25,7 @@ CFG_SCALE = tl.constexpr(0)   # w of o = o_u + w·(o_c − o_u)
 A_X = tl.constexpr(1)         # D = clip(A_X·x + A_O·o)
 A_O = tl.constexpr(2)
 CLIP = tl.constexpr(3)        # D clamped to [−CLIP, CLIP] when CLIP > 0
-C_X = tl.constexpr(4)         # x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z
+C_X = tl.constexpr(4)         # x_next = C_X·x + C_D·D + C_O·o + C_OU·o_u + Σ_k C_H+k·H_k + C_Z·σ_var·z
 C_D = tl.constexpr(5)
 C_Z = tl.constexpr(6)
 C_H = tl.constexpr(7)         # C_H + k for history slot k < MAX_HISTORY
@@ -34,4 +34,6 @@ WRITE_D = tl.constexpr(10)    # history slot that receives D (−1: none)
 WRITE_X = tl.constexpr(11)    # history slot that receives x (−1: none)
 LOGVAR_HI = tl.constexpr(12)  # log β_t (learned_range upper end, Improved DDPM eq. 15)
 LOGVAR_LO = tl.constexpr(13)  # log β̃_t, clipped (lower end)
-STEP_NCOL = tl.constexpr(14)
+C_O = tl.constexpr(14)        # coefficient of the (guided, unclipped) model output o
+C_OU = tl.constexpr(15)       # coefficient of the unconditional output o_u (unused without one)
+STEP_NCOL = tl.constexpr(16)

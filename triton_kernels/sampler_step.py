@@ -1,5 +1,6 @@
-"""The one fused sampler step (DESIGN §9): CFG combine, denoised estimate, clip, affine update with history slots,
-noise, and the history write, in one pass over a row of the [S, STEP_NCOL] step table per sample."""
+"""The one fused sampler step (DESIGN §9): CFG combine, denoised estimate, clip, affine update with the raw model
+outputs and history slots, noise, and the history write, in one pass over a row of the [S, STEP_NCOL] step table per
+sample."""
 from __future__ import annotations
 
 import triton
@@ -20,6 +21,18 @@ def _add_history(x_next, hist_ptr, k: tl.constexpr, table_ptr, r, rows, N, M, co
 
 
 @triton.jit
+def _noise_term(noise_ptr, noise_stride, seed, offset, mo_ptr, mo_stride, table_ptr, r, rows, M, cols, mask,
+                VAR_MODE: tl.constexpr, NOISE: tl.constexpr, ACC: tl.constexpr):
+    """c_z·σ_var·z where that scale is nonzero, else 0 (sm.sparse_term): z from the noise tensor (NOISE 1) or Philox
+    (NOISE 2), σ_var from the learned variance v, model_output's values M..2M of each row (VAR_MODE 1, 2)."""
+    v = 0.0
+    if VAR_MODE != 0:
+        v = sm.load_tile(mo_ptr + M, rows, mo_stride, cols, mask, ACC)
+    z = sm.step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE, ACC)
+    return sm.sparse_term(sm.step_noise_scale(v, table_ptr, r, VAR_MODE, ACC), z)
+
+
+@triton.jit
 def _write_history(hist_ptr, k: tl.constexpr, write_d, write_x, d, x, rows, N, M, cols, mask):
     """history[k, n] = D where WRITE_D selects slot k, else x where WRITE_X does; other rows keep their values.
     write_d, write_x: int32 [ROWS, 1] (sm.write_slot)."""
@@ -33,9 +46,14 @@ def _sampler_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, 
                          HAS_UNCOND: tl.constexpr, HISTORY: tl.constexpr, VAR_MODE: tl.constexpr,
                          NOISE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, STORE_D: tl.constexpr,
                          ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """x_next = c_x·x + c_D·D + Σ_k c_{H+k}·H_k + c_z·σ_var·z with D = clip(a_x·x + a_o·o) and
+    """x_next = c_x·x + c_D·D + c_o·o + c_ou·o_u + Σ_k c_{H+k}·H_k + c_z·σ_var·z with D = clip(a_x·x + a_o·o) and
     o = o_u + w·(o_c − o_u), every coefficient from row step[n] of the table (fastdiff.ops.sampler_step.reference,
-    whose operation order this follows; DESIGN §9); then D and x go into the history slots the row names.
+    whose operation order this follows; DESIGN §9); then D and x go into the history slots the row names. The
+    c_o / c_ou terms are where'd per row (sm.sparse_term: both outputs are in registers already), c_ou·o_u only with
+    an unconditional output. Philox noise is drawn, scaled and where'd before the loads (it depends on the row
+    alone) and added last, in the reference's order: its Box-Muller temporaries are then never live with the loaded
+    tiles (drawn at the end, after the compiler had hoisted every load, the Philox variants took 35 registers more on
+    average and some spilled; make triton-check).
 
     x, out, d: [N, M] rows; model outputs: rows of stride mo_stride / mu_stride (o in the first M values, the learned
     variance v in the next M of the conditional output); table: [S, STEP_NCOL]; step: int64 [N]; history: [HISTORY,
@@ -45,6 +63,9 @@ def _sampler_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, 
     """
     rows, cols, row_mask, mask, _ = sm.tile(N, M, ROWS, BLOCK_M)
     r, seed = sm.step_t_seed(step_ptr, rows, row_mask, S, seed, seed_ptr, NOISE, SEED_FROM_PTR)
+    if NOISE == 2:
+        noise_term = _noise_term(noise_ptr, noise_stride, seed, offset, mo_ptr, mo_stride, table_ptr, r, rows, M,
+                                 cols, mask, VAR_MODE, NOISE, ACC)
     x = sm.load_tile(x_ptr, rows, x_stride, cols, mask, ACC)
     o = sm.load_tile(mo_ptr, rows, mo_stride, cols, mask, ACC)
     if HAS_UNCOND:
@@ -52,15 +73,16 @@ def _sampler_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, 
         o = sm.cfg_combine(o, o_u, sm.step_coef(table_ptr, r, K.CFG_SCALE, ACC))
     d = sm.denoised(x, o, table_ptr, r, ACC)
     x_next = sm.step_coef(table_ptr, r, K.C_X, ACC) * x + sm.step_coef(table_ptr, r, K.C_D, ACC) * d
+    x_next = x_next + sm.sparse_term(sm.step_coef(table_ptr, r, K.C_O, ACC), o)  # o unclipped, not D
+    if HAS_UNCOND:
+        x_next = x_next + sm.sparse_term(sm.step_coef(table_ptr, r, K.C_OU, ACC), o_u)
     for k in tl.static_range(HISTORY):
         x_next = _add_history(x_next, hist_ptr, k, table_ptr, r, rows, N, M, cols, mask, ACC)
+    if NOISE == 1:  # a noise tensor: loaded where it is used (loaded first, it cost registers instead)
+        noise_term = _noise_term(noise_ptr, noise_stride, seed, offset, mo_ptr, mo_stride, table_ptr, r, rows, M,
+                                 cols, mask, VAR_MODE, NOISE, ACC)
     if NOISE != 0:
-        if VAR_MODE != 0:  # learned variances: model_output's values M..2M of each row
-            v = sm.load_tile(mo_ptr + M, rows, mo_stride, cols, mask, ACC)
-        else:
-            v = x  # unused
-        z = sm.step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE, ACC)
-        x_next = x_next + sm.sparse_term(sm.step_noise_scale(v, table_ptr, r, VAR_MODE, ACC), z)
+        x_next = x_next + noise_term
     sm.store_tile(out_ptr, rows, M, cols, mask, x_next)
     if STORE_D:
         sm.store_tile(d_ptr, rows, M, cols, mask, d)

@@ -1,5 +1,5 @@
-// The one sampler step on CPU (DESIGN §9): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D +
-// Σ_k c_k·H_k + c_z·σ_var·z, then D / x into history slots; per-element math in fastdiff/sampler_math.h.
+// The one sampler step on CPU (DESIGN §9): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D + c_o·o +
+// c_ou·o_u + Σ_k c_k·H_k + c_z·σ_var·z, then D / x into history slots; per-element math in fastdiff/sampler_math.h.
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
@@ -48,11 +48,20 @@ void write_history(const StepCoefs<A>& c, T* history, const A* d, const T* x, in
   if (c.write_x >= 0 && c.write_x != c.write_d) std::copy(x, x + len, slot_ptr(history, c.write_x, n, rows, m, b));
 }
 
-// The per-element step over one chunk of len elements (fastdiff/sampler_math.h, the reference's order). NoiseKind:
-// 0 no noise term, else 1 + var_mode; Slots: the history slots read (h[k] with coefficient hc[k], k < Slots).
-// The flags make the loop branch-free; c and the slot arrays are copies, so stores through out / d cannot alias
-// them and the loop vectorises.
-template <bool Cfg, bool KeepD, int NoiseKind, int Slots, typename A>
+// The raw-output terms a row adds (step_chunk's Raw): c_o·o where c_o != 0, c_ou·o_u where c_ou != 0 and there is an
+// unconditional output.
+enum : int { kRawO = 1, kRawOU = 2 };
+
+template <typename A>
+int raw_terms(const StepCoefs<A>& c, bool uncond) {
+  return (c.c_o != A(0) ? kRawO : 0) | (uncond && c.c_ou != A(0) ? kRawOU : 0);
+}
+
+// The per-element step over one chunk of len elements (fastdiff/sampler_math.h, the reference's order). Raw: the
+// raw_terms bits (kRawOU only with Cfg); NoiseKind: 0 no noise term, else 1 + var_mode; Slots: the history slots
+// read (h[k] with coefficient hc[k], k < Slots). The flags make the loop branch-free; c and the slot arrays are
+// copies, so stores through out / d cannot alias them and the loop vectorises.
+template <bool Cfg, bool KeepD, int Raw, int NoiseKind, int Slots, typename A>
 void step_chunk(const StepCoefs<A> c, int64_t len, const A* xr, const A* mo, const A* mu, const A* var, const A* zs,
                 const A* const (&h)[step::MAX_HISTORY], const A (&hc)[step::MAX_HISTORY], A* out, A* d) {
   const A* hp[Slots + 1];
@@ -64,7 +73,9 @@ void step_chunk(const StepCoefs<A> c, int64_t len, const A* xr, const A* mo, con
     if constexpr (Cfg) o = guided(o, mu[j], c.cfg_scale);
     const A dv = step_denoised(c, xv, o);
     A r = step_affine(c, xv, dv);
-    for (int k = 0; k < Slots; ++k) r = step_add_history(r, hk[k], hp[k][j]);
+    if constexpr ((Raw & kRawO) != 0) r = step_add_term(r, c.c_o, o);
+    if constexpr ((Raw & kRawOU) != 0) r = step_add_term(r, c.c_ou, mu[j]);
+    for (int k = 0; k < Slots; ++k) r = step_add_term(r, hk[k], hp[k][j]);
     if constexpr (NoiseKind > 0) {
       r = step_add_noise(r, step_noise_coef(c, NoiseKind - 1, NoiseKind > 1 ? var[j] : A(0)), zs[j]);
     }
@@ -123,11 +134,17 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(const at::Tensor& x, const a
       // Noise kind: 0 none, else 1 + var_mode (one flag, so the loop is instantiated 4 ways, not 2·3).
       const int noise_kind = zs != nullptr ? 1 + mode : 0;
       cpu::with_flags([&](auto cfg, auto keep_d) {
-        cpu::with_count<3>(noise_kind, [&](auto nk) {
-          cpu::with_count<step::MAX_HISTORY>(hs.count, [&](auto nh) {
-            step_chunk<decltype(cfg)::value, decltype(keep_d)::value, decltype(nk)::value, decltype(nh)::value>(
-                c, len, xr, mo, mu, var, zs, hs.h, hs.c, out, dr);
-          });
+        cpu::with_count<kRawO | kRawOU>(raw_terms(c, mu != nullptr), [&](auto raw) {
+          constexpr bool kCfg = decltype(cfg)::value;
+          constexpr int kRaw = decltype(raw)::value;
+          if constexpr (kCfg || (kRaw & kRawOU) == 0) {  // c_ou·o_u only with an unconditional output
+            cpu::with_count<3>(noise_kind, [&](auto nk) {
+              cpu::with_count<step::MAX_HISTORY>(hs.count, [&](auto nh) {
+                step_chunk<kCfg, decltype(keep_d)::value, kRaw, decltype(nk)::value, decltype(nh)::value>(
+                    c, len, xr, mo, mu, var, zs, hs.h, hs.c, out, dr);
+              });
+            });
+          }
         });
       }, mu != nullptr, dr != nullptr);
       cpu::store(out, out_t, len);

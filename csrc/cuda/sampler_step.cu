@@ -1,6 +1,6 @@
-// The one sampler step (DESIGN §9): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D + Σ_k c_k·H_k +
-// c_z·σ_var·z with noise from a tensor or in-kernel Philox, then D / x into history slots in place; per-element
-// math in fastdiff/sampler_math.h, shared with the CPU kernel.
+// The one sampler step (DESIGN §9): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D + c_o·o + c_ou·o_u +
+// Σ_k c_k·H_k + c_z·σ_var·z with noise from a tensor or in-kernel Philox, then D / x into history slots in place;
+// per-element math in fastdiff/sampler_math.h, shared with the CPU kernel.
 #include "device.cuh"
 #include "fastdiff/philox.h"
 #include "fastdiff/sampler_math.h"
@@ -34,6 +34,7 @@ __global__ void sampler_step_kernel(Rows rows, TableArgs table, SamplerStepParam
     const StepCoefs<A> c = step_coefs<A>(row, p.history_len);  // c_h = 0 for slots >= K: never read
     const bool noisy = (noise != nullptr || seeded) && step_reads_noise(c, p.var_mode);
     const bool learned = noisy && p.var_mode != step::VAR_MODE_TABLE;
+    const bool raw_o = c.c_o != A(0), raw_ou = mou != nullptr && c.c_ou != A(0);  // the raw outputs' terms
     for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < vecs;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t i = n * m + j * V;  // flat element index into x-shaped tensors (and into each history slot)
@@ -55,9 +56,11 @@ __global__ void sampler_step_kernel(Rows rows, TableArgs table, SamplerStepParam
         if (mou != nullptr) o = guided(o, to_acc(unc.v[e]), c.cfg_scale);
         const A d = step_denoised(c, xa, o);
         A r = step_affine(c, xa, d);
+        if (raw_o) r = step_add_term(r, c.c_o, o);
+        if (raw_ou) r = step_add_term(r, c.c_ou, to_acc(unc.v[e]));
 #pragma unroll
         for (int k = 0; k < step::MAX_HISTORY; ++k) {
-          if (c.c_h[k] != A(0)) r = step_add_history(r, c.c_h[k], to_acc(h[k].v[e]));
+          if (c.c_h[k] != A(0)) r = step_add_term(r, c.c_h[k], to_acc(h[k].v[e]));
         }
         if (noisy) {
           const uint64_t counter = static_cast<uint64_t>(p.offset) + static_cast<uint64_t>(i + e);

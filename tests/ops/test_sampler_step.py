@@ -1,6 +1,7 @@
 """fastdiff.ops.sampler_step (DESIGN §9): every fused backend against the reference on random tables, history
-layouts, guidance, variance modes and noise sources; history slots read only where their coefficient is
-nonzero; the in-place history write after every read; the C++ op's own argument checks."""
+layouts, guidance, raw-output terms (c_o·o, c_ou·o_u), variance modes and noise sources; history slots read only
+where their coefficient is nonzero; the in-place history write after every read; the C++ op's own argument
+checks."""
 from __future__ import annotations
 
 import pathlib
@@ -28,7 +29,8 @@ def _coef(rng: random.Random, zero_p: float = 0.3, scale: float = 1.0) -> float:
 
 def random_table(rng: random.Random, rows: int, k_slots: int, device, dtype=torch.float32) -> torch.Tensor:
     """[rows, STEP_NCOL]: random coefficients with zeros, CLIP off (<= 0) or on, WRITE_D / WRITE_X in -1..K-1
-    (now and then K, a slot the step must ignore), per-row zero or nonzero history coefficients."""
+    (now and then K, a slot the step must ignore), per-row zero or nonzero history and raw-output (C_O, C_OU)
+    coefficients."""
     tab = torch.zeros(rows, T.STEP_NCOL, dtype=torch.float64)
     for r in range(rows):
         tab[r, T.CFG_SCALE] = rng.uniform(0.0, 8.0)
@@ -41,6 +43,7 @@ def random_table(rng: random.Random, rows: int, k_slots: int, device, dtype=torc
             tab[r, col] = rng.choice(list(range(-1, k_slots)) + ([k_slots] if rng.random() < 0.1 else []))
         tab[r, T.LOGVAR_HI] = rng.uniform(-6.0, 0.0)
         tab[r, T.LOGVAR_LO] = tab[r, T.LOGVAR_HI] - rng.uniform(0.0, 2.0)
+        tab[r, T.C_O], tab[r, T.C_OU] = _coef(rng, 0.5), _coef(rng, 0.5)
     return tab.to(device=device, dtype=dtype)
 
 
@@ -176,6 +179,35 @@ def test_slot_read_and_rewritten_in_one_step(backend, dtype):
     assert torch.equal(history[1, [0, 2]], x[[0, 2]]) and torch.equal(history[1, 1], old[1, 1])
 
 
+@pytest.mark.parametrize("uncond", [False, True])
+def test_raw_output_terms(backend, uncond):
+    """x_next += c_o·o (o the guided output, unclipped: not D) and c_ou·o_u (only with an unconditional output), each
+    only in rows whose coefficient is nonzero, added after c_D·D and before the history and noise terms."""
+    device = backend_device(backend)
+    x, mo, history, table = _fixed_inputs(device, n=4, k_slots=1)
+    mu = 3.0 * torch.randn(mo.shape, generator=torch.Generator().manual_seed(RUN_SEED + 12)).to(device)
+    table = torch.zeros(4, T.STEP_NCOL, device=device)
+    table[:, T.CFG_SCALE], table[:, T.A_X], table[:, T.A_O], table[:, T.CLIP] = 2.5, 1.0, -0.5, 0.5
+    table[:, T.C_X], table[:, T.C_D], table[:, T.C_H], table[:, T.C_Z] = 0.5, 0.75, -0.25, 0.125
+    table[:, T.WRITE_D], table[:, T.WRITE_X] = 0, -1
+    table[:, T.C_O] = torch.tensor([0.0, 0.3, 0.0, -1.5])
+    table[:, T.C_OU] = torch.tensor([0.0, 0.0, 0.7, 2.0])
+    step = torch.tensor([0, 1, 2, 3], device=device)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(RUN_SEED + 13)).to(device)
+    old = history.clone()
+    out, d = ops.sampler_step(x, mo, table, step, history=history, model_output_uncond=mu if uncond else None,
+                              noise=noise, return_denoised=True, backend=backend)
+    xd, od, ud = x.double(), mo.double(), mu.double()
+    o = ud + 2.5 * (od - ud) if uncond else od
+    want_d = (xd - 0.5 * o).clamp(-0.5, 0.5)
+    col = lambda c: table[:, c].double().view(-1, 1, 1, 1)  # noqa: E731
+    want = 0.5 * xd + 0.75 * want_d + col(T.C_O) * o + (col(T.C_OU) * ud if uncond else 0.0)
+    want = want - 0.25 * old[0].double() + 0.125 * noise.double()
+    torch.testing.assert_close(d.double(), want_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), want, atol=1e-5 * float(want.abs().max()), rtol=1e-5)
+    assert torch.equal(history[0], d)
+
+
 @pytest.mark.parametrize("var_mode", [0, 2])
 def test_seed_tensor_equals_int_seed(backend, var_mode):
     device = backend_device(backend)
@@ -231,7 +263,7 @@ def err_args():
 @pytest.mark.parametrize("name", ["reference", "cpu"])
 def test_sampler_step_errors(err_args, name):
     x, mo, table, step, history = err_args
-    with pytest.raises(ValueError, match=r"table must be a \[S, 14\] sampler step table"):
+    with pytest.raises(ValueError, match=rf"table must be a \[S, {T.STEP_NCOL}\] sampler step table"):
         ops.sampler_step(x, mo, table[:, :12], step, backend=name)
     with pytest.raises(IndexError, match=r"step must lie in \[0, 4\)"):
         ops.sampler_step(x, mo, table, torch.tensor([0, 4, 1]), backend=name)
@@ -260,7 +292,8 @@ def test_cpp_op_checks_its_arguments(err_args):
         return torch.ops.fastdiff.sampler_step(x, mo, None, table, step, history, var_mode, noise, seed, 0,
                                                False, seed_tensor)
 
-    with pytest.raises(RuntimeError, match=r"table must be a \[S, 14\] sampler step table .*shape \[4, 12\]"):
+    with pytest.raises(RuntimeError,
+                       match=rf"table must be a \[S, {T.STEP_NCOL}\] sampler step table .*shape \[4, 12\]"):
         op(table=table[:, :12].contiguous())
     with pytest.raises(RuntimeError, match="table must be float32 or float64, got Half"):
         op(table=table.half())
@@ -299,10 +332,14 @@ def test_coefs_header_mirrors_the_python_columns():
         names[name] = eval(expr, {}, dict(names))  # noqa: S307 - the header's own constant expressions
     want = {name: getattr(T, name) for name in ("CFG_SCALE", "A_X", "A_O", "CLIP", "C_X", "C_D", "C_Z", "C_H",
                                                 "MAX_HISTORY", "WRITE_D", "WRITE_X", "LOGVAR_HI", "LOGVAR_LO",
-                                                "STEP_NCOL")}
+                                                "C_O", "C_OU", "STEP_NCOL")}
     assert {k: names[k] for k in want} == want
+    assert T.STEP_NCOL == max(v for k, v in want.items() if k not in ("MAX_HISTORY", "STEP_NCOL")) + 1
     modes = {f"VAR_MODE_{k.upper()}": v for k, v in T.VAR_MODES.items()}
     assert {k: names[k] for k in modes} == modes
+    # and triton_kernels/_coefs.py, the Triton kernels' copy
+    from fastdiff.triton_kernels import _coefs
+    assert {k: int(getattr(_coefs, k)) for k in want} == want
 
 
 @pytest.mark.gpu

@@ -24,15 +24,15 @@ enum : int {
 
 // Column indices of the [S, STEP_NCOL] sampler step table of fastdiff.ops.sampler_step (DESIGN §9); mirrors the
 // constants at the end of fastdiff/ops/table.py exactly. Per row: o = o_u + CFG_SCALE·(o_c − o_u);
-// D = clip(A_X·x + A_O·o, ±CLIP) (CLIP <= 0: none); x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z; then D is
-// written to history slot WRITE_D and x to slot WRITE_X (-1: none).
+// D = clip(A_X·x + A_O·o, ±CLIP) (CLIP <= 0: none); x_next = C_X·x + C_D·D + C_O·o + C_OU·o_u + Σ_k C_H+k·H_k +
+// C_Z·σ_var·z; then D is written to history slot WRITE_D and x to slot WRITE_X (-1: none).
 namespace step {
 enum : int {
   CFG_SCALE = 0,  // w of the CFG combine
   A_X = 1,        // D = A_X·x + A_O·o
   A_O = 2,
   CLIP = 3,       // clamp D to [−CLIP, CLIP] when CLIP > 0
-  C_X = 4,        // x_next = C_X·x + C_D·D + Σ_k C_H+k·H_k + C_Z·σ_var·z
+  C_X = 4,        // x_next = C_X·x + C_D·D + C_O·o + C_OU·o_u + Σ_k C_H+k·H_k + C_Z·σ_var·z
   C_D = 5,
   C_Z = 6,
   C_H = 7,        // C_H + k for history slot k < MAX_HISTORY
@@ -41,7 +41,9 @@ enum : int {
   WRITE_X = WRITE_D + 1,        // 11: slot that receives x
   LOGVAR_HI = WRITE_X + 1,      // 12: log β_t
   LOGVAR_LO = LOGVAR_HI + 1,    // 13: log β̃_t (clipped)
-  STEP_NCOL = LOGVAR_LO + 1     // 14
+  C_O = LOGVAR_LO + 1,          // 14: coefficient of the (guided, unclipped) model output o itself
+  C_OU = C_O + 1,               // 15: coefficient of the unconditional output o_u (unused without one)
+  STEP_NCOL = C_OU + 1          // 16
 };
 
 // var_mode codes, as fastdiff.ops.table.VAR_MODES: σ_var = 1, or exp(½ log σ²) with log σ² = v (learned) or

@@ -150,15 +150,19 @@ namespace fastdiff {
 //   o      = guided(o_c, o_u, w)                                    only with an unconditional output
 //   D      = step_denoised(c, x, o)           = clip(a_x·x + a_o·o)
 //   r      = step_affine(c, x, D)             = c_x·x + c_D·D
-//   r      = step_add_history(r, c_k, H_k)    for each slot k < K whose c_k != 0, in slot order
+//   r      = step_add_term(r, c_o, o)         when c_o != 0 (o: the guided output, unclipped, not D)
+//   r      = step_add_term(r, c_ou, o_u)      when c_ou != 0, only with an unconditional output
+//   r      = step_add_term(r, c_k, H_k)       for each slot k < K whose c_k != 0, in slot order
 //   r      = step_add_noise(r, step_noise_coef(c, var_mode, v), z)  when there is a noise source
-// The kernels skip a whole term where its row coefficient makes it vanish (step_reads_noise, c_k == 0), which the
-// reference's torch.where(c != 0, c·t, 0) makes exact: such a slot or noise tensor is never read.
+// The kernels skip a whole term where its row coefficient makes it vanish (step_reads_noise, c_o / c_ou / c_k == 0),
+// which the reference's torch.where(c != 0, c·t, 0) makes exact: such a slot or noise tensor is never read, and an
+// inf / NaN value there stays out of the sum.
 template <typename A>
 struct StepCoefs {
   A cfg_scale, a_x, a_o;
   A clip_lo, clip_hi;  // [−CLIP, CLIP] when CLIP > 0, else [−inf, inf] (the identity, NaN included)
   A c_x, c_d, c_z;
+  A c_o, c_ou;               // the raw outputs' terms (c_ou is ignored without an unconditional output)
   A c_h[step::MAX_HISTORY];  // 0 for slots >= K: not read
   A logvar_hi, logvar_lo;
   int write_d, write_x;  // history slot that receives D / x, or -1 (none, or a slot >= K)
@@ -186,6 +190,8 @@ FASTDIFF_HD StepCoefs<A> step_coefs(const R* row, int k_slots) {
   c.c_x = static_cast<A>(row[step::C_X]);
   c.c_d = static_cast<A>(row[step::C_D]);
   c.c_z = static_cast<A>(row[step::C_Z]);
+  c.c_o = static_cast<A>(row[step::C_O]);
+  c.c_ou = static_cast<A>(row[step::C_OU]);
   for (int k = 0; k < step::MAX_HISTORY; ++k) c.c_h[k] = k < k_slots ? static_cast<A>(row[step::C_H + k]) : A(0);
   c.logvar_hi = static_cast<A>(row[step::LOGVAR_HI]);
   c.logvar_lo = static_cast<A>(row[step::LOGVAR_LO]);
@@ -211,9 +217,10 @@ FASTDIFF_HD A step_denoised(const StepCoefs<A>& c, A x, A o) {
 template <typename A>
 FASTDIFF_HD A step_affine(const StepCoefs<A>& c, A x, A d) { return c.c_x * x + c.c_d * d; }
 
-// r + c_k·H_k; called only for slots with c_k != 0 (the others are never read).
+// r + c·v: a raw output (c_o·o, c_ou·o_u) or a history slot (c_k·H_k); called only where c != 0 (the others are
+// never read).
 template <typename A>
-FASTDIFF_HD A step_add_history(A r, A c_k, A h) { return r + c_k * h; }
+FASTDIFF_HD A step_add_term(A r, A c, A v) { return r + c * v; }
 
 // log σ² of a learned variance: v itself (var_mode 1), or Improved DDPM eq. 15 (var_mode 2): frac·log β_t +
 // (1 − frac)·log β̃_t with frac = (v + 1)/2.
