@@ -157,14 +157,15 @@ def run_table(model, x: torch.Tensor, table: tables.StepTable, extra_args: dict 
                                              x.shape[1])
         noise, row_seed = None, -1
         if noisy[r] and noise_sampler is not None:
-            noise = _checked_noise(noise_sampler(*step_sigmas[int(table.step[r])]), x)
+            sigma, sigma_next = step_sigmas[int(table.step[r])]
+            noise = _checked_noise(noise_sampler(torch.tensor(sigma), torch.tensor(sigma_next)), x)
         elif noisy[r]:
             row_seed = seed
         # The table, rows, history and seed were checked once above: the step itself runs unchecked (no host work)
         x_next, denoised = run_step(x, out, out_u, tab, step_rows[r], history, table.var_mode, noise, row_seed,
                                     step_offset(r), True, None, backend)
         if callback is not None and first[r]:
-            sigma = step_sigmas[int(table.step[r])][0]
+            sigma = torch.tensor(step_sigmas[int(table.step[r])][0])
             callback({"x": x, "i": int(table.step[r]), "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         x = x_next
     return x
@@ -192,11 +193,11 @@ def _checked_noise(noise, x: torch.Tensor) -> torch.Tensor:
     return noise.to(x.dtype)
 
 
-def _step_sigmas(table: tables.StepTable) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(σ_i, σ_{i+1}) of each sampler step as 0-dim float32 tensors, for noise samplers and callbacks."""
+def _step_sigmas(table: tables.StepTable) -> list[tuple[float, float]]:
+    """(σ_i, σ_{i+1}) of each sampler step, for noise samplers and callbacks (as 0-dim float32 tensors there)."""
     starts = [float(table.sigmas[np.flatnonzero(table.step == i)[0]]) for i in range(int(table.step.max()) + 1)]
     ends = starts[1:] + [0.0]
-    return [(torch.tensor(a), torch.tensor(b)) for a, b in zip(starts, ends)]
+    return list(zip(starts, ends))
 
 
 def _sample(builder, model, x, sigmas, extra_args, callback, disable, *, prediction=None, space="ve",

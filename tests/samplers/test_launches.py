@@ -13,9 +13,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from fastdiff.samplers import solvers
 
-# View and metadata ops launch no kernel.
+# View and metadata ops launch no kernel; so does .to() to a tensor's own device and dtype (it returns the tensor:
+# every tensor here is float32 on the CPU).
 VIEWS = {"aten::select", "aten::as_strided", "aten::expand", "aten::view", "aten::slice", "aten::alias",
-         "aten::unsqueeze", "aten::reshape", "aten::lift_fresh", "aten::detach", "detach", "aten::empty"}
+         "aten::unsqueeze", "aten::reshape", "aten::lift_fresh", "aten::detach", "detach", "aten::empty", "aten::to"}
 
 
 def _top_level_ops(fn) -> Counter:
