@@ -1,22 +1,15 @@
 // Every fastdiff op schema, in one place (the op contract: README, Backends). Kernels: csrc/cpu/<op>.cpp (CPU) and
 // csrc/cuda/<op>_torch.cpp (CUDA); fake kernels and autograd formulas: fastdiff/ops/_register.py.
 // The positional signature of each `reference` in fastdiff/ops/<op>.py is its schema.
-// Sampler steps key their in-kernel noise by `seed` (an int; -1: none) or by `seed_tensor` (int64 [] or [1] on
+// The sampler step keys its in-kernel noise by `seed` (an int; -1: none) or by `seed_tensor` (int64 [] or [1] on
 // x's device, read by the kernel, so a captured CUDA graph replays with the value it holds; seed must then be -1).
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastdiff, m) {
-  m.def(
-      "ddim_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, float eta, "
-      "int prediction, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, int offset, "
-      "bool return_x0, Tensor? seed_tensor=None) -> (Tensor, Tensor)");
-  m.def(
-      "ddpm_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor coefs, Tensor t, "
-      "int prediction, int var_type, bool clip_denoised, float guidance_scale, Tensor? noise, int seed, "
-      "int offset, bool return_x0, Tensor? seed_tensor=None) -> (Tensor, Tensor)");
-  // The one sampler step (DESIGN §9): coefficients per sample from row step[n] of the [S, STEP_NCOL] table;
-  // history ([K, N, ...] slots, or None) is written in place; var_mode 0 table, 1 learned, 2 learned_range.
+  // The one sampler step (DESIGN §9), every sampler's update (fastdiff.ops.ddim_step / ddpm_step build its rows):
+  // coefficients per sample from row step[n] of the [S, STEP_NCOL] table; history ([K, N, ...] slots, or None) is
+  // written in place; var_mode 0 table, 1 learned, 2 learned_range.
   m.def(
       "sampler_step(Tensor x, Tensor model_output, Tensor? model_output_uncond, Tensor table, Tensor step, "
       "Tensor(a!)? history, int var_mode, Tensor? noise, int seed, int offset, bool return_denoised, "
@@ -30,11 +23,9 @@ TORCH_LIBRARY(fastdiff, m) {
         "Tensor mean, Tensor rstd, int num_groups, bool silu) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-// The samplers' steps and the noise stream are not differentiable: autograd passes through them (outputs do not
+// The sampler step and the noise stream are not differentiable: autograd passes through them (outputs do not
 // require grad). q_sample and posterior_mean_variance get their formulas in fastdiff/ops/_register.py.
 TORCH_LIBRARY_IMPL(fastdiff, Autograd, m) {
-  m.impl("ddim_step", torch::CppFunction::makeFallthrough());
-  m.impl("ddpm_step", torch::CppFunction::makeFallthrough());
   m.impl("sampler_step", torch::CppFunction::makeFallthrough());
   m.impl("randn_like", torch::CppFunction::makeFallthrough());
 }

@@ -11,9 +11,9 @@ report gives registers and spills; the compiled metadata the shared memory; the 
     python scripts/triton_check.py [--arch 80 86 89 90] [--jobs 2] [--json out.json] [--kernel NAME ...] [--list]
 
 The grid covers every value of every constexpr a launcher can choose and every dtype it accepts (fp32, fp16,
-bf16, fp64): the full feature set (guidance, clipping, noise, x̂0 output) at every tile class of the elementwise
-kernels in every dtype, each option value once, and the attention kernels at every head-dimension tile (16 to
-256) in every dtype.
+bf16, fp64): the full feature set (guidance, history slots, learned variance, noise, D output) at every tile class
+of the elementwise kernels in every dtype, each option value once, and the attention kernels at every
+head-dimension tile (16 to 256) in every dtype.
 
 Targets: sm_80 and sm_90 for every kernel; sm_86 and sm_89 (whose 99 KiB of shared memory per block is the
 smallest) for the attention kernels, the only ones that stage tiles in shared memory (the elementwise kernels use
@@ -58,9 +58,8 @@ ELEMENTWISE_ARCHS = (80, 90)
 # spill at most 336 B (fp16/bf16 dK/dV at BLOCK_D 64 on sm_90); 1 KiB flags any tile that goes back to spilling
 # whole rows.
 ATTENTION_SPILL_BYTES = 1024
-ELEMENTWISE = ("_ddim_step_kernel", "_ddpm_step_kernel", "_sampler_step_kernel", "_q_sample_kernel",
-               "_posterior_kernel", "_randn_kernel", "_stats_kernel", "_apply_kernel", "_bwd_sums_kernel",
-               "_bwd_dx_kernel")
+ELEMENTWISE = ("_sampler_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel", "_stats_kernel",
+               "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -102,43 +101,6 @@ SHAPES = {"img": (2, 3, 32, 32), "toy": (512, 2), "tiny": (1, 4, 4), "odd": (3, 
 def _coefs(dtype):
     from fastdiff.ops import step_table
     return step_table(np.linspace(1e-4, 0.02, 1000), "cpu", torch.float64 if dtype == torch.float64 else torch.float32)
-
-
-def drive_step_kernels():
-    """ddim_step and ddpm_step: the full feature set at every tile class in every dtype, and every option value
-    once (one at a time from the full set) at the image tile in fp32, fp16 and bf16."""
-    from fastdiff.triton_kernels.ddim_step import ddim_step
-    from fastdiff.triton_kernels.ddpm_step import ddpm_step
-    for dtype in DTYPES:
-        coefs = _coefs(dtype)
-        for shape_name, shape in SHAPES.items():
-            x = _randn(shape, dtype)
-            full = dict(x=x, model_output=x.clone(), model_output_uncond=x.clone(), coefs=coefs,
-                        t=torch.randint(0, 1000, (shape[0],)), prediction=0, clip_denoised=True, guidance_scale=3.0,
-                        noise=None, seed=7, offset=0, return_x0=True, seed_tensor=None)
-            variants = {"full": {}}
-            if shape_name == "img" and dtype != torch.float64:
-                variants.update({
-                    "pred=x0": dict(prediction=1), "pred=v": dict(prediction=2), "noclip": dict(clip_denoised=False),
-                    "nocfg": dict(model_output_uncond=None), "noise=tensor": dict(noise=x.clone(), seed=-1),
-                    "noise=none": dict(seed=-1), "seed=tensor": dict(seed=-1, seed_tensor=torch.tensor([5])),
-                    "nox0": dict(return_x0=False)})
-            for vname, change in variants.items():
-                a = {**full, **change}
-                with case(f"ddim {shape_name} {vname}"):
-                    ddim_step(a["x"], a["model_output"], a["model_output_uncond"], a["coefs"], a["t"], 0.5,
-                              a["prediction"], a["clip_denoised"], a["guidance_scale"], a["noise"], a["seed"],
-                              a["offset"], a["return_x0"], a["seed_tensor"])
-                all_var_types = shape_name == "img" and vname == "full" and dtype != torch.float64
-                for var_type in range(4) if all_var_types else (3,):
-                    learned = var_type >= 2  # model outputs carry the variance channels: [N, 2C, ...]
-                    mo = torch.cat([a["model_output"], x], 1) if learned else a["model_output"]
-                    mu = a["model_output_uncond"]
-                    mu = torch.cat([mu, x], 1) if learned and mu is not None else mu
-                    with case(f"ddpm {shape_name} {vname} var={var_type}"):
-                        ddpm_step(a["x"], mo, mu, a["coefs"], a["t"], a["prediction"], var_type, a["clip_denoised"],
-                                  a["guidance_scale"], a["noise"], a["seed"], a["offset"], a["return_x0"],
-                                  a["seed_tensor"])
 
 
 def _step_table(table_dtype, rows: int = 8):
@@ -235,7 +197,7 @@ def drive_attention():
                 attention_backward(qkv, out, lse, out.clone(), heads, True)
 
 
-DRIVERS = (drive_step_kernels, drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention)
+DRIVERS = (drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention)
 
 
 def capture() -> list[Launch]:
@@ -374,7 +336,7 @@ def main(argv=None) -> int:
                    help="compute capabilities (default 80 86 89 90; elementwise kernels: 80 and 90 only)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--kernel", nargs="*", help="only these kernels (e.g. _ddim_step_kernel)")
+    p.add_argument("--kernel", nargs="*", help="only these kernels (e.g. _sampler_step_kernel)")
     p.add_argument("--list", action="store_true", help="print the variants (kernel, arch, specialisation), compile none")
     args = p.parse_args(argv)
     if knobs.runtime.interpret:  # @triton.jit would have made interpreter functions: nothing to compile

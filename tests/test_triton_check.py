@@ -41,7 +41,7 @@ def _jit_kernels() -> set[str]:
 def test_every_kernel_in_every_dtype_for_every_target(plan):
     tc = _load()
     kernels = _jit_kernels()
-    assert len(kernels) >= 13
+    assert len(kernels) >= 12
     for kernel in kernels:
         specs = [spec for name, arch, spec in plan if name == kernel]
         archs = ("sm_80", "sm_90") if kernel in tc.ELEMENTWISE else ("sm_80", "sm_86", "sm_89", "sm_90")
@@ -49,11 +49,12 @@ def test_every_kernel_in_every_dtype_for_every_target(plan):
             assert any(a == arch for name, a, _ in plan if name == kernel), (kernel, arch)
         for dtype in ("fp32", "fp16", "bf16", "fp64"):
             assert any(re.search(rf"(^|/){dtype}\b", spec) for spec in specs), (kernel, dtype)
-    # every value of the step kernels' constexprs
-    ddpm = [spec for name, _, spec in plan if name == "_ddpm_step_kernel"]
-    for flag in ["PREDICTION=0", "PREDICTION=1", "PREDICTION=2", "CLIP=False", "HAS_UNCOND=False", "NOISE=0",
-                 "NOISE=1", "NOISE=2", "SEED_FROM_PTR=True", "STORE_X0=False"] + [f"VAR_TYPE={v}" for v in range(4)]:
-        assert any(flag in spec for spec in ddpm), flag
+    # every value of the step kernel's constexprs
+    step = [spec for name, _, spec in plan if name == "_sampler_step_kernel"]
+    for flag in (["HAS_UNCOND=True", "HAS_UNCOND=False", "NOISE=0", "NOISE=1", "NOISE=2", "SEED_FROM_PTR=True",
+                  "SEED_FROM_PTR=False", "STORE_D=True", "STORE_D=False"] + [f"VAR_MODE={v}" for v in range(3)]
+                 + [f"HISTORY={k}" for k in range(4)]):
+        assert any(re.search(rf"(^| ){flag}( |$)", spec) for spec in step), flag
 
 
 def test_compiled_attention_tiles_not_the_interpreters(plan):
@@ -65,9 +66,9 @@ def test_compiled_attention_tiles_not_the_interpreters(plan):
 
 def test_failure_rules():
     tc = _load()
-    ok = tc.Variant("_ddim_step_kernel", "fp32", 80, "case", registers=40, spill_bytes=0)
+    ok = tc.Variant("_sampler_step_kernel", "fp32", 80, "case", registers=40, spill_bytes=0)
     assert tc.problems(ok) == []
-    spill = tc.Variant("_ddim_step_kernel", "fp32", 80, "case", registers=255, spill_bytes=8)
+    spill = tc.Variant("_sampler_step_kernel", "fp32", 80, "case", registers=255, spill_bytes=8)
     assert "spills" in tc.problems(spill)[0]
     attention_spill = tc.Variant("_fwd_kernel", "fp16", 80, "case", registers=255, spill_bytes=8)
     assert tc.problems(attention_spill) == []

@@ -62,9 +62,9 @@ class Tiling:
         elems = self.rows * self.block_m
         self.num_warps = 4 if elems >= 512 else 1
         if dtype == torch.float64 and elems >= 256:
-            # fp64 math takes register pairs: at 8 values per thread the DDPM step with learned-range variance
-            # and Philox noise spilled on sm_90, and the sampler step with three history slots on one warp at a
-            # 4 x 64 tile (224-240 B, make triton-check); 256, 512, 1024 values on 2, 4, 8 warps hold 4 each.
+            # fp64 math takes register pairs: at 8 values per thread the former DDPM step kernel with learned-range
+            # variance and Philox noise spilled on sm_90, and the sampler step with three history slots on one warp
+            # at a 4 x 64 tile (224-240 B, make triton-check); 256, 512, 1024 values on 2, 4, 8 warps hold 4 each.
             self.num_warps = elems // 128
         self.grid = (triton.cdiv(n, self.rows) * max(triton.cdiv(m, self.block_m), 1),)
 
@@ -103,11 +103,11 @@ def noise_mode(noise, seed: int, seed_tensor=None) -> int:
 
 
 class StepLaunch:
-    """What the DDIM, DDPM and sampler step launchers share: outputs, row views and the noise mode.
+    """The sampler step launcher's outputs, row views and noise mode.
 
-    `inputs` are the kernels' leading arguments (x, x_stride, mo, mo_stride, mu, mu_stride, noise, noise_stride);
-    `outputs` their (out, x0) pointers (x0, or sampler_step's D, aliases out when not stored). `empty` means
-    nothing to launch.
+    `inputs` are the kernel's leading arguments (x, x_stride, mo, mo_stride, mu, mu_stride, noise, noise_stride);
+    `outputs` its (out, D) pointers (D aliases out when not stored; return_x0 asks for D). `empty` means nothing
+    to launch.
     `seed` is the kernels' (seed, seed_ptr, SEED_FROM_PTR) triple: the int seed (>= 0, else 0) and, with a device
     seed tensor ([] or [1] int64), its pointer read by the kernel (else x, never read).
     """

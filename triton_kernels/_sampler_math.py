@@ -83,27 +83,6 @@ def cfg_combine(out_c, out_u, scale):
 
 
 @triton.jit
-def predict_x0(x, out, coefs_ptr, t, PREDICTION: tl.constexpr, ACC: tl.constexpr):
-    """x̂0 from the model output: ε (DDPM eq. 15 inverted), x0 itself, or v (x0 = √ᾱ x − √(1−ᾱ) v)."""
-    if PREDICTION == 0:
-        x0 = (coef(coefs_ptr, t, K.SQRT_RECIP_AC, ACC) * x
-              - coef(coefs_ptr, t, K.SQRT_RECIPM1_AC, ACC) * out)
-    elif PREDICTION == 1:
-        x0 = out
-    else:
-        x0 = coef(coefs_ptr, t, K.SQRT_AC, ACC) * x - coef(coefs_ptr, t, K.SQRT_1M_AC, ACC) * out
-    return x0
-
-
-@triton.jit
-def clip(x0, CLIP: tl.constexpr):
-    """x̂0 clamped to [-1, 1] when CLIP (guided-diffusion's clip_denoised)."""
-    if CLIP:
-        x0 = clamp_abs(x0, 1.0)
-    return x0
-
-
-@triton.jit
 def clamp_abs(v, bound):
     """v clamped to [-bound, bound] (bound: a number or an ACC [ROWS, 1] column, > 0)."""
     # Comparisons rather than min/max: NaN stays NaN as in torch.clamp, in fp32 and fp64 alike.
@@ -111,47 +90,9 @@ def clamp_abs(v, bound):
 
 
 @triton.jit
-def eps_from_x0(x, x0, coefs_ptr, t, ACC: tl.constexpr):
-    """ε̂ = (x_t/√ᾱ_t − x̂0) / √(1/ᾱ_t − 1), re-derived from the (clipped) x̂0 (DDPM eq. 15 solved for ε)."""
-    return ((coef(coefs_ptr, t, K.SQRT_RECIP_AC, ACC) * x - x0)
-            / coef(coefs_ptr, t, K.SQRT_RECIPM1_AC, ACC))
-
-
-@triton.jit
-def ddim_sigma(eta, coefs_ptr, t, ACC: tl.constexpr):
-    """σ_t(η) = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev) (DDIM eq. 16), [ROWS, 1]."""
-    ac = coef(coefs_ptr, t, K.AC, ACC)
-    ac_prev = coef(coefs_ptr, t, K.AC_PREV, ACC)
-    return eta * tl.sqrt((1.0 - ac_prev) / (1.0 - ac)) * tl.sqrt(1.0 - ac / ac_prev)
-
-
-@triton.jit
-def ddim_mean(x0, eps, sigma, coefs_ptr, t, ACC: tl.constexpr):
-    """√ᾱ_prev x̂0 + √(1 − ᾱ_prev − σ²) ε̂: DDIM eq. 12 without its noise term."""
-    ac_prev = coef(coefs_ptr, t, K.AC_PREV, ACC)
-    dir_coef = tl.sqrt(tl.maximum(1.0 - ac_prev - sigma * sigma, 0.0))
-    return x0 * tl.sqrt(ac_prev) + dir_coef * eps
-
-
-@triton.jit
 def posterior_mean(x0, xt, coefs_ptr, t, ACC: tl.constexpr):
     """μ̃_t(x_t, x̂0) = coef1 x̂0 + coef2 x_t (DDPM eq. 7)."""
     return coef(coefs_ptr, t, K.POST_COEF1, ACC) * x0 + coef(coefs_ptr, t, K.POST_COEF2, ACC) * xt
-
-
-@triton.jit
-def ddpm_log_variance(v, coefs_ptr, t, VAR_TYPE: tl.constexpr, ACC: tl.constexpr):
-    """log σ²_t: fixed_small log β̃_t, fixed_large, learned v, or learned_range (Improved DDPM eq. 15)."""
-    if VAR_TYPE == 0:
-        log_var = coef(coefs_ptr, t, K.POST_LOGVAR, ACC)
-    elif VAR_TYPE == 1:
-        log_var = coef(coefs_ptr, t, K.FIXED_LARGE_LOGVAR, ACC)
-    elif VAR_TYPE == 2:
-        log_var = v
-    else:
-        log_var = learned_range_log_variance(v, coef(coefs_ptr, t, K.LOG_BETA, ACC),
-                                             coef(coefs_ptr, t, K.POST_LOGVAR, ACC))
-    return log_var
 
 
 @triton.jit
@@ -202,12 +143,6 @@ def step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE
     else:
         z = philox_normal(seed, offset, rows[:, None] * M + cols[None, :]).to(ACC)
     return z
-
-
-@triton.jit
-def nonzero_t(t, ACC: tl.constexpr):
-    """[t > 0] as an ACC [ROWS, 1] column: no noise is added on the last step (t = 0)."""
-    return (t != 0).to(ACC)[:, None]
 
 
 # ------------------------------------------------------------------------------ the one sampler step (DESIGN §9)

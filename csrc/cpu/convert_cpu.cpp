@@ -1,8 +1,8 @@
 // Half / BFloat16 <-> float for whole row chunks (cpu_loop.h), bit-identical to c10's scalar conversions
 // (checked over all 2^16 inputs and all 2^32 floats, NaNs included). Per element inside the kernels' loops,
 // c10::Half's software conversion (fp16_ieee_{to,from}_fp32_value: this build has no CPU_CAPABILITY) did not
-// vectorise, nor did BFloat16's rounding with its NaN branch: ddim_step at 8x3x128x128 (2-core EPYC) took 2.2 ms
-// in fp16 and 0.35 ms in bf16 against 0.13 ms in fp32; with these passes both take ~0.16 ms.
+// vectorise, nor did BFloat16's rounding with its NaN branch: the former ddim_step kernel at 8x3x128x128 (2-core
+// EPYC) took 2.2 ms in fp16 and 0.35 ms in bf16 against 0.13 ms in fp32; with these passes both take ~0.16 ms.
 #include <bit>
 #include <cstdint>
 

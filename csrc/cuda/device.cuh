@@ -57,7 +57,7 @@ __device__ __forceinline__ void load_row(const R* coefs, int64_t table_len, int6
 
 // Whether a step draws in-kernel Philox noise, and its seed: *seed_ptr (device memory, so a captured CUDA graph
 // sees the value at replay) or the scalar seed. Read once per thread; the 8 bytes sit in L2 after the first warp.
-// P: any launch parameter struct with seed and seed_ptr (StepParams, SamplerStepParams).
+// P: a launch parameter struct with seed and seed_ptr (SamplerStepParams).
 template <typename P>
 __host__ __device__ __forceinline__ bool has_philox_seed(const P& p) {
   return p.seed_ptr != nullptr || p.seed >= 0;
@@ -113,7 +113,8 @@ void dispatch_dtypes(DType dtype, DType coefs_dtype, const F& f) {
 
 // launch(std::integral_constant<int, V>, RowLaunch) for a step kernel: V = 16 / sizeof(T) elements per thread when
 // every row length and pointer allows 16-byte accesses, else V = 1 (scalar fallback).
-// Known costs, to be measured and fixed on a GPU (ptxas -v: the fp16/bf16 V = 8 variants use 84-100 registers):
+// Known costs, to be measured and fixed on a GPU (ptxas -v: the sampler step's fp16/bf16 V = 8 variants use 84-117
+// registers):
 // a row length that is not a multiple of V sends the whole tensor down the scalar path (a vector body plus a
 // scalar tail per row would keep 16-byte accesses where the row start is aligned), and rows shorter than 32·V
 // leave lanes of their one block idle (several rows per block would fill it).
@@ -126,14 +127,6 @@ void launch_rows(const Rows& rows, bool vec, const F& launch) {
   } else {
     launch(std::integral_constant<int, 1>{}, row_launch(rows.n, rows.m));
   }
-}
-
-template <typename T, typename F>
-void launch_step_rows(const Rows& rows, const StepParams& p, const F& launch) {
-  constexpr int V = 16 / sizeof(T);
-  const bool vec = rows.m % V == 0 && p.mo_row % V == 0 && p.mou_row % V == 0 && aligned16(p.x) &&
-                   aligned16(p.mo) && aligned16(p.mou) && aligned16(p.noise) && aligned16(p.out) && aligned16(p.x0);
-  launch_rows<T>(rows, vec, launch);
 }
 
 }  // namespace cuda

@@ -23,19 +23,6 @@ struct TableArgs {
   const int64_t* t = nullptr;   // [N]
 };
 
-struct StepParams {
-  const void *x = nullptr, *mo = nullptr, *mou = nullptr, *noise = nullptr;  // mou / noise may be null
-  void *out = nullptr, *x0 = nullptr;                                          // x0 may be null
-  int64_t mo_row = 0, mou_row = 0;  // Mo, Mu: row lengths of model_output(_uncond) (M or 2M)
-  int prediction = 0, var_type = 0;
-  bool clip = false;
-  double eta = 0.0, guidance_scale = 1.0;
-  int64_t seed = -1, offset = 0;  // seed < 0 and no seed_ptr: no in-kernel noise
-  // Non-null: the Philox seed is read from this device int64 (seed is ignored), so a CUDA graph that captured
-  // the launch draws new noise when the value changes. The offset stays a kernel scalar (fixed per captured step).
-  const int64_t* seed_ptr = nullptr;
-};
-
 // The one sampler step (fastdiff.ops.sampler_step, DESIGN §9); the table is TableArgs' [S, STEP_NCOL] step table
 // and t its row per sample.
 struct SamplerStepParams {
@@ -47,14 +34,12 @@ struct SamplerStepParams {
   int history_len = 0;
   int64_t mo_row = 0, mou_row = 0;  // Mo, Mu: row lengths of model_output(_uncond) (M or 2M)
   int var_mode = 0;                 // 0 table, 1 learned, 2 learned_range (v: model_output channels C..2C)
-  int64_t seed = -1, offset = 0;    // as StepParams
+  int64_t seed = -1, offset = 0;    // seed < 0 and no seed_ptr: no in-kernel noise
+  // Non-null: the Philox seed is read from this device int64 (seed is ignored), so a CUDA graph that captured
+  // the launch draws new noise when the value changes. The offset stays a kernel scalar (fixed per captured step).
   const int64_t* seed_ptr = nullptr;
 };
 void launch_sampler_step(DType dtype, Rows rows, TableArgs table, const SamplerStepParams& p, cudaStream_t stream);
-
-// DDIM eq. 12 and DDPM eq. 7 steps (see fastdiff/sampler_math.h).
-void launch_ddim_step(DType dtype, Rows rows, TableArgs table, const StepParams& p, cudaStream_t stream);
-void launch_ddpm_step(DType dtype, Rows rows, TableArgs table, const StepParams& p, cudaStream_t stream);
 
 // out = a·u + b·v per row: q_sample (DDPM eq. 4; u = x_start, v = noise) or the posterior mean (DDPM eq. 7;
 // u = x_start, v = x_t), which also writes β̃_t and log β̃_t to var / log_var ([N], accumulation dtype).

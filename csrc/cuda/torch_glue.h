@@ -38,26 +38,5 @@ inline const void* ptr_or_null(const at::Tensor& v) { return v.defined() ? v.dat
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-// Launch parameters shared by ddim_step and ddpm_step; the caller adds eta or var_type.
-inline StepParams step_params(const StepArgs& a, at::Tensor& out, at::Tensor& x0_out, bool return_x0,
-                              int64_t prediction, bool clip, double guidance_scale, int64_t seed, int64_t offset) {
-  StepParams p;
-  p.x = a.x.data_ptr();
-  p.mo = a.mo.data_ptr();
-  p.mou = ptr_or_null(a.mou);
-  p.noise = ptr_or_null(a.noise);
-  p.out = out.data_ptr();
-  p.x0 = return_x0 ? x0_out.data_ptr() : nullptr;
-  p.mo_row = a.mo_row;
-  p.mou_row = a.mou_row;
-  p.prediction = static_cast<int>(prediction);
-  p.clip = clip;
-  p.guidance_scale = guidance_scale;
-  p.seed = seed;
-  p.offset = offset;
-  p.seed_ptr = a.seed.defined() ? a.seed.data_ptr<int64_t>() : nullptr;
-  return p;
-}
-
 }  // namespace cuda
 }  // namespace fastdiff

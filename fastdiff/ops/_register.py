@@ -10,11 +10,10 @@ from fastdiff.ops import posterior_mean_variance as _pmv
 from fastdiff.ops import q_sample as _qs
 
 
-def _step_fake(x, return_x0: bool):
-    """(x_{t-1}, x̂0) of a sampler step (or sampler_step's (x_next, D)): contiguous like x: [N, C, ...]; the
-    second empty [0] unless return_x0 / return_denoised."""
+def _step_fake(x, return_denoised: bool):
+    """sampler_step's (x_next, D): contiguous like x: [N, C, ...]; D empty [0] unless return_denoised."""
     return torch.empty_like(x, memory_format=torch.contiguous_format), (
-        torch.empty_like(x, memory_format=torch.contiguous_format) if return_x0 else x.new_empty(0))
+        torch.empty_like(x, memory_format=torch.contiguous_format) if return_denoised else x.new_empty(0))
 
 
 def _q_sample_setup(ctx, inputs, output):
@@ -37,13 +36,7 @@ def _posterior_backward(ctx, grad_mean, _grad_var, _grad_log_var):
 def register() -> None:
     if not _ext.has_cpu_kernels():
         return
-    torch.library.register_fake("fastdiff::ddim_step")(
-        lambda x, mo, mou, coefs, t, eta, pred, clip, scale, noise, seed, offset, rx0, seed_tensor=None:
-        _step_fake(x, rx0))
-    torch.library.register_fake("fastdiff::ddpm_step")(
-        lambda x, mo, mou, coefs, t, pred, vt, clip, scale, noise, seed, offset, rx0, seed_tensor=None:
-        _step_fake(x, rx0))
-    # sampler_step writes history in place (Tensor(a!)?) and returns new tensors, like the other steps.
+    # sampler_step writes history in place (Tensor(a!)?) and returns new tensors.
     torch.library.register_fake("fastdiff::sampler_step")(
         lambda x, mo, mou, table, step, history, var_mode, noise, seed, offset, rd, seed_tensor=None:
         _step_fake(x, rd))

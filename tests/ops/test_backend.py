@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastdiff.ops as ops
+from fastdiff.ops import table as T
 
 
 def _args():
@@ -56,18 +57,23 @@ def test_explicit_unavailable_backend_raises_instead_of_falling_back():
 
 
 def test_auto_picks_the_compiled_cpu_kernel(monkeypatch):
+    """`auto` runs the C++ sampler_step on CPU tensors, for the op itself and for the DDIM wrapper's rows."""
     x, eps, coefs, t = _args()
     calls = []
-    real = torch.ops.fastdiff.ddim_step
+    real = torch.ops.fastdiff.sampler_step
 
     class Spy:
         def __call__(self, *a):
             calls.append(a)
             return real(*a)
 
-    monkeypatch.setattr(torch.ops.fastdiff, "ddim_step", Spy())
+    monkeypatch.setattr(torch.ops.fastdiff, "sampler_step", Spy())
     ops.ddim_step(x, eps, coefs, t)
     assert len(calls) == 1
+    table = torch.zeros(2, T.STEP_NCOL)
+    table[:, T.WRITE_D] = table[:, T.WRITE_X] = -1
+    ops.sampler_step(x, eps, table, 1)
+    assert len(calls) == 2
 
 
 def test_env_var_selects_backend():
@@ -116,7 +122,7 @@ def test_triton_launchers_run_on_their_tensors_device(monkeypatch):
     assert inside(2.0, x) == (2.0, [torch.device("cuda", 1)]) and entered[-1] == "exit"
     entered.clear()
     assert inside(2.0, torch.zeros(2)) == (2.0, []) and entered == []  # CPU tensors: nothing to switch
-    launchers = {op: [op] for op in ("ddim_step", "ddpm_step", "q_sample", "posterior_mean_variance", "randn_like")}
+    launchers = {op: [op] for op in ("sampler_step", "q_sample", "posterior_mean_variance", "randn_like")}
     launchers.update(adagn=["adagn", "adagn_backward"], qkv_attention=["attention_forward", "attention_backward"])
     for module, names in launchers.items():
         kernels = importlib.import_module(f"fastdiff.triton_kernels.{module}")

@@ -6,6 +6,9 @@ import pytest
 import torch
 
 import fastdiff.ops as ops
+from fastdiff.ops import table as T
+from fastdiff.ops.ddim_step import step_rows as ddim_rows
+from fastdiff.ops.ddpm_step import step_rows as ddpm_rows
 from tests.ops._cases import backend_device
 
 
@@ -77,10 +80,11 @@ def test_cpp_kernel_checks_the_seed_tensor(args):
     """The C++ op's own checks of seed_tensor (int64 [] or [1] on x's device, not with an int seed or noise, and
     on CPU a value in [0, 2**63))."""
     x, eps, coefs, t = args
+    table = ddpm_rows(coefs, "epsilon", 0, False, 1.0)  # noise at t > 0
 
     def step(seed, seed_tensor, noise=None):
-        return torch.ops.fastdiff.ddpm_step(x, eps, None, coefs, t, 0, 0, False, 1.0, noise, seed, 0, False,
-                                            seed_tensor)[0]
+        return torch.ops.fastdiff.sampler_step(x, eps, None, table, t, None, 0, noise, seed, 0, False,
+                                               seed_tensor)[0]
 
     bad = r"seed_tensor must be an int64 tensor of shape \[\] or \[1\], got "
     with pytest.raises(RuntimeError, match=bad + "dtype Int"):
@@ -106,9 +110,9 @@ def test_device_mismatch_is_named(args):
 def test_cpp_kernel_checks_without_python_wrapper(args):
     """The C++ op validates its own inputs too (it can be called directly through torch.ops)."""
     x, eps, coefs, t = args
-    with pytest.raises(RuntimeError, match="t"):
-        torch.ops.fastdiff.ddim_step(x, eps, None, coefs, torch.tensor([0, 99]), 0.0, 0, False, 1.0, None, -1, 0,
-                                     False)
+    with pytest.raises(RuntimeError, match=r"step must lie in \[0, 10\)"):
+        torch.ops.fastdiff.sampler_step(x, eps, None, ddim_rows(coefs, 0.0, "epsilon", False, 1.0),
+                                        torch.tensor([0, 99]), None, 0, None, -1, 0, False)
     with pytest.raises(RuntimeError, match="noise"):
         torch.ops.fastdiff.q_sample(x, eps[:1], coefs, t)
 
@@ -120,42 +124,51 @@ def test_step_table_validation():
         ops.betas_for_timesteps([0.9, 0.8], [0, 2])
 
 
-@pytest.mark.parametrize("op", ["ddim_step", "ddpm_step", "q_sample", "posterior_mean_variance"])
+@pytest.mark.parametrize("op", ["sampler_step", "q_sample", "posterior_mean_variance"])
 def test_triton_kernels_poison_out_of_range_timesteps(op):
     """The Triton launchers, called directly (the public op checks t on the host only where that costs no device
-    synchronisation), never read the table out of bounds: a row whose t lies outside [0, T) comes out NaN, as in
-    the CUDA kernels, and the other rows are untouched."""
+    synchronisation), never read the table out of bounds: a row whose t (sampler_step: step) lies outside [0, T)
+    comes out NaN, as in the CUDA kernels, writes no history slot, and the other rows are untouched."""
     launchers = importlib.import_module(f"fastdiff.triton_kernels.{op}")
     ref = importlib.import_module(f"fastdiff.ops.{op}").reference
     device = backend_device("triton")
     coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy(), device=device)
     x, eps = torch.randn(4, 3, 5, device=device), torch.randn(4, 3, 5, device=device)
     bad = torch.tensor([3, -1, 10, 2**40], device=device)
-    args = {"ddim_step": (x, eps, None, coefs, bad, 0.5, 0, True, 1.0, eps, -1, 0, False),
-            "ddpm_step": (x, eps, None, coefs, bad, 0, 0, True, 1.0, eps, -1, 0, False),
+    table = ddim_rows(coefs, 0.5, "epsilon", True, 1.0)  # DDIM(η = 0.5) rows, writing D into slot 0
+    table[:, T.WRITE_D] = 0
+    history = torch.randn(1, 4, 3, 5, device=device)
+    before = history.clone()
+    args = {"sampler_step": (x, eps, None, table, bad, history, 0, eps, -1, 0, False),
             "q_sample": (x, eps, coefs, bad),
             "posterior_mean_variance": (x, eps, coefs, bad)}[op]
     out = getattr(launchers, op)(*args)
     out = out if isinstance(out, torch.Tensor) else out[0]
     assert torch.isnan(out[1:]).all()
     good = [a[:1] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 4 else a for a in args]
+    if op == "sampler_step":
+        assert torch.equal(history[:, 1:], before[:, 1:]) and not torch.equal(history[:, :1], before[:, :1])
+        good[5] = before[:, :1].clone()
     want = ref(*good)
     want = want if isinstance(want, torch.Tensor) else want[0]
     torch.testing.assert_close(out[:1], want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("op", ["ddim_step", "ddpm_step"])
-def test_triton_kernels_poison_a_negative_device_seed(op):
+@pytest.mark.parametrize("var_type", [0, 3])
+def test_triton_kernels_poison_a_negative_device_seed(var_type):
     """A negative seed in the device seed tensor cannot be checked on the host without a synchronisation: the
-    Triton (and CUDA) kernels poison the step with NaN, where the CPU kernel raises (test_bad_seed_tensor_is_named)."""
-    launchers = importlib.import_module(f"fastdiff.triton_kernels.{op}")
+    Triton (and CUDA) kernels poison the step with NaN, where the CPU kernel raises (test_bad_seed_tensor_is_named).
+    DDPM rows, fixed_small (var_mode 0) and learned_range (var_mode 2)."""
+    from fastdiff.triton_kernels.sampler_step import sampler_step
     device = backend_device("triton")
     coefs = ops.step_table(torch.linspace(1e-4, 0.02, 10).double().numpy(), device=device)
-    x, eps, t = torch.randn(3, 2, 5, device=device), torch.randn(3, 2, 5, device=device), torch.tensor([4, 0, 9])
-    tail = (eps, None, coefs, t.to(device)) + ((0.5, 0) if op == "ddim_step" else (0, 0)) + (True, 1.0, None, -1, 0,
-                                                                                              False)
+    table = ddpm_rows(coefs, "epsilon", var_type, True, 1.0)
+    var_mode = 2 if var_type == 3 else 0
+    x, t = torch.randn(3, 2, 5, device=device), torch.tensor([4, 0, 9], device=device)
+    mo = torch.randn(3, 4 if var_mode else 2, 5, device=device)
     for seed, finite in ((5, True), (-3, False)):
-        out, _ = getattr(launchers, op)(x, *tail, torch.tensor([seed], device=device))
+        out, _ = sampler_step(x, mo, None, table, t, None, var_mode, None, -1, 0, False,
+                              torch.tensor([seed], device=device))
         assert bool(torch.isfinite(out).all()) == finite and (finite or bool(torch.isnan(out).all()))
 
 

@@ -28,12 +28,6 @@ def _history(x, k_slots=2):
 
 
 SAMPLES = {
-    "ddim_step": lambda x, mo, c, t: (x, mo, mo.clone(), c, t, 0.7, 0, True, 3.0, None, 11, 2**32, True),
-    "ddim_step[seed_tensor]": lambda x, mo, c, t: (x, mo, None, c, t, 1.0, 2, False, 1.0, None, -1, 2**33, True,
-                                                   torch.tensor(12)),
-    "ddpm_step": lambda x, mo, c, t: (x, mo, None, c, t, 2, 3, False, 1.0, torch.randn_like(x), -1, 0, False),
-    "ddpm_step[seed_tensor]": lambda x, mo, c, t: (x, mo, mo.clone(), c, t, 0, 3, True, 2.0, None, -1, 7, False,
-                                                   torch.tensor([2**62 + 1])),
     "sampler_step": lambda x, mo, c, t: (x, mo, mo.clone(), _sampler_table(), torch.tensor([0, 1, 2]),
                                          _history(x), 2, None, 11, 2**32, True),
     "sampler_step[noise]": lambda x, mo, c, t: (x, mo, None, _sampler_table(), torch.tensor([2, 0, 1]),
@@ -55,6 +49,7 @@ def test_opcheck(op, dtype):
 
 
 def test_compile_fullgraph_sampler_step():
+    """The DDIM / DDPM wrappers (sampler_step rows) chained with q_sample and posterior_mean_variance."""
     x, mo, coefs, t = _inputs()
 
     def step(x, mo, unc):

@@ -74,7 +74,7 @@ inline void check_randn_args(const at::Tensor& x, int64_t seed, int64_t offset) 
   check_seed_offset(seed, offset);
 }
 
-// Contiguous views and row lengths of a sampler step's arguments (ddim_step / ddpm_step).
+// Contiguous views and row lengths of a sampler step's arguments (sampler_step's, less its table and history).
 struct StepArgs {
   at::Tensor x, mo, mou, coefs, t, noise;  // mou / noise undefined when absent
   at::Tensor seed;                         // the device seed (int64, one element), undefined when absent
@@ -136,16 +136,6 @@ inline StepArgs check_step_inputs(const at::Tensor& x, const at::Tensor& model_o
   return a;
 }
 
-inline StepArgs check_step(const at::Tensor& x, const at::Tensor& model_output,
-                           const c10::optional<at::Tensor>& model_output_uncond, const at::Tensor& coefs,
-                           const at::Tensor& t, const c10::optional<at::Tensor>& noise, int64_t seed, int64_t offset,
-                           const c10::optional<at::Tensor>& seed_tensor) {
-  StepArgs a = check_step_inputs(x, model_output, model_output_uncond, noise, seed, offset, seed_tensor);
-  a.t = check_coefs_t(x, coefs, t);
-  a.coefs = coefs.contiguous();
-  return a;
-}
-
 // ------------------------------------------------------------------ sampler_step (fastdiff/ops/sampler_step.py)
 
 // The [S, STEP_NCOL] step table and its row indices `step` (check_index_table); returns contiguous int64 step.
@@ -201,20 +191,6 @@ inline SamplerStepArgs check_sampler_step(const at::Tensor& x, const at::Tensor&
   if (history.has_value()) a.history = *history;
   check_var_mode(var_mode, model_output, x);
   return a;
-}
-
-inline void check_learned_var(const StepArgs& a, int64_t var_type) {
-  TORCH_CHECK(var_type >= VAR_FIXED_SMALL && var_type <= VAR_LEARNED_RANGE,
-              "var_type must be 0 (fixed_small), 1 (fixed_large), 2 (learned) or 3 (learned_range), got ", var_type);
-  if (var_type >= VAR_LEARNED) {
-    TORCH_CHECK(a.mo.size(1) == 2 * a.x.size(1), "var_type=", var_type, " (learned) needs model_output with 2C = ",
-                2 * a.x.size(1), " channels (eps and variance), got ", a.mo.size(1));
-  }
-}
-
-inline void check_prediction(int64_t prediction) {
-  TORCH_CHECK(prediction >= PRED_EPS && prediction <= PRED_V,
-              "prediction must be 0 (epsilon), 1 (x0) or 2 (v), got ", prediction);
 }
 
 // q_sample / posterior_mean_variance: two tensors of one shape [N, ...] plus coefs and t.

@@ -3,7 +3,8 @@
 
 namespace fastdiff {
 
-// The [T, NCOEF] coefficient table of the DDPM / DDIM ops (fastdiff/ops/table.py, top).
+// The [T, NCOEF] schedule table of q_sample and posterior_mean_variance (fastdiff/ops/table.py, top); the
+// ddim_step / ddpm_step wrappers build sampler_step rows from it in Python.
 namespace coef {
 enum : int {
   AC = 0,                  // ᾱ_t
@@ -50,9 +51,5 @@ enum : int {
 // the Improved DDPM eq. 15 interpolation (learned_range).
 enum VarMode : int { VAR_MODE_TABLE = 0, VAR_MODE_LEARNED = 1, VAR_MODE_LEARNED_RANGE = 2 };
 }  // namespace step
-
-// Kernel codes, as in fastdiff/ops/_common.py (PREDICTIONS, VAR_TYPES).
-enum Prediction : int { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 };
-enum VarType : int { VAR_FIXED_SMALL = 0, VAR_FIXED_LARGE = 1, VAR_LEARNED = 2, VAR_LEARNED_RANGE = 3 };
 
 }  // namespace fastdiff
