@@ -59,7 +59,7 @@ CUDA_INC ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed 
 CUDA_CHECK_OUT := build/cuda-check
 
 cuda-check: install
-	@set -e; mkdir -p $(CUDA_CHECK_OUT); for f in csrc/cuda/*.cu; do \
+	@set -e; mkdir -p $(CUDA_CHECK_OUT); rm -f $(CUDA_CHECK_OUT)/*.o; for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; \
 	  $(NVCC) -std=c++17 -O3 -DNDEBUG -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
 	    -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o; \

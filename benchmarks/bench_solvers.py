@@ -13,6 +13,8 @@ Shapes: 2x4x64x64 (an SD latent batch) and 1x16x128x128 (a Flux/SD3-size latent)
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -40,11 +42,13 @@ CASES = {
 
 def _diffusers_loop(scheduler, x_T, model_output, generator):
     """The pipeline loop with model(x, t) = model_output (a fixed tensor): scale_model_input where the scheduler
-    needs it, then step."""
+    needs it, then step (with the generator where its step takes one)."""
+    kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     x = x_T
     for t in scheduler.timesteps:
-        scheduler.scale_model_input(x, t)
-        x = scheduler.step(model_output, t, x, generator=generator).prev_sample
+        if hasattr(scheduler, "scale_model_input"):
+            scheduler.scale_model_input(x, t)
+        x = scheduler.step(model_output, t, x, **kw).prev_sample
     return x
 
 
