@@ -8,7 +8,7 @@ from fastdiff.ops import table as T
 from fastdiff.ops.sampler_step import run as run_step
 from fastdiff.ops.ddim_step import x0_columns
 
-_VAR_MODE = {0: 0, 1: 0, 2: 1, 3: 2}  # var_type code -> sampler_step var_mode (learned, learned_range)
+VAR_MODE = {0: 0, 1: 0, 2: 1, 3: 2}  # var_type code -> sampler_step var_mode (learned, learned_range)
 
 
 def step_rows(coefs: torch.Tensor, prediction: str, var_type: int, clip_denoised: bool, guidance_scale: float):
@@ -20,7 +20,7 @@ def step_rows(coefs: torch.Tensor, prediction: str, var_type: int, clip_denoised
     rows[:, T.CFG_SCALE] = guidance_scale
     rows[:, T.CLIP] = 1.0 if clip_denoised else 0.0
     rows[:, T.C_X], rows[:, T.C_D] = coefs[:, T.POST_COEF2], coefs[:, T.POST_COEF1]
-    if _VAR_MODE[var_type]:
+    if VAR_MODE[var_type]:
         rows[1:, T.C_Z] = 1.0
     else:
         log_var = coefs[:, T.FIXED_LARGE_LOGVAR if var_type == 1 else T.POST_LOGVAR]
@@ -51,7 +51,7 @@ def fused(x, model_output, model_output_uncond, coefs, t, prediction: str, var_t
     """(x_{t-1}, x̂0) of one validated DDPM step: one `sampler_step` launch, no checks and no host reads (x̂0
     empty unless return_x0; seed −1 without in-kernel noise)."""
     rows = step_rows(coefs, prediction, var_type, clip_denoised, guidance_scale)
-    return run_step(x, model_output, model_output_uncond, rows, t, None, _VAR_MODE[var_type], noise, seed, offset,
+    return run_step(x, model_output, model_output_uncond, rows, t, None, VAR_MODE[var_type], noise, seed, offset,
                      return_x0, seed_tensor, backend)
 
 

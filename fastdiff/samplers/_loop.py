@@ -8,7 +8,9 @@ from tqdm.auto import tqdm
 
 from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import common as C
+from fastdiff.ops import philox
 from fastdiff.ops import table as T
+from fastdiff.ops.sampler_step import run as run_step
 from fastdiff.ops import betas_for_timesteps, step_table
 from fastdiff.ops.ddpm_step import log_variance
 from fastdiff.samplers.guidance import ClassifierFree, Guidance, GuidancePlan, weighted_gradient
@@ -46,13 +48,15 @@ def prepare_timesteps(timesteps, alphas_cumprod, x: torch.Tensor):
     return table, rows, model_t, ts
 
 
-def run_steps(step: Callable, model, x: torch.Tensor, timesteps, extra_args, *, alphas_cumprod,
+def run_steps(step_rows: Callable, var_mode: int, model, x: torch.Tensor, timesteps, extra_args, *, alphas_cumprod,
               guidance_scale: float | None, uncond_args: dict | None, seed: int | None,
               generator: torch.Generator | None, needs_noise: bool, disable: bool | None, desc: str,
               backend: str | None, guidance: Sequence[Guidance] = (), labels: torch.Tensor | None = None,
               prediction: str = "epsilon", ddpm_var_type: str | None = None) -> Iterator[dict]:
-    """Yield {"i", "t", "x", "denoised"} after each step; `step(x, out, table, rows, **noise_and_guidance)`
-    is the fused op with its sampler-specific options bound.
+    """Yield {"i", "t", "x", "denoised"} after each step: per step one model evaluation and one fused
+    `sampler_step` on the rows `step_rows(table)` builds once from the respaced schedule table (`ops.ddim_step` /
+    `ops.ddpm_step`'s rows with the sampler's options bound, so the loop and the per-step API agree bit for bit;
+    `var_mode`: the op's learned-variance mode), each row's classifier-free scale 1 + w(t) filled in.
 
     guidance: `fastdiff.samplers.guidance` terms (see there); labels: int64 [N] targets of classifier guidance
     (default: extra_args["y"]); ddpm_var_type: the DDPM step's var_type (classifier guidance then shifts the
@@ -77,24 +81,32 @@ def run_steps(step: Callable, model, x: torch.Tensor, timesteps, extra_args, *, 
     table, rows, model_t, host_t = prepare_timesteps(timesteps, alphas_cumprod, x)
     num_timesteps = len(alphas_cumprod)
     steps = rows.shape[0]
+    scales = [1.0 if plan.cfg is None else 1.0 + plan.cfg_weight(t, num_timesteps) for t in host_t]
+    step_table = step_rows(table)
+    step_table[:, T.CFG_SCALE] = torch.tensor(scales, dtype=step_table.dtype).to(x.device)  # one copy, up front
+    if seed is not None:
+        philox.check_seed_offset(seed, step_offset(steps - 1))
     for i in tqdm(range(steps), desc=desc, disable=disable):
         k = steps - 1 - i
         t = model_t[k]
-        scale = None if plan.cfg is None else 1.0 + plan.cfg_weight(host_t[k], num_timesteps)
-        out, out_u = model_outputs(model, x, t, extra_args, uncond_args if scale not in (None, 1.0) else None)
+        out, out_u = model_outputs(model, x, t, extra_args, uncond_args if scales[k] != 1.0 else None)
+        for name, o in (("model_output", out), ("model_output_uncond", out_u)):
+            if o is not None:
+                C.check_model_output(name, o, x)
+        if var_mode and out.shape[1] != 2 * x.shape[1]:
+            raise ValueError(f"a learned variance needs model outputs with 2C = {2 * x.shape[1]} channels, got "
+                             f"{out.shape[1]}")
         eps_grad = weighted_gradient(plan.eps_terms, x, t, num_timesteps)
         if eps_grad is not None:  # ε̂ = ε − √(1 − ᾱ_t)·Σ w·∇f
             shift = -C.gather(table, rows[k], T.SQRT_1M_AC, x.dim(), torch.float32) * eps_grad
             out, out_u = (None if o is None else shift_eps(o, shift) for o in (out, out_u))
-        kwargs = {"backend": backend, "return_x0": True}
-        if out_u is not None:
-            kwargs.update(model_output_uncond=out_u, guidance_scale=scale)
-        if seed is not None:
-            kwargs.update(seed=seed, offset=step_offset(i))
-        elif needs_noise:
-            kwargs.update(noise=torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+        noise = None
+        if seed is None and needs_noise:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         mean_grad = weighted_gradient(plan.mean_terms, x, t, num_timesteps)
-        x_prev, x0 = step(x, out, table, rows[k], **kwargs)
+        # checked above and once before the loop: the step itself runs unchecked (no host work)
+        x_prev, x0 = run_step(x, out, out_u, step_table, rows[k], None, var_mode, noise,
+                              -1 if seed is None else seed, step_offset(i), True, None, backend)
         if mean_grad is not None:  # μ ← μ + Σ_t·Σ w·∇ log p(y | x_t)
             log_var = log_variance(out, table, rows[k], C.var_type_code(ddpm_var_type), x.shape[1], torch.float32)
             x_prev = (x_prev.float() + log_var.exp() * mean_grad).to(x.dtype)

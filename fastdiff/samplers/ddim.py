@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import functools
 
-from fastdiff import ops
 from fastdiff.ops import common as C
+from fastdiff.ops.ddim_step import step_rows
 from fastdiff.samplers._loop import consume, run_steps
 
 
@@ -18,8 +18,9 @@ def ddim_steps(model, x, timesteps=None, extra_args=None, *, alphas_cumprod, eta
     DDPM-like. Extra variance channels of the model output are ignored.
     """
     eta = C.check_eta(eta)
-    step = functools.partial(ops.ddim_step, eta=eta, prediction=prediction, clip_denoised=clip_denoised)
-    return run_steps(step, model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod,
+    rows = functools.partial(step_rows, eta=eta, prediction=C.prediction_name(prediction),
+                             clip_denoised=bool(clip_denoised), guidance_scale=1.0)
+    return run_steps(rows, 0, model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod,
                      guidance_scale=guidance_scale, uncond_args=uncond_args, seed=seed if eta > 0 else None,
                      generator=generator, needs_noise=eta > 0, disable=disable, desc="DDIM", backend=backend,
                      guidance=guidance, labels=labels, prediction=prediction)

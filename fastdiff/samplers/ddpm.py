@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import functools
 
-from fastdiff import ops
+from fastdiff.ops import common as C
+from fastdiff.ops.ddpm_step import VAR_MODE, step_rows
 from fastdiff.samplers._loop import consume, run_steps
 
 
@@ -21,8 +22,10 @@ def ddpm_steps(model, x, timesteps=None, extra_args=None, *, alphas_cumprod, pre
     each with its weight, schedule and t interval; labels: int64 [N] classifier-guidance targets (default
     extra_args["y"]).
     """
-    step = functools.partial(ops.ddpm_step, prediction=prediction, var_type=var_type, clip_denoised=clip_denoised)
-    return run_steps(step, model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod,
+    vt = C.var_type_code(var_type)
+    rows = functools.partial(step_rows, prediction=C.prediction_name(prediction), var_type=vt,
+                             clip_denoised=bool(clip_denoised), guidance_scale=1.0)
+    return run_steps(rows, VAR_MODE[vt], model, x, timesteps, extra_args, alphas_cumprod=alphas_cumprod,
                      guidance_scale=guidance_scale, uncond_args=uncond_args, seed=seed, generator=generator,
                      needs_noise=True, disable=disable, desc="DDPM", backend=backend,
                      guidance=guidance, labels=labels, prediction=prediction, ddpm_var_type=var_type)

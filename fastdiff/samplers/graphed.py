@@ -28,7 +28,9 @@ import torch
 from fastdiff import ops
 from fastdiff.errors import GraphCaptureError
 from fastdiff.ops import common as C
-from fastdiff.ops import philox
+from fastdiff.ops import betas_for_timesteps, philox, step_table
+from fastdiff.ops.ddim_step import step_rows as ddim_rows
+from fastdiff.ops.ddpm_step import VAR_MODE as DDPM_VAR_MODE, step_rows as ddpm_rows
 from fastdiff.samplers import solvers, tables
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
 from fastdiff.samplers.generate import SIGMA_SAMPLERS, SIGMA_SCHEDULES, sampling_sigmas
@@ -163,6 +165,21 @@ def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None
 # ----------------------------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class _Rows:
+    """A loop's `sampler_step` table [R, STEP_NCOL] and, per model evaluation j in visiting order: its table row,
+    sampler step, model input timestep, input scale c_in and whether it draws noise."""
+    table: torch.Tensor
+    visits: list
+    step_of: list
+    model_t: list
+    c_in: list
+    noisy: list
+    var_mode: int
+    history: int
+    init_sigma: float  # x_T = init_sigma · Philox(seed): σ_max for the σ-space solvers
+
+
 def _tensor_output(out):
     """A model's output as a tensor: diffusers' UNet2DOutput (.sample) and tuples (their first element) too."""
     if isinstance(out, torch.Tensor):
@@ -209,43 +226,54 @@ class StaticLoop:
         self.seed = torch.zeros((), dtype=torch.int64, device=self.device)
         self.kwargs = self._static("model_kwargs", model_kwargs or {}, n)
         self.uncond = self._static("uncond_kwargs", uncond_kwargs or {}, n) if uncond_kwargs else None
-        self.steps, model_t, c_in = self._table(plan, eta, schedule)
-        self.noisy = self.steps.noisy_rows()
-        r = len(self.steps)
-        self.table = self.steps.tensor(self.device, torch.float64 if dtype == torch.float64 else torch.float32)
-        self.history = (torch.zeros((self.steps.history, *shape), dtype=dtype, device=self.device)
-                        if self.steps.history else None)
+        rows = self._rows(plan, eta, schedule)
+        self.var_mode, self.init_sigma, self.visits = rows.var_mode, rows.init_sigma, rows.visits
+        self.noisy, self.c_in, self.step_of = rows.noisy, rows.c_in, rows.step_of
+        self.table = rows.table.to(device=self.device, dtype=torch.float64 if dtype == torch.float64 else
+                                   torch.float32)
+        self.history = (torch.zeros((rows.history, *shape), dtype=dtype, device=self.device)
+                        if rows.history else None)
+        r = self.table.shape[0]
         self.rows = torch.arange(r, device=self.device).unsqueeze(1).expand(r, n).contiguous()
+        model_t = rows.model_t
         t_dtype = torch.float32 if any(isinstance(t, float) for t in model_t) else torch.int64
-        self.model_t = torch.tensor(model_t, dtype=t_dtype).to(self.device).unsqueeze(1).expand(r, n).contiguous()
-        self.c_in = [None if c == 1.0 else float(c) for c in c_in]
-        self.init_sigma = float(self.steps.sigmas[0]) if plan.sampler in SIGMA_SAMPLERS else 1.0  # σ-space x_T
+        self.model_t = torch.tensor(model_t, dtype=t_dtype).to(self.device).unsqueeze(1).expand(
+            len(model_t), n).contiguous()
 
-    def _table(self, plan: SamplingPlan, eta: float, schedule: str):
-        """(StepTable, model input timestep per row, input scale c_in per row) of the plan's sampler."""
+    def _rows(self, plan: SamplingPlan, eta: float, schedule: str) -> "_Rows":
+        """The sampler's `sampler_step` table and, per model evaluation in visiting order, its row, step, model
+        timestep, input scale and whether it draws noise."""
         ac = plan.alphas_cumprod
-        common = dict(prediction=plan.prediction, clip=1.0 if plan.clip_denoised else 0.0,
-                      cfg_scale=1.0 if self.guidance_scale is None else self.guidance_scale)
-        if plan.sampler in ("ddim", "ddpm", "lcm"):
-            visits = plan.table_ts[plan.first_step_row:][::-1]
-            model_t = [plan.model_t[plan.table_ts.index(t)] for t in visits]
-            if plan.sampler == "lcm":
-                table = tables.lcm(ac, visits, **common)
-            elif plan.sampler == "ddim":
-                final = float(ac[plan.table_ts[0]]) if plan.first_step_row else 1.0
-                table = tables.ddim(ac, visits, eta=eta, final_alpha_cumprod=final, **common)
+        scale = 1.0 if self.guidance_scale is None else self.guidance_scale
+        if plan.sampler in ("ddim", "ddpm"):  # the rows of the eager loop (`_loop.run_steps`), bit for bit
+            coefs = step_table(betas_for_timesteps(ac, plan.table_ts), device=self.device)
+            if plan.sampler == "ddim":
+                table, var_mode = ddim_rows(coefs, eta, plan.prediction, plan.clip_denoised, scale), 0
             else:
-                table = tables.ddpm(ac, visits, var_type=plan.var_type, **common)
-            return table, model_t, [1.0] * len(table)
-        if schedule not in SIGMA_SCHEDULES:
-            raise ValueError(f"schedule must be one of {SIGMA_SCHEDULES}, got {schedule!r}")
-        if plan.all_model_t is None:
-            raise TypeError(f"sampler {plan.sampler!r} runs in σ-space on a fastdiff diffusion or alphas_cumprod [T]; "
-                            f"a diffusers scheduler gives only its own DDIM/DDPM timesteps")
-        den = solvers.DiscreteVPDenoiser(None, ac, prediction=plan.prediction, quantize=True)
-        table = solvers.BUILDERS[plan.sampler](sampling_sigmas(den, plan.steps, schedule), space="ve", **common)
-        c_in, idx = den.model_inputs(table.sigmas)
-        return table, [plan.all_model_t[i] for i in idx], list(c_in)
+                vt = C.var_type_code(plan.var_type)
+                table, var_mode = ddpm_rows(coefs, plan.prediction, vt, plan.clip_denoised, scale), DDPM_VAR_MODE[vt]
+            last = len(plan.table_ts) - 1
+            visits = [last - i for i in range(plan.steps)]
+            stochastic = plan.sampler == "ddpm" or eta > 0.0
+            return _Rows(table, visits, list(range(plan.steps)), [plan.model_t[k] for k in visits],
+                         [1.0] * plan.steps, [stochastic] * plan.steps, var_mode, 0, 1.0)
+        common = dict(prediction=plan.prediction, clip=1.0 if plan.clip_denoised else 0.0, cfg_scale=scale)
+        if plan.sampler == "lcm":
+            visits = plan.table_ts[::-1]
+            steps = tables.lcm(ac, visits, **common)
+            model_t, c_in, init_sigma = [plan.model_t[plan.table_ts.index(t)] for t in visits], [1.0] * len(steps), 1.0
+        else:
+            if schedule not in SIGMA_SCHEDULES:
+                raise ValueError(f"schedule must be one of {SIGMA_SCHEDULES}, got {schedule!r}")
+            if plan.all_model_t is None:
+                raise TypeError(f"sampler {plan.sampler!r} runs in σ-space on a fastdiff diffusion or alphas_cumprod "
+                                f"[T]; a diffusers scheduler gives only its own DDIM/DDPM timesteps")
+            den = solvers.DiscreteVPDenoiser(None, ac, prediction=plan.prediction, quantize=True)
+            steps = solvers.BUILDERS[plan.sampler](sampling_sigmas(den, plan.steps, schedule), space="ve", **common)
+            c_in, idx = den.model_inputs(steps.sigmas)
+            model_t, c_in, init_sigma = [plan.all_model_t[i] for i in idx], list(c_in), float(steps.sigmas[0])
+        return _Rows(torch.as_tensor(steps.coefs), list(range(len(steps))), list(steps.step), model_t, c_in,
+                     list(steps.noisy_rows()), steps.var_mode, steps.history, init_sigma)
 
     def _static(self, name: str, kwargs: dict, n: int) -> dict:
         out = {}
@@ -285,18 +313,19 @@ class StaticLoop:
         self.seed.fill_(seed)
 
     def run(self, num_steps: int | None = None) -> torch.Tensor:
-        """The loop from the x buffer: [N, C, ...] after the rows of `num_steps` sampler steps (default all), one
-        model evaluation and one fused `sampler_step` per row. No host syncs."""
-        x, table = self.x, self.steps
-        rows = len(table) if num_steps is None else int(np.searchsorted(table.step, num_steps))
+        """The loop from the x buffer: [N, C, ...] after the model evaluations of `num_steps` sampler steps
+        (default all), one model call and one fused `sampler_step` each. No host syncs."""
+        x = self.x
         model = lambda *a, **k: _tensor_output(self.model(*a, **k))
         if self.history is not None:
             self.history.zero_()
-        for r in range(rows):
-            x_in = x if self.c_in[r] is None else x * self.c_in[r]
-            out, out_u = model_outputs(model, x_in, self.model_t[r], self.kwargs, self.uncond)
-            noise = {"seed": self.seed, "offset": step_offset(r)} if self.noisy[r] else {}
-            x = ops.sampler_step(x, out, self.table, self.rows[r], history=self.history, var_mode=table.var_mode,
+        for j, row in enumerate(self.visits):
+            if num_steps is not None and self.step_of[j] >= num_steps:
+                break
+            x_in = x if self.c_in[j] == 1.0 else x * float(self.c_in[j])
+            out, out_u = model_outputs(model, x_in, self.model_t[j], self.kwargs, self.uncond)
+            noise = {"seed": self.seed, "offset": step_offset(j)} if self.noisy[j] else {}
+            x = ops.sampler_step(x, out, self.table, self.rows[row], history=self.history, var_mode=self.var_mode,
                                  model_output_uncond=out_u, backend=self.backend, **noise)
         return x
 

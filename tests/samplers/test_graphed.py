@@ -53,7 +53,7 @@ def test_unsupported_schedulers_and_arguments_raise_before_any_device_work():
     with pytest.raises(TypeError, match="diffusion_or_scheduler must be.*got str"):
         GraphedSampler(toy_model, "linear", (1, 3, 8, 8), 10)
     with pytest.raises(ValueError, match="sampler must be one of"):
-        GraphedSampler(toy_model, AC, (1, 3, 8, 8), 10, sampler="euler")
+        GraphedSampler(toy_model, AC, (1, 3, 8, 8), 10, sampler="dpm_fast")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         GraphedSampler(toy_model, AC, (1, 3, 8, 8), 0)
     with pytest.raises(TypeError, match="model must be callable"):
