@@ -23,19 +23,46 @@
 #define FASTDIFF_CPU_CLONES
 #endif
 
+// No floating-point contraction in the kernels that include this (put it after the includes): the clones for
+// x86-64-v3 / v4 have FMA, and g++ fuses a·b + c into one rounding by default (-ffp-contract=fast, also with
+// -std=c++20), which would change results with the machine (the default clone has no FMA) and leave the
+// reference's operation order. Functions defined after it compile with contraction off; clang takes the pragma
+// at file scope too.
+#if defined(__clang__)
+#define FASTDIFF_CPU_NO_FP_CONTRACT _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define FASTDIFF_CPU_NO_FP_CONTRACT _Pragma("GCC optimize(\"fp-contract=off\")")
+#else
+#define FASTDIFF_CPU_NO_FP_CONTRACT
+#endif
+
 namespace fastdiff {
 namespace cpu {
 
 constexpr int64_t kChunk = 1024;  // elements per work item: stack buffers stay in L1
 
-// f(n, begin, end) over chunks [begin, end) of every row n of an [N, M] view, in parallel.
+// Elements below which a loop runs on one thread (at::parallel_for's grain, counted in elements): a memory-bound
+// pass over ~32K elements takes a few µs, what waking the OpenMP team costs (torch's elementwise grain, 32768).
+constexpr int64_t kGrainElements = 32768;
+// The same for loops that draw Philox noise (~4 ns an element on one core): a couple of chunks a thread already pay.
+constexpr int64_t kNoiseGrainElements = 2048;
+
+// Elements per work item for a loop that needs no kChunk buffer (it reads and writes the tensors in place): fewer
+// calls, each long enough that its setup does not count.
+constexpr int64_t kLargeChunk = 16 * kChunk;
+
+// f(n, begin, end) over chunks [begin, end) of at most `chunk` elements of every row n of an [N, M] view, in
+// parallel once there are more than grain_elements elements.
 template <typename F>
-void for_each_row_chunk(int64_t rows, int64_t m, const F& f) {
-  const int64_t chunks = (m + kChunk - 1) / kChunk;
-  at::parallel_for(0, rows * chunks, /*grain_size=*/16, [&](int64_t begin, int64_t end) {
+void for_each_row_chunk(int64_t rows, int64_t m, const F& f, int64_t grain_elements = kGrainElements,
+                        int64_t chunk = kChunk) {
+  const int64_t chunks = (m + chunk - 1) / chunk;
+  const int64_t per_item = std::max<int64_t>(1, std::min(m, chunk));
+  const int64_t grain = std::max<int64_t>(1, grain_elements / per_item);
+  at::parallel_for(0, rows * chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = u / chunks, c = u % chunks;
-      f(n, c * kChunk, std::min(m, (c + 1) * kChunk));
+      f(n, c * chunk, std::min(m, (c + 1) * chunk));
     }
   });
 }
@@ -102,16 +129,19 @@ std::vector<S> per_sample(const at::Tensor& coefs, const at::Tensor& t, const F&
   return out;
 }
 
-// u1[j], u2[j] = Triton's uniforms of the Philox words for counter + j, j < len (see philox_cpu.cpp).
-void philox_uniforms(float* u1, float* u2, int64_t len, uint64_t seed, uint64_t counter);
+// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk, within the rounding of log / cos (DESIGN §3): vectorised
+// Philox words, then a vectorised Box-Muller (philox_cpu.cpp, box_muller_cpu.h).
+void randn_chunk(float* z, int64_t len, uint64_t seed, uint64_t counter);
 
-// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk: vectorised Philox words, then Box-Muller (scalar
-// logf/cosf calls, ~45% of the time).
 template <typename A>
 void fill_randn(A* z, int64_t len, uint64_t seed, uint64_t counter) {
-  float u1[kChunk], u2[kChunk];
-  philox_uniforms(u1, u2, len, seed, counter);
-  for (int64_t j = 0; j < len; ++j) z[j] = static_cast<A>(philox::box_muller(u1[j], u2[j]));
+  if constexpr (std::is_same_v<A, float>) {
+    randn_chunk(z, len, seed, counter);
+  } else {
+    float zf[kChunk];
+    randn_chunk(zf, len, seed, counter);
+    for (int64_t j = 0; j < len; ++j) z[j] = static_cast<A>(zf[j]);
+  }
 }
 
 // f(std::bool_constant<b>...) for runtime flags b...: one branch-free instantiation per combination.

@@ -19,7 +19,7 @@ at::Tensor randn_like_cpu(const at::Tensor& x, int64_t seed, int64_t offset) {
       float* z = cpu::out_buf(y + b, zb);
       cpu::fill_randn(z, e - b, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(b));
       cpu::store(z, y + b, e - b);
-    });
+    }, cpu::kNoiseGrainElements);
   });
   return out;
 }

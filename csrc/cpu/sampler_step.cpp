@@ -10,6 +10,8 @@
 #include "fastdiff/checks.h"
 #include "fastdiff/sampler_math.h"
 
+FASTDIFF_CPU_NO_FP_CONTRACT
+
 namespace fastdiff {
 namespace {
 
@@ -60,10 +62,12 @@ int raw_terms(const StepCoefs<A>& c, bool uncond) {
 // The per-element step over one chunk of len elements (fastdiff/sampler_math.h, the reference's order). Raw: the
 // raw_terms bits (kRawOU only with Cfg); NoiseKind: 0 no noise term, else 1 + var_mode; Slots: the history slots
 // read (h[k] with coefficient hc[k], k < Slots). The flags make the loop branch-free; c and the slot arrays are
-// copies, so stores through out / d cannot alias them and the loop vectorises.
+// copies, so stores through out / d cannot alias them and the loop vectorises, 16 floats wide in the AVX-512 clone
+// (the SSE2 default alone made the fp32 flow-Euler step compute-bound: 2.6x torch.add over the same bytes).
 template <bool Cfg, bool KeepD, int Raw, int NoiseKind, int Slots, typename A>
-void step_chunk(const StepCoefs<A> c, int64_t len, const A* xr, const A* mo, const A* mu, const A* var, const A* zs,
-                const A* const (&h)[step::MAX_HISTORY], const A (&hc)[step::MAX_HISTORY], A* out, A* d) {
+FASTDIFF_CPU_CLONES void step_chunk(const StepCoefs<A> c, int64_t len, const A* xr, const A* mo, const A* mu,
+                                    const A* var, const A* zs, const A* const (&h)[step::MAX_HISTORY],
+                                    const A (&hc)[step::MAX_HISTORY], A* out, A* d) {
   const A* hp[Slots + 1];
   A hk[Slots + 1];
   for (int k = 0; k < Slots; ++k) hp[k] = h[k], hk[k] = hc[k];
@@ -112,6 +116,12 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(const at::Tensor& x, const a
     T* dp = return_denoised ? d_out.data_ptr<T>() : nullptr;
     const int64_t m = a.m, rows = a.n;
     const int mode = static_cast<int>(var_mode);
+    const bool seeded = noise_p == nullptr && seed >= 0;  // in-kernel Philox noise
+    // Chunks of kChunk elements where the stack buffers below hold them (a conversion from / to T, Philox noise, or
+    // a D kept only for a history write); otherwise the step runs in place on kLargeChunk elements a call.
+    const bool buffered = !std::is_same_v<A, T> || seeded || (hist != nullptr && dp == nullptr);
+    // Philox noise and a learned variance's exp cost a few ns an element: threads pay off on fewer of them.
+    const bool heavy = seeded || mode != step::VAR_MODE_TABLE;
     cpu::for_each_row_chunk(rows, m, [&](int64_t n, int64_t b, int64_t e) {
       const StepCoefs<A>& c = cs[n];
       const int64_t len = e - b, base = n * m + b;
@@ -150,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(const at::Tensor& x, const a
       cpu::store(out, out_t, len);
       cpu::store(dr, d_t, len);
       if (hist != nullptr) write_history(c, hist, dr, xp + base, n, rows, m, b, len);
-    });
+    }, heavy ? cpu::kNoiseGrainElements : cpu::kGrainElements, buffered ? cpu::kChunk : cpu::kLargeChunk);
   });
   return {x_next, d_out};
 }
