@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastdiff, m) {
-  // The one sampler step (DESIGN §9), every sampler's update (fastdiff.ops.ddim_step / ddpm_step build its rows):
+  // The one sampler step (docs/architecture.md, "Adding a sampler"), every sampler's update (fastdiff.ops.ddim_step / ddpm_step build its rows):
   // coefficients per sample from row step[n] of the [S, STEP_NCOL] table; history ([K, N, ...] slots, or None) is
   // written in place; var_mode 0 table, 1 learned, 2 learned_range.
   m.def(

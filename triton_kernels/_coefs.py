@@ -19,7 +19,7 @@ LOG_BETA = tl.constexpr(10)            # log β_t (Improved DDPM eq. 15, upper e
 FIXED_LARGE_LOGVAR = tl.constexpr(11)  # log (β̃_1, β_1, β_2, …)
 NCOEF = tl.constexpr(12)
 
-# Columns of the [S, STEP_NCOL] sampler step table (fastdiff.ops.sampler_step, DESIGN §9), mirroring the end of
+# Columns of the [S, STEP_NCOL] sampler step table (fastdiff.ops.sampler_step, docs/architecture.md, "Adding a sampler"), mirroring the end of
 # fastdiff/ops/table.py exactly.
 CFG_SCALE = tl.constexpr(0)   # w of o = o_u + w·(o_c − o_u)
 A_X = tl.constexpr(1)         # D = clip(A_X·x + A_O·o)

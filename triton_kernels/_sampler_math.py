@@ -145,7 +145,7 @@ def step_noise(noise_ptr, noise_stride, seed, offset, rows, M, cols, mask, NOISE
     return z
 
 
-# ------------------------------------------------------------------------------ the one sampler step (DESIGN §9)
+# ------------------------------------------------------------------------------ the one sampler step (docs/architecture.md, "Adding a sampler")
 # Rows r = step[n] of the [S, STEP_NCOL] step table (fastdiff.ops.table, mirrored in _coefs); r = -1 marks a step
 # outside [0, S) (load_t), whose coefficients are NaN.
 

@@ -1,4 +1,4 @@
-"""The one fused sampler step (DESIGN §9): CFG combine, denoised estimate, clip, affine update with the raw model
+"""The one fused sampler step (docs/architecture.md, "Adding a sampler"): CFG combine, denoised estimate, clip, affine update with the raw model
 outputs and history slots, noise, and the history write, in one pass over a row of the [S, STEP_NCOL] step table per
 sample."""
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _sampler_step_kernel(x_ptr, x_stride, mo_ptr, mo_stride, mu_ptr, mu_stride, 
                          ACC: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
     """x_next = c_x·x + c_D·D + c_o·o + c_ou·o_u + Σ_k c_{H+k}·H_k + c_z·σ_var·z with D = clip(a_x·x + a_o·o) and
     o = o_u + w·(o_c − o_u), every coefficient from row step[n] of the table (fastdiff.ops.sampler_step.reference,
-    whose operation order this follows; DESIGN §9); then D and x go into the history slots the row names. The
+    whose operation order this follows; docs/architecture.md, "Adding a sampler"); then D and x go into the history slots the row names. The
     c_o / c_ou terms are where'd per row (sm.sparse_term: both outputs are in registers already), c_ou·o_u only with
     an unconditional output. Philox noise is drawn, scaled and where'd before the loads (it depends on the row
     alone) and added last, in the reference's order: its Box-Muller temporaries are then never live with the loaded

@@ -1,7 +1,7 @@
 // Box-Muller for the CPU noise stream with branch-free log, cos and sqrt, so the loop over a chunk vectorises (in
 // the target_clones of philox_cpu.cpp; glibc's logf / cosf are calls the compiler cannot vectorise without
 // -ffast-math, and sqrtf keeps a libm call for errno). CPU only: CUDA keeps fastdiff/philox.h's box_muller and
-// its intrinsics. DESIGN §3 lets CPU and GPU noise differ within the rounding of log / cos. Checked against float64
+// its intrinsics. docs/architecture.md, "One noise stream" lets CPU and GPU noise differ within the rounding of log / cos. Checked against float64
 // libm on every float of the inputs' ranges: log_pos is within 0.83 ulp of ln(u1) for u1 in [1e-7, 1] (glibc's
 // logf: 0.79), cos_0_2pi within 0.001 ulp (of a float) of cos(t) for t in [0, 2π]; box_muller_vec is within
 // 1.13 ulp of the float64 formula on 10^7 random uniform pairs and the edge values (0, 1e-7, ¼, ½, ¾, 1, ...),

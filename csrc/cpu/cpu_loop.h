@@ -129,7 +129,7 @@ std::vector<S> per_sample(const at::Tensor& coefs, const at::Tensor& t, const F&
   return out;
 }
 
-// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk, within the rounding of log / cos (DESIGN §3): vectorised
+// z[j] = tl.randn(seed, counter + j) for j < len <= kChunk, within the rounding of log / cos (docs/architecture.md, "One noise stream"): vectorised
 // Philox words, then a vectorised Box-Muller (philox_cpu.cpp, box_muller_cpu.h).
 void randn_chunk(float* z, int64_t len, uint64_t seed, uint64_t counter);
 

@@ -23,7 +23,7 @@ struct TableArgs {
   const int64_t* t = nullptr;   // [N]
 };
 
-// The one sampler step (fastdiff.ops.sampler_step, DESIGN §9); the table is TableArgs' [S, STEP_NCOL] step table
+// The one sampler step (fastdiff.ops.sampler_step, docs/architecture.md, "Adding a sampler"); the table is TableArgs' [S, STEP_NCOL] step table
 // and t its row per sample.
 struct SamplerStepParams {
   const void *x = nullptr, *mo = nullptr, *mou = nullptr, *noise = nullptr;  // mou / noise may be null

@@ -1,4 +1,4 @@
-// The one sampler step (DESIGN §9): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D + c_o·o + c_ou·o_u +
+// The one sampler step (docs/architecture.md, "Adding a sampler"): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D + c_o·o + c_ou·o_u +
 // Σ_k c_k·H_k + c_z·σ_var·z with noise from a tensor or in-kernel Philox, then D / x into history slots in place;
 // per-element math in fastdiff/sampler_math.h, shared with the CPU kernel.
 #include "device.cuh"

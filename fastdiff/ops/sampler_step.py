@@ -1,4 +1,4 @@
-"""The one fused sampler step (DESIGN §9): every sampler's update as a row of coefficients.
+"""The one fused sampler step (docs/architecture.md, "Adding a sampler"): every sampler's update as a row of coefficients.
 
 Per sample n, with row r = step[n] of the [S, STEP_NCOL] table (columns in `fastdiff.ops.table`):
 
@@ -129,7 +129,7 @@ def sampler_step(x: torch.Tensor, model_output: torch.Tensor, table: torch.Tenso
                  model_output_uncond: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                  seed: int | torch.Tensor | None = None, offset: int = 0, return_denoised: bool = False,
                  backend: str | None = None):
-    """One step of any sampler, fused into one kernel launch (module docstring; DESIGN §9).
+    """One step of any sampler, fused into one kernel launch (module docstring; docs/architecture.md, "Adding a sampler").
 
     x: [N, C, ...]; model_output: [N, C, ...] (or [N, 2C, ...] with learned-variance channels); table:
     [S, STEP_NCOL] (float32, or float64 for float64 x) from a `fastdiff.samplers.tables` builder; step: int64

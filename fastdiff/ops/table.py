@@ -94,7 +94,7 @@ def betas_for_timesteps(alphas_cumprod, timesteps) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- the sampler step table
-# The [S, STEP_NCOL] table of `fastdiff.ops.sampler_step` (DESIGN §9): one row per model evaluation of a sampler,
+# The [S, STEP_NCOL] table of `fastdiff.ops.sampler_step` (docs/architecture.md, "Adding a sampler"): one row per model evaluation of a sampler,
 # filled in float64 by the sampler's table builder (fastdiff.samplers.tables). Per row:
 #   o      = o_u + CFG_SCALE·(o_c − o_u)                       (when an unconditional output is given)
 #   D      = clip(A_X·x + A_O·o, ±CLIP)                        (CLIP <= 0: no clipping)

@@ -11,6 +11,7 @@ x lives in k-diffusion's σ-space (x = x0 + σε, "ve") except for the flow-matc
 """
 from __future__ import annotations
 
+import abc
 from typing import Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ from fastdiff.samplers.unipc import unipc
 from fastdiff.samplers._loop import STEP_OFFSET_SHIFT, model_outputs, step_offset
 
 
-class Denoiser:
+class Denoiser(abc.ABC):
     """A network wrapped for σ-space samplers: the loop calls `inner_model(x·c_in, t, **kw)` with
     (c_in, t) = `model_inputs(sigmas)` and the step converts the raw output per `prediction` in `space`.
     Calling the wrapper returns D like a k-diffusion denoiser (so it also runs under k-diffusion's samplers)."""
@@ -38,9 +39,9 @@ class Denoiser:
     def __init__(self, inner_model: Callable):
         self.inner_model = inner_model
 
+    @abc.abstractmethod
     def model_inputs(self, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(c_in, model timestep) per σ: float64 host arrays."""
-        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
         s = np.asarray(sigma.detach().double().cpu()).reshape(-1)

@@ -1,4 +1,4 @@
-"""Every sampler as a coefficient table of the one fused step (DESIGN §9).
+"""Every sampler as a coefficient table of the one fused step (docs/architecture.md, "Adding a sampler").
 
 A sampler here is a float64 *table builder*: plain numpy that turns a noise schedule into rows of
 `fastdiff.ops.sampler_step`'s table (columns in `fastdiff.ops.table`), one row per model evaluation. The

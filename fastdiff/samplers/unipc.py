@@ -1,5 +1,5 @@
 """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
-Models", arXiv 2302.04867) as a table of the one fused step (DESIGN §9): one row per model evaluation.
+Models", arXiv 2302.04867) as a table of the one fused step (docs/architecture.md, "Adding a sampler"): one row per model evaluation.
 
 UniPC-p alternates a multistep predictor UniP-p and the corrector UniC-p (paper §3: UniC-p, UniP-p and their
 order conditions), both in the data-prediction form of the exponential integrator in λ = log α − log σ, with

@@ -18,7 +18,7 @@ def test_noise_stream_equal_across_backends(backend, index):
     out = ops.randn_like(like, seed, offset, backend=backend)
     ref = ops.randn_like(like, seed, offset, backend="reference")
     assert out.dtype == dtype and out.shape == like.shape
-    # Equal up to the rounding of log/cos (DESIGN §3).
+    # Equal up to the rounding of log/cos (docs/architecture.md, "One noise stream").
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-6 if dtype == torch.float32 else 2e-3, rtol=1e-5)
 
 

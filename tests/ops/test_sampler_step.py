@@ -1,4 +1,4 @@
-"""fastdiff.ops.sampler_step (DESIGN §9): every fused backend against the reference on random tables, history
+"""fastdiff.ops.sampler_step (docs/architecture.md, "Adding a sampler"): every fused backend against the reference on random tables, history
 layouts, guidance, raw-output terms (c_o·o, c_ou·o_u), variance modes and noise sources; history slots read only
 where their coefficient is nonzero; the in-place history write after every read; the C++ op's own argument
 checks."""

@@ -1,4 +1,4 @@
-"""Whole-loop parity of every table builder with diffusers' stock scheduler loop (DESIGN §9), fp32.
+"""Whole-loop parity of every table builder with diffusers' stock scheduler loop (docs/architecture.md, "Adding a sampler"), fp32.
 
 Each case runs the peer's loop as a pipeline does it (`set_timesteps`; per timestep the model on
 `scale_model_input(x, t)`, then `step(..., generator=g)`; Heun's step takes no generator) with a fixed toy

@@ -23,7 +23,7 @@ enum : int {
 };
 }  // namespace coef
 
-// Column indices of the [S, STEP_NCOL] sampler step table of fastdiff.ops.sampler_step (DESIGN §9); mirrors the
+// Column indices of the [S, STEP_NCOL] sampler step table of fastdiff.ops.sampler_step (docs/architecture.md, "Adding a sampler"); mirrors the
 // constants at the end of fastdiff/ops/table.py exactly. Per row: o = o_u + CFG_SCALE·(o_c − o_u);
 // D = clip(A_X·x + A_O·o, ±CLIP) (CLIP <= 0: none); x_next = C_X·x + C_D·D + C_O·o + C_OU·o_u + Σ_k C_H+k·H_k +
 // C_Z·σ_var·z; then D is written to history slot WRITE_D and x to slot WRITE_X (-1: none).

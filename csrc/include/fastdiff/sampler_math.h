@@ -45,7 +45,7 @@ FASTDIFF_HD A affine2(const Affine2<A>& c, A u, A v) { return c.a * u + c.b * v;
 
 namespace fastdiff {
 
-// ------------------------------------------------------------------------------- the one sampler step (DESIGN §9)
+// ------------------------------------------------------------------------------- the one sampler step (docs/architecture.md, "Adding a sampler")
 // fastdiff.ops.sampler_step.reference, per element, in its operation order (x = the step's input, o = the model
 // output, H_k = history slot k, v = the learned variance channel, z = noise):
 //   o      = guided(o_c, o_u, w)                                    only with an unconditional output
