@@ -242,17 +242,8 @@ def dpmpp_2m(sigmas, *, lower_order_final: bool = False, space: str = "ve", pred
     """DPM-Solver++(2M) (Lu et al. 2022b Algorithm 2): x_next = (σ_n/σ)x − α_n·expm1(−h)·D_d with
     D_d = (1 + 1/2r)D − (1/2r)D_prev, r = h_prev/h; first order on the first step and the step to σ = 0, and
     with `lower_order_final` on the last step of fewer than 15 (diffusers' DPMSolverMultistepScheduler)."""
-    pts = _points(space, sigmas)
-    rows = _Rows(space, 1)
-    last = _lower_order_last(len(pts) - 1, lower_order_final)
-    for i, (p, q) in enumerate(zip(pts, pts[1:])):
-        c_x, c_d = _first_order(p, q)
-        c_prev = 0.0
-        if i > 0 and q.sigma > 0 and i != last:
-            r = (p.lam - pts[i - 1].lam) / (q.lam - p.lam)
-            c_d, c_prev = c_d * (1 + 1 / (2 * r)), -c_d / (2 * r)
-        rows.add(i, p.sig, c_x=c_x, c_d=c_d, h=(c_prev,), write_d=0)
-    return rows.table(prediction, **common)
+    return dpm_multistep(sigmas, order=2, lower_order_final=lower_order_final, space=space, prediction=prediction,
+                         **common)
 
 
 def dpmpp_2m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint",
@@ -261,31 +252,84 @@ def dpmpp_2m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, solver_type:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b §5, k-diffusion's sample_dpmpp_2m_sde): the data-prediction SDE
     step x_n = (σ_n/σ)e^{−ηh}x + α_n(1 − e^{−(1+η)h})D + 2nd-order term + σ_n√(1 − e^{−2ηh})·z; x_n = D at σ_n = 0;
     `lower_order_final`: first order on the last step of fewer than 15 (diffusers)."""
+    return dpm_multistep(sigmas, order=2, solver_type=solver_type, eta=eta, s_noise=s_noise,
+                         lower_order_final=lower_order_final, space=space, prediction=prediction, **common)
+
+
+def dpm_multistep(sigmas, *, order: int = 2, solver_type: str = "midpoint", eta: float = 0.0, s_noise: float = 1.0,
+                  lower_order_final: bool = False, euler_at_final: bool = False, space: str = "ve",
+                  prediction: str = "x0", **common) -> StepTable:
+    """Multistep DPM-Solver++ (Lu et al. 2022b) of order 1–3 in data prediction, as diffusers'
+    DPMSolverMultistepScheduler runs it: with h = λ_n − λ, h_η = (1 + η)h,
+
+        x_n = (σ_n/σ)e^{−ηh}·x + α_n(1 − e^{−h_η})·D + α_n·k₂·D₁ − α_n·φ₃·D₂ + σ_n√(1 − e^{−2ηh})·z
+
+    (η = 0: the ODE solver, η = 1: the SDE solver "sde-dpmsolver++"); order 2: D₁ = (D − D_prev)/r,
+    k₂ = ½(1 − e^{−h_η}) ("midpoint") or φ₂ = 1 − (1 − e^{−h_η})/h_η ("heun"); order 3 (ODE): D₁, D₂ from the
+    last three D's (Lu et al. eq. 3.15 via diffusers' r0, r1 form), k₂ = φ₂, φ₃ = φ₂/h − ½. The order of step i
+    is min(order, i + 1); the step to σ = 0 is x_n = α_n·D, and first order on the last step with
+    `euler_at_final` or `lower_order_final` (fewer than 15 steps), second order at most on the one before it with
+    `lower_order_final`. History: the last order − 1 D's, rotated through order − 1 slots."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    if order == 3 and eta:
+        raise ValueError("the third-order DPM-Solver++ step is the ODE solver (eta = 0)")
     pts = _points(space, sigmas)
-    rows = _Rows(space, 1)
-    last = _lower_order_last(len(pts) - 1, lower_order_final)
+    n = len(pts) - 1
+    slots = max(order - 1, 1)
+    rows = _Rows(space, slots)
+    short = lower_order_final and n < 15
     for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        slot = i % slots
+        prev1, prev2 = (i - 1) % slots, (i - 2) % slots
         if q.sigma == 0.0:
-            rows.add(i, p.sig, c_d=q.alpha, write_d=0)
+            rows.add(i, p.sig, c_d=q.alpha, write_d=slot)
             continue
+        k = min(order, i + 1)
+        if i == n - 1 and (euler_at_final or short):
+            k = 1
+        elif i == n - 2 and short:
+            k = min(k, 2)
         h = q.lam - p.lam
-        eh = eta * h
-        phi = -math.expm1(-h - eh)
-        c_d, c_prev = q.alpha * phi, 0.0
-        if i > 0 and i != last:
+        h_eta = (1.0 + eta) * h
+        phi1 = -math.expm1(-h_eta)
+        c_d, hist = q.alpha * phi1, [0.0] * slots
+        if k == 2:
             r = (p.lam - pts[i - 1].lam) / h
-            k = 0.5 * phi if solver_type == "midpoint" else phi / (-h - eh) + 1.0
-            c_d, c_prev = c_d + q.alpha * k / r, -q.alpha * k / r
-        c_z = q.sigma * math.sqrt(-math.expm1(-2 * eh)) * s_noise if eta else 0.0
-        rows.add(i, p.sig, c_x=q.sigma / p.sigma * math.exp(-eh), c_d=c_d, c_z=c_z, h=(c_prev,), write_d=0)
+            k2 = 0.5 * phi1 if solver_type == "midpoint" else 1.0 - phi1 / h_eta
+            c_d += q.alpha * k2 / r
+            hist[prev1] = -q.alpha * k2 / r
+        elif k == 3:
+            r0, r1 = (p.lam - pts[i - 1].lam) / h, (pts[i - 1].lam - pts[i - 2].lam) / h
+            phi2 = 1.0 - phi1 / h
+            a, b = _third_order(phi2, phi2 / h - 0.5, r0, r1)
+            c_d += q.alpha * a / r0
+            hist[prev1] = q.alpha * (-a / r0 + b / r1)
+            hist[prev2] = -q.alpha * b / r1
+        c_z = q.sigma * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise if eta else 0.0
+        rows.add(i, p.sig, c_x=q.sigma / p.sigma * math.exp(-eta * h), c_d=c_d, c_z=c_z, h=hist, write_d=slot)
     return rows.table(prediction, **common)
 
 
-def _lower_order_last(steps: int, lower_order_final: bool) -> int:
-    """The step that diffusers' lower_order_final makes first order (the last of fewer than 15), else -1."""
-    return steps - 1 if lower_order_final and steps < 15 else -1
+def _third_order(phi2: float, phi3: float, r0: float, r1: float) -> tuple[float, float]:
+    """The third-order multistep update φ₂·D₁ − φ₃·D₂ with D₁ = D1_0 + r0/(r0 + r1)·(D1_0 − D1_1),
+    D₂ = (D1_0 − D1_1)/(r0 + r1), written as a·D1_0 + b·D1_1 where D1_0 = (D − D₋₁)/r0, D1_1 = (D₋₁ − D₋₂)/r1:
+    returns (a, b)."""
+    return (phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1),
+            -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1))
+
+
+def renoise(sigmas, *, s_noise: float = 1.0, space: str = "flow", prediction: str = "flow",
+            **common) -> StepTable:
+    """Denoise, then noise afresh to the next level: x_next = α_n·D + σ_n·s_noise·z (flow matching's stochastic
+    sampling, diffusers' FlowMatchEulerDiscreteScheduler(stochastic_sampling=True); x_next = D at σ_n = 0)."""
+    pts = _points(space, sigmas)
+    rows = _Rows(space, 0)
+    for i, (p, q) in enumerate(zip(pts, pts[1:])):
+        rows.add(i, p.sig, c_d=q.alpha, c_z=q.sigma * s_noise)
+    return rows.table(prediction, **common)
 
 
 def dpmpp_3m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, space: str = "ve", prediction: str = "x0",
@@ -306,8 +350,7 @@ def dpmpp_3m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, space: str =
         if i >= 2:
             r0, r1 = (p.lam - pts[i - 1].lam) / h, (pts[i - 1].lam - pts[i - 2].lam) / h
             phi3 = phi2 / h_eta - 0.5
-            a = phi2 * (1 + r0 / (r0 + r1)) - phi3 / (r0 + r1)   # coefficient of (D − D₁)/r0
-            b = -phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)        # coefficient of (D₁ − D₂)/r1
+            a, b = _third_order(phi2, phi3, r0, r1)
             c["d"] += a / r0
             c[prev1] = -a / r0 + b / r1
             c[prev2] = -b / r1
