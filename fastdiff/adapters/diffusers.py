@@ -1,4 +1,4 @@
-"""Drop-in diffusers schedulers whose every step is one (or two) fused fastdiff kernel calls.
+"""Drop-in diffusers schedulers whose every step is one launch of the fused `sampler_step` op.
 
 `FastDDPMScheduler` and `FastDDIMScheduler` take diffusers' `DDPMScheduler` / `DDIMScheduler` constructor arguments
 (the same config keys and defaults, saved and loaded by diffusers' `ConfigMixin`), expose the same attributes
@@ -6,31 +6,32 @@
 (`set_timesteps`, `step`, `add_noise`, `get_velocity`, `scale_model_input`, `previous_timestep`), and return the same
 output classes, so `pipe.scheduler = FastDDIMScheduler.from_config(pipe.scheduler.config)` just works.
 
-How a step runs. Given the step's ᾱ_t, ᾱ_prev and options, both samplers' updates are affine in (x̂0, x_t) plus
-scaled noise: x_{t-1} = c1·clip(x̂0) + c2·x_t + σ·z (DDPM eq. 7 with x̂0 from eq. 15 — equivalently the
-ε-parameterised mean of eq. 11 — and DDIM eq. 12 with ε̂ re-derived from the clipped x̂0). That is exactly what the
-fused `fastdiff.ops.ddpm_step` kernel computes from one row of its coefficient table, so `set_timesteps` fills a
-[T, NCOEF] table (one row per *training* timestep t, holding the coefficients of the step from t to the timestep
-listed after it) on the device, and `step` gathers row `timestep` inside the kernel: no host synchronisation, no
-per-step tensor built on the host. The columns are used as follows (`fastdiff.ops.table` names):
+How a step runs. Both samplers' updates are rows of the one fused step op, `fastdiff.ops.sampler_step`
+(docs/architecture.md, "Adding a sampler"): per sample, D = clip(a_x·x + a_o·o) is the model's x̂0 (DDPM eq. 15
+for ε, the output itself for `sample`, √ᾱ_t·x − √(1−ᾱ_t)·v for v; clamped to ±clip_sample_range by the row's
+CLIP column, 0 when clip_sample is off) and x_{t-1} = c_x·x + c_D·D + c_o·o + c_z·σ_var·z. The first `step` after
+`set_timesteps` on a (device, dtype) — and, for DDIM, per (η, whether ε̂ is the model's own) — fills the whole
+[T, STEP_NCOL] table in float64 numpy (one row per *training* timestep t, holding the step from t to the timestep
+listed after it) and copies it to the device once; every `step` after that is exactly one unchecked `sampler_step`
+launch that gathers row `timestep` inside the kernel: no host synchronisation, no table math, no coefficient
+tensor built per step (an int timestep's row index is a cached device tensor too).
 
-- x̂0 (eq. 15, and Salimans & Ho's v): SQRT_RECIP_AC, SQRT_RECIPM1_AC = 1/(r√ᾱ_t), √(1−ᾱ_t)/(r√ᾱ_t) for ε;
-  SQRT_AC, SQRT_1M_AC = √ᾱ_t/r, √(1−ᾱ_t)/r for v; for `sample` prediction the kernel takes the output as x̂0
-  (or, when r ≠ 1, the ε layout with coefficients (0, −1/r)). Dividing by r = `clip_sample_range` lets the
-  kernel's fixed [−1, 1] clamp clip to [−r, r]; POST_COEF1 carries the matching factor r.
-- POST_COEF1, POST_COEF2 = c1, c2; POST_LOGVAR (FIXED_LARGE_LOGVAR, LOG_BETA) = log σ² as the variance type needs.
-
-diffusers' DDIM with `clip_sample=True` and `use_clipped_model_output=False` (its default) mixes the *clipped* x̂0
-with the *unclipped* ε = e_x·x_t + e_o·model_output; that adds a third term d·e_o·model_output. With η = 0 and ε or v
-prediction (e_o ≥ 0) it rides in the kernel's noise slot (z = model_output, std = d·e_o): still one call. Otherwise
-(η > 0, or `sample` prediction) it is two fused calls: y = √ᾱ_prev·clip(x̂0) + d·e_x·x_t, then
-x_{t-1} = y + d·e_o·model_output + σ·z.
+- DDPM (eq. 7, Algorithm 2): c_D, c_x = the posterior mean's coefficients; c_z = σ_t (fixed variance types), 0 at
+  t = 0 (row 0: no noise, as DDPM adds none at t = 0), or 1 with the op's learned variance modes, which read
+  log σ² from the model's channels C..2C (`learned`) or interpolate LOGVAR_LO = log β̃_t and LOGVAR_HI = log β_t
+  (`learned_range`, Improved DDPM eq. 15).
+- DDIM (eq. 12): with ε̂ re-derived from the clipped x̂0 (use_clipped_model_output, or no clipping),
+  x_{t-1} = c_x·x + c_D·clip(x̂0) + σ·z. diffusers' default with clip_sample=True mixes the *clipped* x̂0 with the
+  model's *unclipped* ε̂ = e_x·x + e_o·o; the op's C_O column carries that raw term, so this is one launch as well:
+  x_{t-1} = √ᾱ_s·clip(x̂0) + d·e_x·x + d·e_o·o + σ·z, d = √(1 − ᾱ_s − σ²). DDIM's table has one leading row,
+  row 0 (timestep −1), filled with NaN so that a misused −1 poisons the output instead of taking a plausible step;
+  row t + 1 holds the step from t.
 
 Noise. Steps with noise take `variance_noise` when given, else draw it exactly as diffusers does
 (`diffusers.utils.torch_utils.randn_tensor(model_output.shape, generator=generator, ...)`), at the same steps, so the
 same generator gives the same images. The one exception: DDPM skips the draw at t = 0 only when `timestep` is a
 Python int; for a tensor timestep (what pipelines pass) deciding t > 0 would read the device, so the noise is drawn
-and the kernel masks it at t = 0 (row 0): the image is identical, the generator ends one draw further on.
+and row 0's c_z = 0 drops it: the image is identical, the generator ends one draw further on.
 
 Deviations from diffusers (documented, tested):
 
@@ -45,10 +46,13 @@ Deviations from diffusers (documented, tested):
 - `thresholding=True` (dynamic thresholding, Imagen) is not supported: constructing raises ValueError. The per-sample
   quantile it needs is a reduction the fused elementwise step does not do.
 - `eta` must be ≥ 0 (diffusers accepts a negative η, which flips the noise's sign). DDIM's direction coefficient
-  √(1 − ᾱ_s − σ²) is clamped at 0 (as in `fastdiff.ops.ddim_step`): diffusers returns NaN where it rounds below 0
-  (zero terminal SNR with η = 1 at ᾱ_t = 0) or is negative (η > 1).
+  √(1 − ᾱ_s − σ²) is clamped at 0 (`fastdiff.ops.ddim_step.ddim_coefficients`): diffusers returns NaN where it
+  rounds below 0 (zero terminal SNR with η = 1 at ᾱ_t = 0) or is negative (η > 1).
+- Zero terminal SNR (ᾱ = 0) with ε prediction: x̂0 = (x − ε)/0 = ±inf, which diffusers clamps to ±r; the row's
+  a_x, a_o use √ᾱ floored at 2^-60 (`fastdiff.ops.sampler_step.conversion`), so the kernel's a_x·x + a_o·o is
+  ±huge with the same sign (clamped alike) rather than inf − inf = NaN.
 - `model_output` must have `sample`'s dtype and device, and C channels (2C for the learned variance types).
-- `variance_type="learned"` (the model's channels C..2C are the variance itself) costs one extra pass: the kernel
+- `variance_type="learned"` (the model's channels C..2C are the variance itself) costs one extra pass: the op
   takes a log-variance, so the step passes [ε, log v] (`learned_range` needs none).
 
 Extra (not in diffusers): the attribute `backend` (None: `fastdiff.ops.use_backend`'s choice) forces a fastdiff
@@ -78,8 +82,10 @@ from fastdiff.schedules import rescale_zero_terminal_snr  # noqa: F401
 from fastdiff.errors import check_whole_numbers
 from fastdiff.ops import common as C
 from fastdiff.ops import table as T
-from fastdiff.ops.ddpm_step import fused as _ddpm_fused
+from fastdiff.ops.ddim_step import ddim_coefficients
 from fastdiff.ops.q_sample import q_sample
+from fastdiff.ops.sampler_step import conversion
+from fastdiff.ops.sampler_step import run as run_step
 
 __all__ = ["FastDDIMScheduler", "FastDDPMScheduler"]
 
@@ -87,10 +93,10 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DDPM_BETA_SCHEDULES = DDIM_BETA_SCHEDULES + ("laplace", "sigmoid")
-_FIXED_SMALL = C.VAR_TYPES["fixed_small"]
-_FIXED_LARGE = C.VAR_TYPES["fixed_large"]
-_LEARNED = C.VAR_TYPES["learned"]
-_LEARNED_RANGE = C.VAR_TYPES["learned_range"]
+#: diffusers' prediction_type -> `fastdiff.ops.sampler_step.conversion`'s name
+_CONVERSION = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
+#: variance_type -> the op's var_mode (`fastdiff.ops.table.VAR_MODES`); the fixed types are 0 (σ in C_Z)
+_VAR_MODE = {"learned": T.VAR_MODES["learned"], "learned_range": T.VAR_MODES["learned_range"]}
 
 
 # --------------------------------------------------------------------------------------------- schedules
@@ -131,14 +137,7 @@ def previous_map(timesteps: np.ndarray, num_train_timesteps: int) -> np.ndarray:
     return np.where(pos > 0, listed[np.maximum(pos - 1, 0)], -1)
 
 
-# ----------------------------------------------------------------------------------------- coefficient rows
-
-
-def _kernel_prediction_code(prediction: str, r: float) -> int:
-    """The kernel's prediction code for diffusers' prediction_type and clip range r (see `_x0_columns`)."""
-    if prediction == "sample" and r != 1.0:
-        return C.PREDICTIONS["epsilon"]
-    return C.prediction_code(prediction)
+# ----------------------------------------------------------------------------------------- sampler_step rows
 
 
 def _host_read_is_free(t: torch.Tensor) -> bool:
@@ -146,31 +145,21 @@ def _host_read_is_free(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def _x0_columns(table: np.ndarray, ac: np.ndarray, prediction: str, r: float) -> None:
-    """Fill the x̂0 columns (DDPM eq. 15 for ε, x̂0 = √ᾱ x − √(1−ᾱ) v for v) pre-divided by the clip range r,
-    for the kernel's `_kernel_prediction_code(prediction, r)`."""
-    # ᾱ_{T-1} = 0 under zero terminal SNR: x̂0 = (x − ε)/0 = ±inf, which diffusers clamps to ±r. The kernel's
-    # a·x − b·out would be inf − inf = NaN, so a = b = 2^60/r there: the same sign, clamped alike (or ±huge, not NaN,
-    # unclipped).
-    sqrt_ac = np.maximum(np.sqrt(ac), 2.0 ** -60)
-    table[:, T.SQRT_RECIP_AC] = 1.0 / (sqrt_ac * r)
-    table[:, T.SQRT_RECIPM1_AC] = np.sqrt(1.0 - ac) / (sqrt_ac * r)
-    table[:, T.SQRT_AC] = np.sqrt(ac) / r
-    table[:, T.SQRT_1M_AC] = np.sqrt(1.0 - ac) / r
-    if prediction == "sample" and r != 1.0:  # x̂0/r = 0·x − (−1/r)·out through the ε layout
-        table[:, T.SQRT_RECIP_AC] = 0.0
-        table[:, T.SQRT_RECIPM1_AC] = -1.0 / r
-
-
-def _new_table(ac: np.ndarray, ac_prev: np.ndarray) -> np.ndarray:
-    table = np.zeros((len(ac), T.NCOEF), dtype=np.float64)
-    table[:, T.AC] = ac
-    table[:, T.AC_PREV] = ac_prev
+def _new_rows(ac: np.ndarray, prediction: str, clip: float) -> np.ndarray:
+    """A float64 [T, STEP_NCOL] `sampler_step` table, one row per ᾱ_t, with D = x̂0 = a_x·x + a_o·o clamped to
+    ±clip (0: no clipping): DDPM eq. 15 for ε, the output for `sample`, √ᾱ·x − √(1−ᾱ)·v for v (x = √ᾱ·x0 +
+    √(1−ᾱ)·ε); √ᾱ is floored at 2^-60 for ε (zero terminal SNR, see the module docstring). The step's
+    coefficients are left 0, the history writes off and the guidance scale 1 (no unconditional output)."""
+    table = np.zeros((len(ac), T.STEP_NCOL), dtype=np.float64)
+    table[:, T.A_X], table[:, T.A_O] = conversion(_CONVERSION[prediction], np.sqrt(ac), np.sqrt(1.0 - ac))
+    table[:, T.CLIP] = clip
+    table[:, T.CFG_SCALE] = 1.0
+    table[:, T.WRITE_D] = table[:, T.WRITE_X] = -1.0
     return table
 
 
 def _log(v: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):  # log 0 = −inf: the kernel's exp(½·(−inf)) = 0 adds no noise
+    with np.errstate(divide="ignore"):  # log 0 = −inf (β = 0 only where float32 ᾱ_t rounds to ᾱ_s)
         return np.log(v)
 
 
@@ -178,7 +167,7 @@ def _log(v: np.ndarray) -> np.ndarray:
 
 
 class _FastScheduler(SchedulerMixin, ConfigMixin):
-    """What both schedulers share: β/ᾱ, timesteps, tables on the device, argument checks, the kernel call."""
+    """What both schedulers share: β/ᾱ, timesteps, step tables on the device, argument checks, noise."""
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
@@ -208,15 +197,14 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
                              f"shape {tuple(self.betas.shape)}")
         if rescale_betas_zero_snr:
             self.betas = rescale_zero_terminal_snr(self.betas)
-        #: r: x̂0 is clipped to [-r, r]; the kernel clips x̂0/r to [-1, 1] (1 when clipping is off).
-        self._clip_range = float(clip_sample_range) if clip_sample else 1.0
-        self._pred_code = _kernel_prediction_code(prediction_type, self._clip_range)
+        #: the rows' CLIP column: x̂0 is clamped to [-r, r], r = clip_sample_range (0: clipping off).
+        self._clip = float(clip_sample_range) if clip_sample else 0.0
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64))
-        #: fastdiff backend for the step kernel; None follows `fastdiff.ops.use_backend` ("auto" by default).
+        #: fastdiff backend for the step op; None follows `fastdiff.ops.use_backend` ("auto" by default).
         self.backend = None
         self._reset_tables(self.timesteps.numpy(), None)
 
@@ -226,8 +214,8 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
         self._listed = np.asarray(timesteps, dtype=np.int64)
         self._prev = previous_map(self._listed, self.config.num_train_timesteps)
         self._prev_device = {}
-        self._tables = {}  # (kind, options..., device, dtype) -> [T, NCOEF] tables
-        self._rows = {}  # (device, N) -> int64 [T, N]: rows[t] is timestep t as the kernel's [N] row index
+        self._tables = {}  # (kind, options..., device, dtype) -> the [T(+1), STEP_NCOL] sampler_step table
+        self._rows = {}  # (device, N, shift) -> int64 [T, N]: rows[t] is timestep t's [N] row index on the device
         self._q_table = None
 
     def _check_num_inference_steps(self, num_inference_steps) -> int:
@@ -277,19 +265,20 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
         ac_prev = np.where(self._prev >= 0, ac[np.maximum(self._prev, 0)], final)
         return ac, ac_prev
 
-    def _device_table(self, key: tuple, device, dtype: torch.dtype, build) -> tuple[torch.Tensor, ...]:
-        """The tables for `key` on `device` (float64 for float64 samples, else float32), built once per
-        set_timesteps by build() -> tuple of float64 [T, NCOEF] arrays."""
+    def _device_table(self, key: tuple, device, dtype: torch.dtype, build) -> torch.Tensor:
+        """The `sampler_step` table for `key` on `device` (float64 for float64 samples, else float32), built once
+        per set_timesteps by build() -> (float64 [S, STEP_NCOL] array,) and copied to the device once."""
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         full = key + (device, table_dtype)
         if full not in self._tables:
-            self._tables[full] = tuple(torch.as_tensor(a, dtype=table_dtype).to(device) for a in build())
+            (table,) = build()
+            self._tables[full] = torch.as_tensor(table, dtype=table_dtype).to(device)
         return self._tables[full]
 
     def _row_index(self, timestep, sample: torch.Tensor, shift: int = 0) -> tuple[torch.Tensor, int | None]:
         """(int64 [N] table rows = timestep + shift on sample's device, timestep as a host int or None when it is a
-        tensor). DDIM's tables have one leading unused row (shift 1), so the kernel's t = 0 noise mask never
-        applies to them; DDPM's rows are the timesteps themselves (no noise at t = 0, as DDPM eq. 7 / Alg. 2)."""
+        tensor). DDIM's tables have one leading NaN row for timestep −1 (shift 1); DDPM's rows are the timesteps
+        themselves. An int timestep's rows are a view of a cached [T, N] device tensor (no per-step op)."""
         n = sample.shape[0]
         if isinstance(timestep, torch.Tensor):
             if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
@@ -350,17 +339,6 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
         return randn_tensor(tuple(sample.shape), generator=generator, device=model_output.device,
                             dtype=model_output.dtype)
 
-    def _kernel(self, device: torch.device):
-        """The fused affine step (`fastdiff.ops.ddpm_step`'s rows of the one `sampler_step` op) for this backend,
-        taking (x, model_output, model_output_uncond, coefs, t, prediction code, var_type code, clip, scale,
-        noise, seed, offset, return_x0)."""
-        names = {code: name for name, code in C.PREDICTIONS.items()}
-
-        def kernel(x, mo, mou, coefs, t, pred, var_type, clip, scale, noise, seed, offset, return_x0):
-            return _ddpm_fused(x, mo, mou, coefs, t, names[pred], var_type, clip, scale, noise, seed, offset,
-                               return_x0, self.backend)
-        return kernel
-
     # ------------------------------------------------------------------ diffusers API
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
@@ -377,8 +355,9 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
                 and noise.shape == original_samples.shape and noise.dtype == original_samples.dtype
                 and original_samples.is_floating_point() and not timesteps.is_floating_point()):
             if self._q_table is None or self._q_table.device != original_samples.device:
+                # q_sample reads the √ᾱ_t, √(1 − ᾱ_t) columns of a [T, NCOEF] schedule table (fastdiff.ops.table)
                 ac = self.alphas_cumprod.double().numpy()
-                table = _new_table(ac, ac)
+                table = np.zeros((len(ac), T.NCOEF), dtype=np.float64)
                 table[:, T.SQRT_AC], table[:, T.SQRT_1M_AC] = np.sqrt(ac), np.sqrt(1.0 - ac)
                 self._q_table = torch.as_tensor(table, dtype=torch.float32).to(original_samples.device)
             return q_sample(original_samples, noise, self._q_table, timesteps, backend=self.backend)
@@ -401,7 +380,7 @@ class _FastScheduler(SchedulerMixin, ConfigMixin):
 
 
 class FastDDPMScheduler(_FastScheduler):
-    """diffusers' `DDPMScheduler` (Ho et al. 2020; Improved DDPM's learned variance) on the fused step kernel.
+    """diffusers' `DDPMScheduler` (Ho et al. 2020; Improved DDPM's learned variance) on the fused step op.
 
     Same constructor, config and methods as `diffusers.DDPMScheduler` (see the module docstring for the few
     deviations). `step` computes x_{t-1} = μ̃_t(x_t, x̂0) + [t > 0]·σ_t·z with μ̃_t = c1·x̂0 + c2·x_t the posterior
@@ -462,26 +441,31 @@ class FastDDPMScheduler(_FastScheduler):
         self._set_listed(ts, device)
 
     def _build(self) -> tuple[np.ndarray]:
-        """The [T, NCOEF] row of every step t → prev(t) (see the class docstring), float64."""
+        """(the [T, STEP_NCOL] sampler_step table,): row t is the step t → s = prev(t) (see the class docstring),
+        float64: D = clip(x̂0), c_D = c1, c_x = c2, c_z = σ_t (1 with a learned variance: the op's var_mode reads
+        it from the model; LOGVAR_HI/LO = log β_t, log β̃_t for learned_range), c_z = 0 on row 0 (no noise at
+        t = 0)."""
         ac, ac_prev = self._alpha_prev(1.0)
-        r = self._clip_range
-        table = _new_table(ac, ac_prev)
+        table = _new_rows(ac, self.config.prediction_type, self._clip)
         alpha = ac / ac_prev
         beta = 1.0 - alpha
-        table[:, T.POST_COEF1] = np.sqrt(ac_prev) * beta / (1.0 - ac) * r
-        table[:, T.POST_COEF2] = np.sqrt(alpha) * (1.0 - ac_prev) / (1.0 - ac)
-        post_var = np.maximum((1.0 - ac_prev) / (1.0 - ac) * beta, 1e-20)
-        table[:, T.POST_VAR] = post_var
-        table[:, T.POST_LOGVAR] = _log(post_var)
-        table[:, T.LOG_BETA] = _log(beta)
-        table[:, T.FIXED_LARGE_LOGVAR] = _log(beta)
-        _x0_columns(table, ac, self.config.prediction_type, r)
+        table[:, T.C_D] = np.sqrt(ac_prev) * beta / (1.0 - ac)
+        table[:, T.C_X] = np.sqrt(alpha) * (1.0 - ac_prev) / (1.0 - ac)
+        post_var = np.maximum((1.0 - ac_prev) / (1.0 - ac) * beta, 1e-20)  # β̃_t, clamped as diffusers
+        table[:, T.LOGVAR_HI] = _log(beta)
+        table[:, T.LOGVAR_LO] = np.log(post_var)
+        vt = self.config.variance_type
+        if vt in _VAR_MODE:
+            table[:, T.C_Z] = 1.0
+        else:
+            table[:, T.C_Z] = np.sqrt(beta if vt in ("fixed_large", "fixed_large_log") else post_var)
+        table[0, T.C_Z] = 0.0
         return (table,)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True, *,
              variance_noise: torch.Tensor | None = None) -> DDPMSchedulerOutput | tuple:
-        """One ancestral step x_t -> x_{t-1} in one fused kernel call (DDPM eq. 7 / Algorithm 2).
+        """One ancestral step x_t -> x_{t-1} (DDPM eq. 7 / Algorithm 2): one `sampler_step` launch.
 
         model_output: [N, C, ...] (ε, x0 or v per prediction_type), or [N, 2C, ...] with variance channels for
         variance_type learned / learned_range; timestep: int or integer tensor (scalar or [N]); sample: x_t
@@ -489,23 +473,18 @@ class FastDDPMScheduler(_FastScheduler):
         extension). Returns DDPMSchedulerOutput(prev_sample, pred_original_sample), or that tuple.
         """
         vt = self.config.variance_type
-        learned = vt in ("learned", "learned_range")
+        learned = vt in _VAR_MODE
         self._check_step_args(model_output, sample, 2 if learned else 1)
         rows, host_t = self._row_index(timestep, sample)
-        (table,) = self._device_table(("ddpm",), sample.device, sample.dtype, self._build)
+        table = self._device_table(("ddpm",), sample.device, sample.dtype, self._build)
         noise = None
         if host_t is None or host_t > 0:
             noise = self._noise(model_output, sample, generator, variance_noise)
-        if vt == "learned":  # the kernel takes log σ²; diffusers' channels are σ²
+        if vt == "learned":  # the op takes log σ²; diffusers' channels are σ²
             c = sample.shape[1]
             model_output = torch.cat([model_output[:, :c], model_output[:, c:].log()], dim=1)
-        code = {"learned": _LEARNED, "learned_range": _LEARNED_RANGE, "fixed_large": _FIXED_LARGE,
-                "fixed_large_log": _FIXED_LARGE}.get(vt, _FIXED_SMALL)
-        prev_sample, x0 = self._kernel(sample.device)(
-            sample, model_output, None, table, rows, self._pred_code, code, bool(self.config.clip_sample), 1.0,
-            noise, -1, 0, True)
-        if self._clip_range != 1.0:  # the kernel returns x̂0/r
-            x0 = x0 * self._clip_range
+        prev_sample, x0 = run_step(sample, model_output, None, table, rows, None, _VAR_MODE.get(vt, 0), noise, -1, 0,
+                                   True, None, self.backend)
         if not return_dict:
             return prev_sample, x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -515,16 +494,16 @@ class FastDDPMScheduler(_FastScheduler):
 
 
 class FastDDIMScheduler(_FastScheduler):
-    """diffusers' `DDIMScheduler` (Song et al. 2021) on the fused step kernel.
+    """diffusers' `DDIMScheduler` (Song et al. 2021) on the fused step op.
 
     Same constructor, config and methods as `diffusers.DDIMScheduler` (see the module docstring for the few
     deviations, chiefly: the previous timestep s is the next listed one). `step` computes DDIM eq. 12 (table row
     t + 1 holds the step from t),
     x_{t-1} = √ᾱ_s·x̂0 + √(1 − ᾱ_s − σ²)·ε̂ + σ·z, σ = η·√((1 − ᾱ_s)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_s)) (eq. 16), with ᾱ_s
     = final_alpha_cumprod after the last step (1 when set_alpha_to_one, else ᾱ_0). ε̂ is re-derived from the
-    clipped x̂0 when use_clipped_model_output or clipping is off (one kernel call: c1·clip(x̂0) + c2·x_t + σz
-    with c1 = √ᾱ_s − d√ᾱ_t/√(1−ᾱ_t), c2 = d/√(1−ᾱ_t), d = √(1 − ᾱ_s − σ²)), else it is the model's own ε (one
-    call at η = 0 for ε / v prediction, else two; see `_build`).
+    clipped x̂0 when use_clipped_model_output or clipping is off (c1·clip(x̂0) + c2·x_t + σz with
+    c1 = √ᾱ_s − d√ᾱ_t/√(1−ᾱ_t), c2 = d/√(1−ᾱ_t), d = √(1 − ᾱ_s − σ²)), else it is the model's own ε̂, whose raw
+    output term rides in the row's C_O column (see `_build`); either way one `sampler_step` launch.
     """
 
     @register_to_config
@@ -547,52 +526,33 @@ class FastDDIMScheduler(_FastScheduler):
                               self.config.timestep_spacing, self.config.steps_offset)
         self._set_listed(ts, device)
 
-    def _build(self, eta: float, raw_eps: bool) -> tuple[np.ndarray, ...]:
-        """Rows (t + 1, see `_row_index`) for one η: (table,) for one kernel call, (first, second) for two.
-
-        ε̂ from the clipped x̂0: c1·clip(x̂0) + c2·x_t + σz in one call. The model's own ε = e_x·x_t + e_o·out
-        (clip_sample without use_clipped_model_output): √ᾱ_s·clip(x̂0) + d·e_x·x_t + d·e_o·out + σz; with η = 0
-        and e_o ≥ 0 (ε, v) the out term rides in the kernel's noise slot (z = out, std = d·e_o): one call; else a
-        second call adds d·e_o·out + σz to the first's result.
-        """
+    def _build(self, eta: float, raw_eps: bool) -> tuple[np.ndarray]:
+        """(the [T + 1, STEP_NCOL] sampler_step table for one η,): row t + 1 is the step t → s = prev(t) (see
+        `_row_index`), row 0 (timestep −1) is NaN. D = clip(x̂0) and σ = η√((1−ᾱ_s)/(1−ᾱ_t))√(1 − ᾱ_t/ᾱ_s),
+        d = √(1 − ᾱ_s − σ²) (clamped at 0), c_z = σ. ε̂ re-derived from D (raw_eps False): c_x = d/√(1−ᾱ_t),
+        c_D = √ᾱ_s − c_x√ᾱ_t. The model's own ε̂ = e_x·x + e_o·o (raw_eps: clip_sample without
+        use_clipped_model_output): c_D = √ᾱ_s, c_x = d·e_x and the raw output's c_o = d·e_o."""
         ac, ac_prev = self._alpha_prev(float(self.final_alpha_cumprod))
         prediction = self.config.prediction_type
-        r = self._clip_range
-        sigma2 = eta * eta * ((1.0 - ac_prev) / (1.0 - ac)) * (1.0 - ac / ac_prev)
-        # 1 − ᾱ_s − σ² ≥ 0 for η ≤ 1 up to rounding; clamped at 0 as fastdiff.ops.ddim_step does (diffusers'
-        # float32 value turns slightly negative at ᾱ_t = 0 under zero terminal SNR with η = 1, giving NaN).
-        d = np.sqrt(np.maximum(1.0 - ac_prev - sigma2, 0.0))
-        first = _new_table(ac, ac_prev)
-        _x0_columns(first, ac, prediction, r)
-        shifted = lambda table: np.concatenate([np.full_like(table[:1], np.nan), table])  # noqa: E731 - row 0: t = −1
-        if not raw_eps:
-            first[:, T.POST_COEF1] = (np.sqrt(ac_prev) - d * np.sqrt(ac) / np.sqrt(1.0 - ac)) * r
-            first[:, T.POST_COEF2] = d / np.sqrt(1.0 - ac)
-            first[:, T.POST_LOGVAR] = _log(sigma2)
-            return (shifted(first),)
-        if prediction == "epsilon":
-            e_x, e_o = np.zeros_like(ac), np.ones_like(ac)
-        elif prediction == "sample":
-            e_x, e_o = 1.0 / np.sqrt(1.0 - ac), -np.sqrt(ac) / np.sqrt(1.0 - ac)
-        else:
-            e_x, e_o = np.sqrt(1.0 - ac), np.sqrt(ac)
-        first[:, T.POST_COEF1] = np.sqrt(ac_prev) * r
-        first[:, T.POST_COEF2] = d * e_x
-        if eta == 0.0 and prediction != "sample":
-            first[:, T.POST_LOGVAR] = 2.0 * _log(d * e_o)
-            return (shifted(first),)
-        first[:, T.POST_LOGVAR] = -np.inf  # no noise in the first call
-        second = _new_table(ac, ac_prev)
-        second[:, T.POST_COEF1] = d * e_o
-        second[:, T.POST_COEF2] = 1.0
-        second[:, T.POST_LOGVAR] = _log(sigma2)
-        return shifted(first), shifted(second)
+        table = _new_rows(ac, prediction, self._clip)
+        c_x, c_d, sigma = ddim_coefficients(ac, ac_prev, eta)
+        if raw_eps:
+            if prediction == "epsilon":
+                e_x, e_o = np.zeros_like(ac), np.ones_like(ac)
+            elif prediction == "sample":  # ε̂ = (x − √ᾱ_t·x̂0)/√(1−ᾱ_t) from the unclipped x̂0 = o
+                e_x, e_o = 1.0 / np.sqrt(1.0 - ac), -np.sqrt(ac) / np.sqrt(1.0 - ac)
+            else:  # v: ε̂ = √ᾱ_t·v + √(1−ᾱ_t)·x
+                e_x, e_o = np.sqrt(1.0 - ac), np.sqrt(ac)
+            d = c_x * np.sqrt(1.0 - ac)
+            c_x, c_d = d * e_x, np.sqrt(ac_prev)
+            table[:, T.C_O] = d * e_o
+        table[:, T.C_X], table[:, T.C_D], table[:, T.C_Z] = c_x, c_d, sigma
+        return (np.concatenate([np.full((1, T.STEP_NCOL), np.nan), table]),)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
              variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
-        """One DDIM step x_t -> x_{t-1} (DDIM eq. 12) in one fused kernel call (two for clip_sample without
-        use_clipped_model_output).
+        """One DDIM step x_t -> x_{t-1} (DDIM eq. 12): one `sampler_step` launch for every option.
 
         model_output: [N, C, ...] (ε, x0 or v per prediction_type); timestep: int or integer tensor (scalar or
         [N]); sample: x_t [N, C, ...]; eta: η ≥ 0 (0 = DDIM, 1 = DDPM-like); generator / variance_noise: the noise z
@@ -606,23 +566,11 @@ class FastDDIMScheduler(_FastScheduler):
         self._check_step_args(model_output, sample, 1)
         rows, _ = self._row_index(timestep, sample, shift=1)
         raw_eps = bool(self.config.clip_sample) and not use_clipped_model_output
-        tables = self._device_table(("ddim", eta, raw_eps), sample.device, sample.dtype,
-                                    lambda: self._build(eta, raw_eps))
+        table = self._device_table(("ddim", eta, raw_eps), sample.device, sample.dtype,
+                                   lambda: self._build(eta, raw_eps))
         noise = self._noise(model_output, sample, generator, variance_noise) if eta > 0 else None
-        kernel = self._kernel(sample.device)
-        clip = bool(self.config.clip_sample)
-        if len(tables) == 1:
-            if raw_eps:  # η = 0: the model's ε (or v) term rides in the noise slot, see _build
-                noise = model_output
-            prev_sample, x0 = kernel(sample, model_output, None, tables[0], rows, self._pred_code, _FIXED_SMALL,
-                                     clip, 1.0, noise, -1, 0, True)
-        else:
-            partial, x0 = kernel(sample, model_output, None, tables[0], rows, self._pred_code, _FIXED_SMALL, clip,
-                                 1.0, None, -1, 0, True)
-            prev_sample, _ = kernel(partial, model_output, None, tables[1], rows, C.PREDICTIONS["x0"], _FIXED_SMALL,
-                                    False, 1.0, noise, -1, 0, False)
-        if self._clip_range != 1.0:  # the kernel returns x̂0/r
-            x0 = x0 * self._clip_range
+        prev_sample, x0 = run_step(sample, model_output, None, table, rows, None, 0, noise, -1, 0, True, None,
+                                   self.backend)
         if not return_dict:
             return prev_sample, x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

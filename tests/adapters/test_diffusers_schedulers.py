@@ -4,6 +4,7 @@ generator giving the same images, pipelines, config round trips, argument errors
 in `step`."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -359,6 +360,60 @@ def test_backends_agree(backend):
     ref.set_timesteps(STEPS)
     model = toy_model("v_prediction")
     assert rel_err(run_loop(s, model, x_T(), eta=1.0)[0], run_loop(ref, model, x_T(), eta=1.0)[0]) < REL
+
+
+# ---------------------------------------------------------------------------------------------- launch count
+
+LAUNCH_CASES = (
+    [(FastDDIMScheduler, dict(prediction_type=p, clip_sample=c), dict(eta=eta, use_clipped_model_output=u))
+     for p in PREDICTIONS for c in (False, True) for eta in (0.0, 1.0) for u in (False, True)]
+    + [(FastDDPMScheduler, dict(prediction_type=p, clip_sample=c, variance_type=vt), {})
+       for p in PREDICTIONS for c in (False, True) for vt in VARIANCE_TYPES])
+
+
+def _launch_case_id(case) -> str:
+    cls, cfg, kw = case
+    return "-".join([cls.__name__[4:8]] + [f"{k}={v}" for k, v in {**cfg, **kw}.items()])
+
+
+@pytest.mark.parametrize("case", LAUNCH_CASES, ids=[_launch_case_id(c) for c in LAUNCH_CASES])
+def test_every_step_is_one_sampler_step_launch(case, monkeypatch):
+    """Every `step` (tensor and int timesteps, every option: DDIM's unclipped-ε case with η = 1 and `sample`
+    prediction included) is exactly one `sampler_step` launch, and the step table is built once per
+    set_timesteps: not on the second step, nor on a second loop."""
+    op = importlib.import_module("fastdiff.ops.sampler_step")  # the module (fastdiff.ops.sampler_step is the function)
+    cls, cfg, kw = case
+    calls = {"run_step": 0, "reference": 0, "build": 0}
+
+    def counting(fn, name):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(fastdiff_diffusers, "run_step", counting(fastdiff_diffusers.run_step, "run_step"))
+    monkeypatch.setattr(op, "reference", counting(op.reference, "reference"))  # the launches under run_step
+    monkeypatch.setattr(cls, "_build", counting(cls._build, "build"))
+    sched = cls(**cfg)
+    sched.backend = "reference"
+    sched.set_timesteps(STEPS)
+    model = toy_model(cfg["prediction_type"], cfg.get("variance_type"))
+    g = torch.Generator().manual_seed(0)
+    for int_timesteps in (False, True):
+        x = x_T()
+        for t in sched.timesteps:
+            t = int(t) if int_timesteps else t
+            before = dict(calls)
+            x = sched.step(model(x, t), t, x, generator=g, **kw).prev_sample
+            assert calls["run_step"] - before["run_step"] == 1, (t, calls)
+            assert calls["reference"] - before["reference"] == 1, (t, calls)
+            assert calls["build"] == 1, (t, calls)
+        assert torch.isfinite(x).all()
+    sched.set_timesteps(STEPS + 1)  # new timesteps: the table is rebuilt, once
+    x = x_T()
+    for t in sched.timesteps[:2]:
+        x = sched.step(model(x, t), t, x, generator=g, **kw).prev_sample
+    assert calls["build"] == 2 and calls["run_step"] == 2 * STEPS + 2
 
 
 # ------------------------------------------------------------------------------------------------- pipelines
