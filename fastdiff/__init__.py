@@ -5,9 +5,10 @@ missing: `fastdiff.ops.available_backends()` says what this install has and why
 the rest is missing.
 """
 from fastdiff import _deprecated, ops
+from fastdiff.acceleration import accelerate, deaccelerate  # fastdiff.accelerate(pipe): diffusers pipelines
 from fastdiff.adapters import is_patched, patch, unpatch  # fastdiff.patch(model) / fastdiff.unpatch(model)
 
 _deprecated.install()
 
 __version__ = "0.2.0"
-__all__ = ["ops", "patch", "unpatch", "is_patched", "__version__"]
+__all__ = ["ops", "accelerate", "deaccelerate", "patch", "unpatch", "is_patched", "__version__"]

@@ -1,12 +1,18 @@
 """Adapters to models people already have: `patch` / `unpatch` swap the GroupNorm, AdaGN and attention of
 diffusers and guided-diffusion / improved-diffusion models for fastdiff's fused ops, in place and reversibly;
-`FastDDPMScheduler` / `FastDDIMScheduler` (`fastdiff.adapters.diffusers`) are diffusers schedulers on the fused step
-kernel. They are imported on first use, so `import fastdiff` works without the optional diffusers package."""
+`FastDDPMScheduler` / `FastDDIMScheduler` (`fastdiff.adapters.diffusers`) and the σ-space `FastEulerDiscreteScheduler`,
+`FastEulerAncestralDiscreteScheduler`, `FastFlowMatchEulerDiscreteScheduler`, `FastDPMSolverMultistepScheduler`,
+`FastUniPCMultistepScheduler`, `FastLCMScheduler` (`fastdiff.adapters.diffusers_solvers`) are diffusers schedulers on
+the fused step kernel. They are imported on first use, so `import fastdiff` works without the optional diffusers
+package."""
 from fastdiff.adapters.patch import FusedAttnProcessor, is_patched, patch, unpatch
 
-_LAZY = {"FastDDPMScheduler": "fastdiff.adapters.diffusers", "FastDDIMScheduler": "fastdiff.adapters.diffusers"}
+_SOLVERS = ("FastEulerDiscreteScheduler", "FastEulerAncestralDiscreteScheduler", "FastFlowMatchEulerDiscreteScheduler",
+            "FastDPMSolverMultistepScheduler", "FastUniPCMultistepScheduler", "FastLCMScheduler", "FAST_SCHEDULERS")
+_LAZY = {"FastDDPMScheduler": "fastdiff.adapters.diffusers", "FastDDIMScheduler": "fastdiff.adapters.diffusers",
+         **{name: "fastdiff.adapters.diffusers_solvers" for name in _SOLVERS}}
 
-__all__ = ["FastDDIMScheduler", "FastDDPMScheduler", "FusedAttnProcessor", "is_patched", "patch", "unpatch"]
+__all__ = ["FastDDIMScheduler", "FastDDPMScheduler", *_SOLVERS, "FusedAttnProcessor", "is_patched", "patch", "unpatch"]
 
 
 def __getattr__(name: str):

@@ -28,8 +28,11 @@ with "sde-dpmsolver++", UniPC's `predict_x0=False` and `solver_p`, LCM's `clip_s
 
 Deviations (documented, tested): UniPC's "bh1" to a final σ = 0 gives the limit x = D where diffusers returns NaN;
 LCM draws its noise on the last step too when the first timestep was looked up on the device (the draw is
-multiplied by 0: the image is the same, a shared generator ends one draw further on). The step index is only read
-back from the device when you ask for `step_index` after such a device lookup.
+multiplied by 0: the image is the same, a shared generator ends one draw further on). A multistep solver (DPM-Solver,
+UniPC) started mid-schedule restarts its warm-up orders there, as diffusers does, when the start is known on the
+host (`set_begin_index`, which diffusers' img2img pipelines call, or a host timestep); after a device lookup it
+keeps the full schedule's orders. The step index is only read back from the device when you ask for `step_index`
+after such a device lookup.
 
 Extra: the attribute `backend` (None: `fastdiff.ops.use_backend`'s choice) forces a fastdiff backend.
 """
@@ -60,6 +63,16 @@ __all__ = ["FAST_SCHEDULERS", "FastDPMSolverMultistepScheduler", "FastEulerAnces
 
 #: diffusers' prediction_type -> the step op's prediction (`fastdiff.ops.sampler_step.conversion`)
 PREDICTIONS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v", "flow_prediction": "flow"}
+
+
+def _set_timesteps(stock_set_timesteps):
+    """diffusers' `set_timesteps` with its signature (pipelines inspect it for `sigmas=` / `timesteps=`), then the
+    step table of the σ's it chose."""
+    @functools.wraps(stock_set_timesteps)
+    def set_timesteps(self, *args, **kwargs):
+        stock_set_timesteps(self, *args, **kwargs)
+        self._reset()
+    return set_timesteps
 
 
 def _checked_init(stock_init):
@@ -103,22 +116,23 @@ class _FusedStep:
     def _prediction(self) -> str:
         return PREDICTIONS[self.config.get("prediction_type", "flow_prediction")]
 
-    def set_timesteps(self, *args, **kwargs):
-        """diffusers' `set_timesteps` (every option), then the step table of the σ's it chose."""
-        super().set_timesteps(*args, **kwargs)
-        self._reset()
-
     def _reset(self) -> None:
-        self._table = table = self._build()
-        self._noisy = table.noisy_rows()
-        self._device = {}   # (device, dtype) -> the table, its c_in column
-        self._rows = {}     # (device, N) -> int64 [S, N] row indices (row s for every sample)
+        self._set_table(self._build())
         self._history = None
         self._first_row = None  # host int, or None while the first step's row is only known on the device
         self._row_views = None  # int64 [S, N] device rows of steps 0.. after a device-side lookup
         self._k = 0  # steps taken since the first
 
-    def _build(self) -> tables.StepTable:
+    def _set_table(self, table: tables.StepTable) -> None:
+        old, self._table = self._table, table
+        if old is None or not np.array_equal(old.coefs, self._table.coefs, equal_nan=True):
+            # Device copies of the table are kept while set_timesteps gives the same rows again, so a pipeline's
+            # repeated calls copy nothing to the device (and a captured CUDA graph keeps reading them).
+            self._device = {}   # (device, dtype) -> the table; ("c_in", device, dtype) -> its c_in column
+            self._rows = {}     # (device, N) -> int64 [S, N] row indices (row s for every sample)
+
+    def _build(self, start: int = 0) -> tables.StepTable:
+        """The step table; `start`: the first step taken, where a multistep solver's warm-up begins."""
         raise NotImplementedError  # every Fast scheduler defines it
 
     def _from_sigmas(self, builder, **options) -> tables.StepTable:
@@ -152,10 +166,11 @@ class _FusedStep:
 
     def _start(self, timestep, sample: torch.Tensor) -> None:
         """Fix the first step's table row: begin_index, a host lookup where free, else a device lookup."""
-        if self.begin_index is not None:
-            self._first_row = int(self.begin_index)
-        elif self._lookup_on_host(timestep):
-            self._first_row = self._host_index(timestep)
+        if self.begin_index is not None or self._lookup_on_host(timestep):
+            first = int(self.begin_index) if self.begin_index is not None else self._host_index(timestep)
+            if first and self._table.history:  # a multistep solver starts its warm-up there (img2img)
+                self._set_table(self._build(start=first))
+            self._first_row = first
         else:  # diffusers' index_for_timestep (the second match when there are several), without .item()
             ts = self.timesteps.to(timestep.device)
             hits = (ts == timestep.reshape(())).cumsum(0)
@@ -244,9 +259,13 @@ class _FusedStep:
             history = self._history
         x_next, denoised = run_step(sample, model_output.contiguous(), None, table, rows, history,
                                     self._table.var_mode, noise, -1, 0, return_denoised, None, self.backend)
+        self._advance()
+        return x_next, denoised
+
+    def _advance(self) -> None:
+        """Count a step taken (by the kernel, or by the replay of a captured loop)."""
         self._k += 1
         self._step_index = None if self._first_row is None else self._first_row + self._k
-        return x_next, denoised
 
     def _draws(self, row: int) -> bool:
         """Whether the stock step draws noise at this row (every row of a stochastic sampler by default)."""
@@ -271,8 +290,9 @@ class FastEulerDiscreteScheduler(_FusedStep, diffusers.EulerDiscreteScheduler):
     x_next = x + (σ_next − σ)(x − D)/σ, D from ε / v / x0 (`tables.euler` in "ve" space)."""
 
     __init__ = _checked_init(diffusers.EulerDiscreteScheduler.__init__)
+    set_timesteps = _set_timesteps(diffusers.EulerDiscreteScheduler.set_timesteps)
 
-    def _build(self):
+    def _build(self, start: int = 0):
         return self._from_sigmas(tables.euler, space="ve", prediction=self._prediction)
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
@@ -300,8 +320,9 @@ class FastEulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDi
     (`tables.euler_ancestral`, η = 1), z drawn as the stock step draws it."""
 
     __init__ = _checked_init(diffusers.EulerAncestralDiscreteScheduler.__init__)
+    set_timesteps = _set_timesteps(diffusers.EulerAncestralDiscreteScheduler.set_timesteps)
 
-    def _build(self):
+    def _build(self, start: int = 0):
         return self._from_sigmas(tables.euler_ancestral, eta=1.0, space="ve", prediction=self._prediction)
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
@@ -325,11 +346,12 @@ class FastFlowMatchEulerDiscreteScheduler(_FusedStep, diffusers.FlowMatchEulerDi
     (`tables.renoise`)."""
 
     __init__ = _checked_init(diffusers.FlowMatchEulerDiscreteScheduler.__init__)
+    set_timesteps = _set_timesteps(diffusers.FlowMatchEulerDiscreteScheduler.set_timesteps)
 
     def _check_config(self) -> None:
         self._reject(invert_sigmas=self.config.invert_sigmas)
 
-    def _build(self):
+    def _build(self, start: int = 0):
         builder = tables.renoise if self.config.get("stochastic_sampling", False) else tables.euler
         return self._from_sigmas(builder, space="flow", prediction="flow")
 
@@ -362,6 +384,7 @@ class FastDPMSolverMultistepScheduler(_FusedStep, diffusers.DPMSolverMultistepSc
     buffer."""
 
     __init__ = _checked_init(diffusers.DPMSolverMultistepScheduler.__init__)
+    set_timesteps = _set_timesteps(diffusers.DPMSolverMultistepScheduler.set_timesteps)
 
     def _check_config(self) -> None:
         super()._check_config()
@@ -376,12 +399,12 @@ class FastDPMSolverMultistepScheduler(_FusedStep, diffusers.DPMSolverMultistepSc
         if cfg.solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {cfg.solver_order!r}")
 
-    def _build(self):
+    def _build(self, start: int = 0):
         cfg = self.config
         return self._from_sigmas(tables.dpm_multistep, order=cfg.solver_order, solver_type=cfg.solver_type,
-                                    eta=1.0 if cfg.algorithm_type == "sde-dpmsolver++" else 0.0,
-                                    lower_order_final=cfg.lower_order_final, euler_at_final=cfg.euler_at_final,
-                                    space=_multistep_space(cfg), prediction=self._prediction)
+                                 eta=1.0 if cfg.algorithm_type == "sde-dpmsolver++" else 0.0,
+                                 lower_order_final=cfg.lower_order_final, euler_at_final=cfg.euler_at_final,
+                                 start=start, space=_multistep_space(cfg), prediction=self._prediction)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
@@ -399,16 +422,17 @@ class FastUniPCMultistepScheduler(_FusedStep, diffusers.UniPCMultistepScheduler)
     `step`: the corrector of the current point and the next predictor in one row (`fastdiff.samplers.unipc`)."""
 
     __init__ = _checked_init(diffusers.UniPCMultistepScheduler.__init__)
+    set_timesteps = _set_timesteps(diffusers.UniPCMultistepScheduler.set_timesteps)
 
     def _check_config(self) -> None:
         super()._check_config()
         self._reject(predict_x0=not self.config.predict_x0, solver_p=self.config.solver_p is not None)
 
-    def _build(self):
+    def _build(self, start: int = 0):
         cfg = self.config
         return self._from_sigmas(unipc, order=cfg.solver_order, variant=cfg.solver_type,
-                     disable_corrector=cfg.disable_corrector, lower_order_final=cfg.lower_order_final,
-                     space=_multistep_space(cfg), prediction=self._prediction)
+                                 disable_corrector=cfg.disable_corrector, lower_order_final=cfg.lower_order_final,
+                                 start=start, space=_multistep_space(cfg), prediction=self._prediction)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
         """One UniPC step (UniC on the current point, then UniP) in one fused launch; returns
@@ -427,6 +451,7 @@ class FastLCMScheduler(_FusedStep, diffusers.LCMScheduler):
     D = c_skip·x + c_out·x̂0, x_prev = √ᾱ_prev·D + √(1 − ᾱ_prev)·z (`tables.lcm`)."""
 
     __init__ = _checked_init(diffusers.LCMScheduler.__init__)
+    set_timesteps = _set_timesteps(diffusers.LCMScheduler.set_timesteps)
     _prediction_types = ("epsilon", "sample", "v_prediction")
 
     def _check_config(self) -> None:
@@ -436,7 +461,7 @@ class FastLCMScheduler(_FusedStep, diffusers.LCMScheduler):
             raise ValueError(f"prediction_type must be one of {self._prediction_types}, got "
                              f"{self.config.prediction_type!r}")
 
-    def _build(self):
+    def _build(self, start: int = 0):
         return tables.lcm(self.alphas_cumprod.double().numpy(), self.timesteps.cpu().tolist(),
                           timestep_scaling=self.config.timestep_scaling, prediction=self._prediction)
 

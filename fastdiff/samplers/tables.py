@@ -257,8 +257,8 @@ def dpmpp_2m_sde(sigmas, *, eta: float = 1.0, s_noise: float = 1.0, solver_type:
 
 
 def dpm_multistep(sigmas, *, order: int = 2, solver_type: str = "midpoint", eta: float = 0.0, s_noise: float = 1.0,
-                  lower_order_final: bool = False, euler_at_final: bool = False, space: str = "ve",
-                  prediction: str = "x0", **common) -> StepTable:
+                  lower_order_final: bool = False, euler_at_final: bool = False, start: int = 0,
+                  space: str = "ve", prediction: str = "x0", **common) -> StepTable:
     """Multistep DPM-Solver++ (Lu et al. 2022b) of order 1–3 in data prediction, as diffusers'
     DPMSolverMultistepScheduler runs it: with h = λ_n − λ, h_η = (1 + η)h,
 
@@ -267,9 +267,10 @@ def dpm_multistep(sigmas, *, order: int = 2, solver_type: str = "midpoint", eta:
     (η = 0: the ODE solver, η = 1: the SDE solver "sde-dpmsolver++"); order 2: D₁ = (D − D_prev)/r,
     k₂ = ½(1 − e^{−h_η}) ("midpoint") or φ₂ = 1 − (1 − e^{−h_η})/h_η ("heun"); order 3 (ODE): D₁, D₂ from the
     last three D's (Lu et al. eq. 3.15 via diffusers' r0, r1 form), k₂ = φ₂, φ₃ = φ₂/h − ½. The order of step i
-    is min(order, i + 1); the step to σ = 0 is x_n = α_n·D, and first order on the last step with
-    `euler_at_final` or `lower_order_final` (fewer than 15 steps), second order at most on the one before it with
-    `lower_order_final`. History: the last order − 1 D's, rotated through order − 1 slots."""
+    is min(order, i − start + 1) (start: the first step taken, diffusers' set_begin_index); the step to σ = 0 is
+    x_n = α_n·D, and first order on the last step with `euler_at_final` or `lower_order_final` (fewer than 15
+    steps), second order at most on the one before it with `lower_order_final`. History: the last order − 1 D's,
+    rotated through order − 1 slots."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if solver_type not in ("midpoint", "heun"):
@@ -287,7 +288,7 @@ def dpm_multistep(sigmas, *, order: int = 2, solver_type: str = "midpoint", eta:
         if q.sigma == 0.0:
             rows.add(i, p.sig, c_d=q.alpha, write_d=slot)
             continue
-        k = min(order, i + 1)
+        k = min(order, i + 1 - (start if i >= start else 0))
         if i == n - 1 and (euler_at_final or short):
             k = 1
         elif i == n - 2 and short:

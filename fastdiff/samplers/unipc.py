@@ -70,14 +70,15 @@ def _bh_terms(pts: list[tables._Point], i: int, order: int, variant: str,
     return terms
 
 
-def _orders(n: int, order: int, lower_order_final: bool) -> list[int]:
-    """UniP's order per step: warm-up min(order, i + 1), and min(order, n − i) near the end with
-    lower_order_final (diffusers' `this_order`)."""
-    return [min(order, i + 1, n - i if lower_order_final else order) for i in range(n)]
+def _orders(n: int, order: int, lower_order_final: bool, start: int = 0) -> list[int]:
+    """UniP's order per step: warm-up min(order, i − start + 1) from the first step taken, `start`, and
+    min(order, n − i) near the end with lower_order_final (diffusers' `this_order`)."""
+    return [min(order, i + 1 - (start if i >= start else 0), n - i if lower_order_final else order)
+            for i in range(n)]
 
 
 def unipc(sigmas, *, order: int = 2, variant: str = "bh2", corrector: bool = True, disable_corrector=(),
-          lower_order_final: bool = True, space: str = "vp", prediction: str = "x0",
+          lower_order_final: bool = True, start: int = 0, space: str = "vp", prediction: str = "x0",
           **common) -> tables.StepTable:
     """UniPC-`order` with B(h) = `variant` (module docstring; Zhao et al. 2023) over `sigmas` (n steps
     plus the final value, in `space`), one row per model evaluation: row i evaluates the model at the
@@ -86,6 +87,8 @@ def unipc(sigmas, *, order: int = 2, variant: str = "bh2", corrector: bool = Tru
     i − 1 is skipped), and predicts x_{i+1} with UniP. No corrector after the last predictor (as in
     diffusers). lower_order_final: the last steps use order n − i (so the step to σ = 0 is first order,
     x = D); without it a final σ = 0 is refused for order > 1 (no finite step, diffusers returns inf).
+    start: the first step taken (diffusers' set_begin_index: img2img), where the warm-up begins and no
+    corrector applies.
 
     common: clip, cfg_scale (and timesteps) as `tables._Rows.table` takes them."""
     if order not in range(1, MAX_ORDER + 1):
@@ -95,7 +98,7 @@ def unipc(sigmas, *, order: int = 2, variant: str = "bh2", corrector: bool = Tru
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     pts = tables._points(space, sigmas)
     n = len(pts) - 1
-    orders = _orders(n, order, lower_order_final)
+    orders = _orders(n, order, lower_order_final, start)
     disabled = {int(k) for k in disable_corrector}
     plans = []
     for i in range(n):
@@ -104,7 +107,7 @@ def unipc(sigmas, *, order: int = 2, variant: str = "bh2", corrector: bool = Tru
         combo = {i: c_d}
         for j, c in pred.items():
             combo[j] = combo.get(j, 0.0) + c
-        if corrector and i > 0 and (i - 1) not in disabled and c_x != 0.0:  # (c_x = 0: x_{i+1} = D_i)
+        if corrector and i > start and (i - 1) not in disabled and c_x != 0.0:  # (c_x = 0: x_{i+1} = D_i)
             # x_i^c = x_i + Δ_i, Δ_i = UniC-p − UniP-p from x_{i−1}^c (p = orders[i − 1]);
             # x_{i+1} = c_x·x_i^c + … = c_x·x_i + c_x·Δ_i + …
             p = orders[i - 1]
