@@ -95,7 +95,8 @@ class _FusedStep:
     #: fastdiff backend for the step kernel; None follows `fastdiff.ops.use_backend` ("auto" by default).
     backend = None
     _table = None
-    _space = "ve"
+    #: whether the model's input is x·c_in, c_in = 1/√(σ² + 1) (`scale_model_input`: Euler's σ-space state)
+    _scaled_input = False
 
     # ----------------------------------------------------------------------------- options and the table
 
@@ -291,6 +292,7 @@ class FastEulerDiscreteScheduler(_FusedStep, diffusers.EulerDiscreteScheduler):
 
     __init__ = _checked_init(diffusers.EulerDiscreteScheduler.__init__)
     set_timesteps = _set_timesteps(diffusers.EulerDiscreteScheduler.set_timesteps)
+    _scaled_input = True
 
     def _build(self, start: int = 0):
         return self._from_sigmas(tables.euler, space="ve", prediction=self._prediction)
@@ -321,6 +323,7 @@ class FastEulerAncestralDiscreteScheduler(_FusedStep, diffusers.EulerAncestralDi
 
     __init__ = _checked_init(diffusers.EulerAncestralDiscreteScheduler.__init__)
     set_timesteps = _set_timesteps(diffusers.EulerAncestralDiscreteScheduler.set_timesteps)
+    _scaled_input = True
 
     def _build(self, start: int = 0):
         return self._from_sigmas(tables.euler_ancestral, eta=1.0, space="ve", prediction=self._prediction)

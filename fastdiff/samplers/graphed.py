@@ -28,6 +28,7 @@ import torch
 from fastdiff import ops
 from fastdiff.errors import GraphCaptureError
 from fastdiff.ops import common as C
+from fastdiff.ops import table as T
 from fastdiff.ops import betas_for_timesteps, philox, step_table
 from fastdiff.ops.ddim_step import step_rows as ddim_rows
 from fastdiff.ops.ddpm_step import VAR_MODE as DDPM_VAR_MODE, step_rows as ddpm_rows
@@ -60,9 +61,14 @@ class SamplingPlan:
     clip_denoised: bool = False
     first_step_row: int = 0
     all_model_t: list | None = None  # model input of every timestep of the process (σ-space solvers need it)
+    step_table: tables.StepTable | None = None  # a diffusers σ-space scheduler's own rows (its Fast scheduler's)
+    c_in: list | None = None          # with step_table: the model's input scale per row
+    init_sigma: float = 1.0           # with step_table: x_T = init_sigma · z
 
     @property
     def steps(self) -> int:
+        if self.step_table is not None:
+            return len(self.step_table)
         return len(self.table_ts) - self.first_step_row
 
 
@@ -99,9 +105,7 @@ def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> Sampling
     name = type(scheduler).__name__
     kind = "ddim" if name.endswith("DDIMScheduler") else "ddpm" if name.endswith("DDPMScheduler") else None
     if kind is None:
-        raise TypeError(f"diffusion_or_scheduler: {name} is not supported; GraphedSampler takes a DDIMScheduler or "
-                        f"DDPMScheduler (diffusers', or fastdiff.adapters.diffusers' FastDDIMScheduler / "
-                        f"FastDDPMScheduler), a fastdiff GaussianDiffusion, or alphas_cumprod [T]")
+        return _plan_from_sigma_scheduler(scheduler, steps, sampler)
     cfg = scheduler.config
     get = lambda key, default=None: getattr(cfg, key, None) if hasattr(cfg, key) else (
         cfg.get(key, default) if hasattr(cfg, "get") else default)
@@ -139,9 +143,37 @@ def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> Sampling
     return SamplingPlan(ac, ts, list(ts), sampler or kind, prediction, var_type, clip, first)
 
 
+def _plan_from_sigma_scheduler(scheduler, steps: int, sampler: str | None) -> SamplingPlan:
+    """A diffusers σ-space scheduler (Euler, Euler ancestral, flow-match Euler, DPM-Solver++, UniPC, LCM; stock or
+    fastdiff's Fast subclass): the rows its Fast scheduler builds at set_timesteps(steps), fed the scheduler's own
+    model timesteps and input scale."""
+    name = type(scheduler).__name__
+    supported = ("GraphedSampler takes a diffusers DDIM/DDPM scheduler or one with a fastdiff Fast version (Euler, "
+                 "Euler ancestral, flow-match Euler, DPM-Solver multistep, UniPC, LCM), a fastdiff GaussianDiffusion, "
+                 "or alphas_cumprod [T]")
+    try:
+        from fastdiff.adapters.diffusers_solvers import _FusedStep, fast_scheduler
+    except ImportError:
+        raise TypeError(f"diffusion_or_scheduler: {name} is not supported; {supported}") from None
+    fast, why = fast_scheduler(scheduler)
+    if not isinstance(fast, _FusedStep):
+        raise TypeError(f"diffusion_or_scheduler: {name} is not supported ({why}); {supported}")
+    if sampler is not None:
+        raise ValueError(f"sampler: a {name} runs its own sampler; pass sampler=None")
+    fast = copy.deepcopy(fast)  # set_timesteps mutates; leave the caller's scheduler as it was
+    fast.set_timesteps(steps)
+    table = fast._table
+    c_in = tables.alpha_sigma("vp", table.sigmas)[0].tolist() if fast._scaled_input else [1.0] * len(table)
+    model_t = torch.as_tensor(fast.timesteps).cpu().tolist()
+    ac = torch.as_tensor(getattr(fast, "alphas_cumprod", torch.ones(1))).double().cpu().numpy()
+    return SamplingPlan(ac, [], model_t, type(fast).__name__, step_table=table, c_in=c_in,
+                        init_sigma=float(getattr(fast, "init_noise_sigma", 1.0)))
+
+
 def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None) -> SamplingPlan:
-    """The `SamplingPlan` of a fastdiff diffusion, a diffusers-style DDIM/DDPM scheduler or alphas_cumprod [T]
-    (model fed the timesteps themselves; DDIM's uniform stride when it divides T, else even spacing)."""
+    """The `SamplingPlan` of a fastdiff diffusion, a diffusers scheduler (DDIM/DDPM, or one with a Fast version)
+    or alphas_cumprod [T] (model fed the timesteps themselves; DDIM's uniform stride when it divides T, else even
+    spacing)."""
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -149,7 +181,7 @@ def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None
     obj = diffusion_or_scheduler
     if hasattr(obj, "model_mean_type") and hasattr(obj, "alphas_cumprod"):
         return _plan_from_diffusion(obj, steps, sampler)
-    if hasattr(obj, "config") and hasattr(obj, "alphas_cumprod") and hasattr(obj, "set_timesteps"):
+    if hasattr(obj, "config") and hasattr(obj, "set_timesteps"):
         return _plan_from_scheduler(obj, steps, sampler)
     if isinstance(obj, (np.ndarray, torch.Tensor, list, tuple)):
         ac = torch.as_tensor(obj, dtype=torch.float64).cpu().numpy()
@@ -158,7 +190,7 @@ def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None
         idx = _even_steps(len(ac), steps)
         return SamplingPlan(ac, list(idx), list(idx), sampler or "ddim", all_model_t=list(range(len(ac))))
     raise TypeError(f"diffusion_or_scheduler must be a fastdiff GaussianDiffusion/SpacedDiffusion, a diffusers "
-                    f"DDIMScheduler/DDPMScheduler (or FastDDIM/FastDDPMScheduler), or alphas_cumprod [T]; got "
+                    f"scheduler (DDIM, DDPM, or one with a fastdiff Fast version), or alphas_cumprod [T]; got "
                     f"{type(obj).__name__}")
 
 
@@ -245,6 +277,12 @@ class StaticLoop:
         timestep, input scale and whether it draws noise."""
         ac = plan.alphas_cumprod
         scale = 1.0 if self.guidance_scale is None else self.guidance_scale
+        if plan.step_table is not None:  # a diffusers scheduler's rows, guided at `scale`
+            steps = plan.step_table
+            coefs = steps.coefs.copy()
+            coefs[:, T.CFG_SCALE] = scale
+            return _Rows(torch.as_tensor(coefs), list(range(len(steps))), list(steps.step), plan.model_t,
+                         plan.c_in, list(steps.noisy_rows()), steps.var_mode, steps.history, plan.init_sigma)
         if plan.sampler in ("ddim", "ddpm"):  # the rows of the eager loop (`_loop.run_steps`), bit for bit
             coefs = step_table(betas_for_timesteps(ac, plan.table_ts), device=self.device)
             if plan.sampler == "ddim":
@@ -377,8 +415,10 @@ class GraphedSampler:
     a tuple), with N' = N, or 2N under classifier-free guidance (one forward on [x; x], kwargs stacked as
     [cond; uncond]); fastdiff models, diffusers UNets patched with `fastdiff.adapters.patch` and any callable with
     static shapes and no host syncs. diffusion_or_scheduler: a fastdiff GaussianDiffusion/SpacedDiffusion, a
-    diffusers-style DDIM/DDPM scheduler (by duck typing on config / alphas_cumprod / set_timesteps) or
-    alphas_cumprod [T] (`sampling_plan`). shape: [N, C, ...] of x_T; steps: sampler steps.
+    diffusers-style DDIM/DDPM scheduler (by duck typing on config / alphas_cumprod / set_timesteps), a diffusers
+    scheduler with a fastdiff Fast version (Euler, Euler ancestral, flow-match Euler, DPM-Solver multistep, UniPC,
+    LCM: its own rows, timesteps and input scaling; noise from the in-kernel stream) or alphas_cumprod [T]
+    (`sampling_plan`). shape: [N, C, ...] of x_T; steps: sampler steps.
     sampler: "ddim" | "ddpm" (default: the scheduler's kind, DDIM otherwise) or a σ-space solver of
     `fastdiff.samplers.solvers` ("euler", "heun", "dpmpp_2m", ...; on a fastdiff diffusion or alphas_cumprod, with
     the σ `schedule` "karras" | "exponential" | "polyexponential" | "uniform"); eta: DDIM η; guidance_scale: the

@@ -42,8 +42,8 @@ def test_cpu_device_argument_is_a_clear_error():
 
 def test_unsupported_schedulers_and_arguments_raise_before_any_device_work():
     diffusers = pytest.importorskip("diffusers")
-    with pytest.raises(TypeError, match="EulerDiscreteScheduler is not supported.*DDIMScheduler"):
-        GraphedSampler(toy_model, diffusers.EulerDiscreteScheduler(), (1, 3, 8, 8), 10)
+    with pytest.raises(TypeError, match="PNDMScheduler is not supported.*DDIM/DDPM scheduler"):
+        GraphedSampler(toy_model, diffusers.PNDMScheduler(), (1, 3, 8, 8), 10)
     with pytest.raises(TypeError, match="thresholding=True"):
         GraphedSampler(toy_model, diffusers.DDIMScheduler(thresholding=True), (1, 3, 8, 8), 10)
     with pytest.raises(TypeError, match="clip_sample_range=2.0"):
@@ -302,3 +302,33 @@ def test_capture_errors_are_clear():
 
     with pytest.raises(Exception, match="CPU tensor|same device"):
         GraphedSampler(cpu_tensor, AC, (2, 3, 8, 8), 10)
+
+
+@pytest.mark.parametrize("name, opts", [
+    ("EulerDiscreteScheduler", {"use_karras_sigmas": True}), ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("UniPCMultistepScheduler", {}), ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}),
+])
+def test_static_loop_runs_a_diffusers_sigma_scheduler(name, opts):
+    """A diffusers σ-space scheduler (here the stock one) plans its Fast scheduler's rows, model timesteps and
+    input scale: the static loop gives the pipeline-style loop of the stock scheduler (fp32, 1e-5)."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = getattr(diffusers, name)(**opts)
+    plan = sampling_plan(sched, 8)
+    assert plan.steps == 8 and plan.step_table is not None
+    shape = (2, 3, 4, 4)
+    model = lambda x, t: torch.tanh(0.5 * x + torch.cos(torch.as_tensor(t, dtype=torch.float32) / 300)  # noqa: E731
+                                    .reshape(-1, 1, 1, 1))
+    x_T = torch.randn(shape) * plan.init_sigma
+    loop = _loop(model, plan, shape)
+    loop.load(x_T, 0, {})
+    got = loop.run()
+    sched.set_timesteps(8)
+    x = x_T
+    for t in sched.timesteps:
+        x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        x = sched.step(model(x_in, t.expand(2)), t, x).prev_sample
+    assert torch.allclose(got, x, rtol=0, atol=1e-5 * x.abs().max())
+    with pytest.raises(ValueError, match="own sampler"):
+        sampling_plan(sched, 8, "euler")
+    with pytest.raises(TypeError, match="PNDMScheduler"):
+        sampling_plan(diffusers.PNDMScheduler(), 8)
