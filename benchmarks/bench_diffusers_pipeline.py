@@ -11,8 +11,8 @@ post-processing included). Its scheduler is replaced by `DPMSolverMultistepSched
 Each timed call is one `pipe(**kwargs, generator=g)` with the generator reseeded (the same x_T and images for every
 provider). Providers:
 - `diffusers`: the stock pipeline (the baseline of the `pipeline` suite);
-- `auto`: the same pipeline object after `fastdiff.accelerate(pipe)` (FastDPMSolverMultistepScheduler, fused ops
-  patched into the UNet and VAE on the default backends); `fastdiff.deaccelerate(pipe)` after the test;
+- `auto`: the same pipeline object after `fastdiff.accelerate(pipe)` (FastDPMSolverMultistepScheduler; fused ops
+  patched into the UNet and VAE on a CUDA device, not on the CPU); `fastdiff.deaccelerate(pipe)` after the test;
 - `fused+graph`: `fastdiff.accelerate(pipe, cuda_graph=True)` (the denoising loop replayed as one CUDA graph after a
   warm-up and a capture call; CUDA only).
 fastdiff rows record their largest difference from the stock images (`max_abs_diff_vs_diffusers`) and the

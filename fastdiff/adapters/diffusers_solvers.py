@@ -118,15 +118,27 @@ class _FusedStep:
         return PREDICTIONS[self.config.get("prediction_type", "flow_prediction")]
 
     def _reset(self) -> None:
-        self._set_table(self._build())
+        self._set_table(self._cached_build())
         self._history = None
         self._first_row = None  # host int, or None while the first step's row is only known on the device
         self._row_views = None  # int64 [S, N] device rows of steps 0.. after a device-side lookup
         self._k = 0  # steps taken since the first
 
+    def _cached_build(self, start: int = 0) -> tables.StepTable:
+        """`_build(start)`, remembered for the schedule set_timesteps chose (its σ's and timesteps): a pipeline
+        calling set_timesteps with the same options every time builds its table once."""
+        key = (start,) + tuple(np.asarray(torch.as_tensor(v).detach().cpu()).tobytes()
+                               for v in (getattr(self, "sigmas", ()), self.timesteps))
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = self._build(start)
+        return cache[key]
+
     def _set_table(self, table: tables.StepTable) -> None:
         old, self._table = self._table, table
-        if old is None or not np.array_equal(old.coefs, self._table.coefs, equal_nan=True):
+        if old is None or (old is not table and not np.array_equal(old.coefs, table.coefs, equal_nan=True)):
             # Device copies of the table are kept while set_timesteps gives the same rows again, so a pipeline's
             # repeated calls copy nothing to the device (and a captured CUDA graph keeps reading them).
             self._device = {}   # (device, dtype) -> the table; ("c_in", device, dtype) -> its c_in column
@@ -170,7 +182,7 @@ class _FusedStep:
         if self.begin_index is not None or self._lookup_on_host(timestep):
             first = int(self.begin_index) if self.begin_index is not None else self._host_index(timestep)
             if first and self._table.history:  # a multistep solver starts its warm-up there (img2img)
-                self._set_table(self._build(start=first))
+                self._set_table(self._cached_build(start=first))
             self._first_row = first
         else:  # diffusers' index_for_timestep (the second match when there are several), without .item()
             ts = self.timesteps.to(timestep.device)
