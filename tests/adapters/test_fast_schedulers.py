@@ -139,7 +139,15 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name, opts", [c for c in CASES if not c[1]], ids=[i for i, c in zip(_IDS, CASES) if not c[1]])
+_ONE_EACH = [("EulerDiscreteScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
+             ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}), ("FlowMatchEulerDiscreteScheduler",
+                                                                  {"stochastic_sampling": True}),
+             ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+             ("DPMSolverMultistepScheduler", {"solver_order": 3}), ("UniPCMultistepScheduler", {}), ("LCMScheduler", {})]
+
+
+@pytest.mark.parametrize("name, opts", _ONE_EACH, ids=[f"{n[:-9]}-{'-'.join(map(str, o.values())) or 'default'}"
+                                                       for n, o in _ONE_EACH])
 def test_step_reads_nothing_from_the_device(name, opts, monkeypatch):
     """Neither `step` nor `scale_model_input` reads a tensor back to Python, the first step's index included
     (looked up on the device: the timesteps are told to be device tensors), and each step is one fused launch."""
