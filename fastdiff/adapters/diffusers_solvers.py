@@ -142,7 +142,7 @@ class _FusedStep:
             # Device copies of the table are kept while set_timesteps gives the same rows again, so a pipeline's
             # repeated calls copy nothing to the device (and a captured CUDA graph keeps reading them).
             self._device = {}   # (device, dtype) -> the table; ("c_in", device, dtype) -> its c_in column
-            self._rows = {}     # (device, N) -> int64 [S, N] row indices (row s for every sample)
+            self._rows = {}     # (device, N) -> S int64 [N] row indices (row s for every sample)
 
     def _build(self, start: int = 0) -> tables.StepTable:
         """The step table; `start`: the first step taken, where a multistep solver's warm-up begins."""
@@ -224,9 +224,9 @@ class _FusedStep:
         if not 0 <= row < len(self._table):
             raise IndexError(f"step index {row} is outside the {len(self._table)} steps set by set_timesteps")
         key = (sample.device, n)
-        if key not in self._rows:
-            self._rows[key] = torch.arange(len(self._table), device=sample.device).unsqueeze(1).expand(-1, n) \
-                .contiguous()
+        if key not in self._rows:  # one contiguous [N] view per row, made once
+            rows = torch.arange(len(self._table), device=sample.device).unsqueeze(1).expand(-1, n).contiguous()
+            self._rows[key] = rows.unbind(0)
         return row, self._rows[key][row]
 
     def _on_device(self, sample: torch.Tensor) -> torch.Tensor:
