@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import logging
 import warnings
 from collections import OrderedDict
 
@@ -49,8 +48,6 @@ from torch.overrides import TorchFunctionMode
 
 from fastdiff.adapters.patch import is_patched, unpatch
 from fastdiff.adapters.patch import patch as patch_model
-
-log = logging.getLogger(__name__)
 
 __all__ = ["Acceleration", "accelerate", "deaccelerate"]
 
@@ -145,12 +142,6 @@ def deaccelerate(pipe) -> None:
     object.__delattr__(pipe, _STATE)
 
 
-def acceleration(pipe) -> Acceleration | None:
-    """The report of the acceleration in place on `pipe` (its cuda_graph entry kept up to date), or None."""
-    saved = getattr(pipe, _STATE, None)
-    return None if saved is None else saved.report
-
-
 # ----------------------------------------------------------------------------------------------- the graph
 
 
@@ -182,7 +173,7 @@ def _graphed_class(cls: type) -> type:
 
 
 def _tensors(obj, path=()):
-    """(path, tensor) for every tensor in nested args (tuples, lists, dicts, dataclass-like outputs), in order."""
+    """(path, tensor) for every tensor in nested tuples, lists and dicts (diffusers' outputs are dicts), in order."""
     if isinstance(obj, torch.Tensor):
         yield path, obj
     elif isinstance(obj, (list, tuple)):
@@ -221,7 +212,7 @@ class _Tracker(TorchFunctionMode):
             inputs.add(p)
             if p and p not in self.internal:
                 self.reads.setdefault(p, t)
-        for _, t in _tensors(out if isinstance(out, (tuple, list, dict)) else (out,)):
+        for _, t in _tensors(out):
             p = _ptr(t)
             if p not in inputs:
                 self.internal.add(p)
@@ -229,13 +220,8 @@ class _Tracker(TorchFunctionMode):
 
     def mark(self, out) -> None:
         """Outputs of calls the mode may not see (custom ops): allocated by the loop."""
-        for _, t in _tensors(_as_nested(out)):
+        for _, t in _tensors(out):
             self.internal.add(_ptr(t))
-
-
-def _as_nested(out):
-    """A model / scheduler output as nested tuples and dicts (diffusers' BaseOutput is an OrderedDict)."""
-    return dict(out) if isinstance(out, OrderedDict) else out
 
 
 @dataclasses.dataclass
@@ -251,7 +237,7 @@ class _Captured:
     capture: object
     calls: list
     keep: list          # tensors the graph reads that must stay alive (scheduler state of the captured call)
-    replayable: str     # "" or why this key runs eagerly from now on
+    eager_reason: str   # "" (replayed), or why this key runs eagerly from now on
 
 
 class _CudaCapture:
@@ -344,7 +330,7 @@ class _LoopGraph:
             self.mode = "eager"
             self._report("not used for this loop: the scheduler draws noise from the pipeline's generator")
         elif captured is not None:
-            self.mode = "eager" if captured.replayable else "replay"
+            self.mode = "eager" if captured.eager_reason else "replay"
         elif key in self.warm:
             self.mode = "capture"
             self._start_capture()
@@ -358,16 +344,13 @@ class _LoopGraph:
         return self._call("denoiser", self._forward, args, kwargs)
 
     def _step(self, *args, **kwargs):
-        last = self.index_of_step() == len(self.sched._table) - 1
+        last = self.sched._k == len(self.sched._table) - 1
         out = self._call("step", lambda *a, **k: type(self.sched).step(self.sched, *a, **k), args, kwargs)
         if self.mode == "replay":
             self.sched._advance()
         if last:
             out = self._end(out)
         return out
-
-    def index_of_step(self) -> int:
-        return self.sched._k
 
     def _call(self, kind, fn, args, kwargs):
         if self.mode in ("eager", "loop-start"):

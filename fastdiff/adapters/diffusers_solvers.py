@@ -89,8 +89,9 @@ def _checked_init(stock_init):
 class _FusedStep:
     """What the Fast schedulers share (put before the stock class): the table, the step index, the fused call.
 
-    Subclasses define `_build() -> tables.StepTable` (from the stock σ's and config), `_check_config()`, and
-    `step` (the stock signature) calling `_fused_step`."""
+    Subclasses define `_build(start=0) -> tables.StepTable` (from the stock σ's and config; `start`: the first step
+    taken, where a multistep solver's warm-up begins), `_check_config()`, and `step` (the stock signature) calling
+    `_fused_step`."""
 
     #: fastdiff backend for the step kernel; None follows `fastdiff.ops.use_backend` ("auto" by default).
     backend = None
@@ -143,10 +144,6 @@ class _FusedStep:
             # repeated calls copy nothing to the device (and a captured CUDA graph keeps reading them).
             self._device = {}   # (device, dtype) -> the table; ("c_in", device, dtype) -> its c_in column
             self._rows = {}     # (device, N) -> S int64 [N] row indices (row s for every sample)
-
-    def _build(self, start: int = 0) -> tables.StepTable:
-        """The step table; `start`: the first step taken, where a multistep solver's warm-up begins."""
-        raise NotImplementedError  # every Fast scheduler defines it
 
     def _from_sigmas(self, builder, **options) -> tables.StepTable:
         """builder(σ's of the stock set_timesteps, **options). A final σ equal to the last step's (a final σ_min

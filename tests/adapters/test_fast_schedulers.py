@@ -329,7 +329,7 @@ def test_loop_capture_records_the_loop_inputs(sd, monkeypatch, one_thread):
             out = pipe(**kwargs, generator=torch.Generator().manual_seed(3)).images  # capture
         assert abs(out - stock).max() <= 1e-4 * abs(stock).max()
         (captured,) = graph.graphs.values()
-        assert captured.replayable == "" and report.cuda_graph == "on (loop captured)"
+        assert captured.eager_reason == "" and report.cuda_graph == "on (loop captured)"
         calls = captured.calls
         assert len(calls) == 12  # 6 denoiser calls and 6 steps, alternating
         # unet(x_in, t, encoder_hidden_states=...): x_in (the doubled x_T), t and the prompts come from outside at
