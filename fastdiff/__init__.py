@@ -5,7 +5,7 @@ missing: `fastdiff.ops.available_backends()` says what this install has and why
 the rest is missing.
 """
 from fastdiff import _deprecated, ops
-from fastdiff.acceleration import accelerate, deaccelerate  # fastdiff.accelerate(pipe): diffusers pipelines
+from fastdiff.adapters import accelerate, deaccelerate  # fastdiff.accelerate(pipe): diffusers pipelines
 from fastdiff.adapters import is_patched, patch, unpatch  # fastdiff.patch(model) / fastdiff.unpatch(model)
 
 _deprecated.install()

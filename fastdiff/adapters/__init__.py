@@ -1,10 +1,12 @@
-"""Adapters to models people already have: `patch` / `unpatch` swap the GroupNorm, AdaGN and attention of
+"""Adapters to models people already have: `accelerate` / `deaccelerate` speed up a diffusers pipeline in place
+(`fastdiff.adapters.acceleration`); `patch` / `unpatch` swap the GroupNorm, AdaGN and attention of
 diffusers and guided-diffusion / improved-diffusion models for fastdiff's fused ops, in place and reversibly;
 `FastDDPMScheduler` / `FastDDIMScheduler` (`fastdiff.adapters.diffusers`) and the σ-space `FastEulerDiscreteScheduler`,
 `FastEulerAncestralDiscreteScheduler`, `FastFlowMatchEulerDiscreteScheduler`, `FastDPMSolverMultistepScheduler`,
 `FastUniPCMultistepScheduler`, `FastLCMScheduler` (`fastdiff.adapters.diffusers_solvers`) are diffusers schedulers on
 the fused step kernel. They are imported on first use, so `import fastdiff` works without the optional diffusers
 package."""
+from fastdiff.adapters.acceleration import accelerate, deaccelerate
 from fastdiff.adapters.patch import FusedAttnProcessor, is_patched, patch, unpatch
 
 _SOLVERS = ("FastEulerDiscreteScheduler", "FastEulerAncestralDiscreteScheduler", "FastFlowMatchEulerDiscreteScheduler",
@@ -12,7 +14,8 @@ _SOLVERS = ("FastEulerDiscreteScheduler", "FastEulerAncestralDiscreteScheduler",
 _LAZY = {"FastDDPMScheduler": "fastdiff.adapters.diffusers", "FastDDIMScheduler": "fastdiff.adapters.diffusers",
          **{name: "fastdiff.adapters.diffusers_solvers" for name in _SOLVERS}}
 
-__all__ = ["FastDDIMScheduler", "FastDDPMScheduler", *_SOLVERS, "FusedAttnProcessor", "is_patched", "patch", "unpatch"]
+__all__ = ["FastDDIMScheduler", "FastDDPMScheduler", *_SOLVERS, "FusedAttnProcessor", "accelerate", "deaccelerate",
+           "is_patched", "patch", "unpatch"]
 
 
 def __getattr__(name: str):

@@ -38,6 +38,7 @@ Extra: the attribute `backend` (None: `fastdiff.ops.use_backend`'s choice) force
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -50,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
     raise ImportError("fastdiff.adapters.diffusers_solvers needs the diffusers package: "
                       "pip install 'fastdiff[diffusers]'") from exc
 
-from fastdiff.adapters.diffusers import FastDDIMScheduler, FastDDPMScheduler
+from fastdiff.adapters.diffusers import _CONVERSION, FastDDIMScheduler, FastDDPMScheduler
 from fastdiff.ops import table as T
 from fastdiff.ops.common import check_float
 from fastdiff.ops.sampler_step import run as run_step
@@ -62,7 +63,7 @@ __all__ = ["FAST_SCHEDULERS", "FastDPMSolverMultistepScheduler", "FastEulerAnces
            "FastUniPCMultistepScheduler", "fast_scheduler"]
 
 #: diffusers' prediction_type -> the step op's prediction (`fastdiff.ops.sampler_step.conversion`)
-PREDICTIONS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v", "flow_prediction": "flow"}
+PREDICTIONS = {**_CONVERSION, "flow_prediction": "flow"}
 
 
 def _set_timesteps(stock_set_timesteps):
@@ -157,6 +158,18 @@ class _FusedStep:
         return tables.StepTable(np.concatenate([table.coefs, row]), np.append(table.sigmas, sig[-2]),
                                 np.append(table.step, table.step[-1] + 1), table.history, table.stochastic,
                                 table.var_mode)
+
+    def step_rows(self, steps: int) -> dict:
+        """What `fastdiff.samplers.GraphedSampler` runs for this scheduler at `steps` (a copy's set_timesteps; this
+        one is left as it is): {"table": the StepTable, "model_t": model timesteps per row, "c_in": model input
+        scale per row, "init_sigma": x_T's scale, "alphas_cumprod": float64 [T] (ones for flow matching)}."""
+        sched = copy.deepcopy(self)
+        sched.set_timesteps(steps)
+        table = sched._table
+        c_in = tables.alpha_sigma("vp", table.sigmas)[0] if self._scaled_input else np.ones(len(table))
+        ac = torch.as_tensor(getattr(sched, "alphas_cumprod", torch.ones(1))).double().cpu().numpy()
+        return {"table": table, "model_t": torch.as_tensor(sched.timesteps).cpu().tolist(), "c_in": c_in.tolist(),
+                "init_sigma": float(getattr(sched, "init_noise_sigma", 1.0)), "alphas_cumprod": ac}
 
     # ------------------------------------------------------------------------------------ step index
 

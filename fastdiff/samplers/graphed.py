@@ -144,35 +144,25 @@ def _plan_from_scheduler(scheduler, steps: int, sampler: str | None) -> Sampling
 
 
 def _plan_from_sigma_scheduler(scheduler, steps: int, sampler: str | None) -> SamplingPlan:
-    """A diffusers σ-space scheduler (Euler, Euler ancestral, flow-match Euler, DPM-Solver++, UniPC, LCM; stock or
-    fastdiff's Fast subclass): the rows its Fast scheduler builds at set_timesteps(steps), fed the scheduler's own
+    """A scheduler that gives its own step rows (fastdiff's Fast diffusers schedulers: Euler, Euler ancestral,
+    flow-match Euler, DPM-Solver multistep, UniPC, LCM, through `step_rows`): those rows at `steps`, fed its
     model timesteps and input scale."""
     name = type(scheduler).__name__
-    supported = ("GraphedSampler takes a diffusers DDIM/DDPM scheduler or one with a fastdiff Fast version (Euler, "
-                 "Euler ancestral, flow-match Euler, DPM-Solver multistep, UniPC, LCM), a fastdiff GaussianDiffusion, "
-                 "or alphas_cumprod [T]")
-    try:
-        from fastdiff.adapters.diffusers_solvers import _FusedStep, fast_scheduler
-    except ImportError:
-        raise TypeError(f"diffusion_or_scheduler: {name} is not supported; {supported}") from None
-    fast, why = fast_scheduler(scheduler)
-    if not isinstance(fast, _FusedStep):
-        raise TypeError(f"diffusion_or_scheduler: {name} is not supported ({why}); {supported}")
+    if not callable(getattr(scheduler, "step_rows", None)):
+        raise TypeError(f"diffusion_or_scheduler: {name} is not supported; GraphedSampler takes a diffusers "
+                        f"DDIM/DDPM scheduler, a fastdiff Fast scheduler (for a stock one with a Fast version: "
+                        f"fastdiff.adapters.FAST_SCHEDULERS[{name!r}].from_config(scheduler.config)), a fastdiff "
+                        f"GaussianDiffusion, or alphas_cumprod [T]")
     if sampler is not None:
         raise ValueError(f"sampler: a {name} runs its own sampler; pass sampler=None")
-    fast = copy.deepcopy(fast)  # set_timesteps mutates; leave the caller's scheduler as it was
-    fast.set_timesteps(steps)
-    table = fast._table
-    c_in = tables.alpha_sigma("vp", table.sigmas)[0].tolist() if fast._scaled_input else [1.0] * len(table)
-    model_t = torch.as_tensor(fast.timesteps).cpu().tolist()
-    ac = torch.as_tensor(getattr(fast, "alphas_cumprod", torch.ones(1))).double().cpu().numpy()
-    return SamplingPlan(ac, [], model_t, type(fast).__name__, step_table=table, c_in=c_in,
-                        init_sigma=float(getattr(fast, "init_noise_sigma", 1.0)))
+    rows = scheduler.step_rows(steps)
+    return SamplingPlan(rows["alphas_cumprod"], [], rows["model_t"], name, step_table=rows["table"],
+                        c_in=rows["c_in"], init_sigma=rows["init_sigma"])
 
 
 def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None) -> SamplingPlan:
-    """The `SamplingPlan` of a fastdiff diffusion, a diffusers scheduler (DDIM/DDPM, or one with a Fast version)
-    or alphas_cumprod [T] (model fed the timesteps themselves; DDIM's uniform stride when it divides T, else even
+    """The `SamplingPlan` of a fastdiff diffusion, a diffusers DDIM/DDPM scheduler, a fastdiff Fast σ-space
+    scheduler or alphas_cumprod [T] (model fed the timesteps themselves; DDIM's uniform stride when it divides T, else even
     spacing)."""
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -190,7 +180,7 @@ def sampling_plan(diffusion_or_scheduler, steps: int, sampler: str | None = None
         idx = _even_steps(len(ac), steps)
         return SamplingPlan(ac, list(idx), list(idx), sampler or "ddim", all_model_t=list(range(len(ac))))
     raise TypeError(f"diffusion_or_scheduler must be a fastdiff GaussianDiffusion/SpacedDiffusion, a diffusers "
-                    f"scheduler (DDIM, DDPM, or one with a fastdiff Fast version), or alphas_cumprod [T]; got "
+                    f"DDIM/DDPM scheduler, a fastdiff Fast scheduler, or alphas_cumprod [T]; got "
                     f"{type(obj).__name__}")
 
 
@@ -415,10 +405,9 @@ class GraphedSampler:
     a tuple), with N' = N, or 2N under classifier-free guidance (one forward on [x; x], kwargs stacked as
     [cond; uncond]); fastdiff models, diffusers UNets patched with `fastdiff.adapters.patch` and any callable with
     static shapes and no host syncs. diffusion_or_scheduler: a fastdiff GaussianDiffusion/SpacedDiffusion, a
-    diffusers-style DDIM/DDPM scheduler (by duck typing on config / alphas_cumprod / set_timesteps), a diffusers
-    scheduler with a fastdiff Fast version (Euler, Euler ancestral, flow-match Euler, DPM-Solver multistep, UniPC,
-    LCM: its own rows, timesteps and input scaling; noise from the in-kernel stream) or alphas_cumprod [T]
-    (`sampling_plan`). shape: [N, C, ...] of x_T; steps: sampler steps.
+    diffusers-style DDIM/DDPM scheduler (by duck typing on config / alphas_cumprod / set_timesteps), a fastdiff
+    Fast σ-space scheduler (Euler, Euler ancestral, flow-match Euler, DPM-Solver multistep, UniPC, LCM: its own
+    rows, timesteps and input scaling; noise from the in-kernel stream) or alphas_cumprod [T] (`sampling_plan`). shape: [N, C, ...] of x_T; steps: sampler steps.
     sampler: "ddim" | "ddpm" (default: the scheduler's kind, DDIM otherwise) or a σ-space solver of
     `fastdiff.samplers.solvers` ("euler", "heun", "dpmpp_2m", ...; on a fastdiff diffusion or alphas_cumprod, with
     the σ `schedule` "karras" | "exponential" | "polyexponential" | "uniform"); eta: DDIM η; guidance_scale: the

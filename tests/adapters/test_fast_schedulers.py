@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 diffusers = pytest.importorskip("diffusers")
 
 import fastdiff  # noqa: E402
-from fastdiff import acceleration  # noqa: E402
+from fastdiff.adapters import acceleration  # noqa: E402
 from fastdiff.adapters import diffusers_solvers as ds  # noqa: E402
 from fastdiff.adapters.diffusers_solvers import FAST_SCHEDULERS  # noqa: E402
 

@@ -42,7 +42,7 @@ def test_cpu_device_argument_is_a_clear_error():
 
 def test_unsupported_schedulers_and_arguments_raise_before_any_device_work():
     diffusers = pytest.importorskip("diffusers")
-    with pytest.raises(TypeError, match="PNDMScheduler is not supported.*DDIM/DDPM scheduler"):
+    with pytest.raises(TypeError, match="PNDMScheduler is not supported.*DDIM/DDPM scheduler, a fastdiff Fast"):
         GraphedSampler(toy_model, diffusers.PNDMScheduler(), (1, 3, 8, 8), 10)
     with pytest.raises(TypeError, match="thresholding=True"):
         GraphedSampler(toy_model, diffusers.DDIMScheduler(thresholding=True), (1, 3, 8, 8), 10)
@@ -309,11 +309,15 @@ def test_capture_errors_are_clear():
     ("UniPCMultistepScheduler", {}), ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}),
 ])
 def test_static_loop_runs_a_diffusers_sigma_scheduler(name, opts):
-    """A diffusers σ-space scheduler (here the stock one) plans its Fast scheduler's rows, model timesteps and
-    input scale: the static loop gives the pipeline-style loop of the stock scheduler (fp32, 1e-5)."""
+    """A fastdiff Fast σ-space scheduler plans its own rows, model timesteps and input scale: the static loop
+    gives the pipeline-style loop of the stock scheduler (fp32, 1e-5); a stock one is pointed to its Fast version."""
     diffusers = pytest.importorskip("diffusers")
+    from fastdiff.adapters import FAST_SCHEDULERS
+
     sched = getattr(diffusers, name)(**opts)
-    plan = sampling_plan(sched, 8)
+    with pytest.raises(TypeError, match=f"FAST_SCHEDULERS\\['{name}'\\]"):
+        sampling_plan(sched, 8)
+    plan = sampling_plan(FAST_SCHEDULERS[name].from_config(sched.config), 8)
     assert plan.steps == 8 and plan.step_table is not None
     shape = (2, 3, 4, 4)
     model = lambda x, t: torch.tanh(0.5 * x + torch.cos(torch.as_tensor(t, dtype=torch.float32) / 300)  # noqa: E731
@@ -329,6 +333,6 @@ def test_static_loop_runs_a_diffusers_sigma_scheduler(name, opts):
         x = sched.step(model(x_in, t.expand(2)), t, x).prev_sample
     assert torch.allclose(got, x, rtol=0, atol=1e-5 * x.abs().max())
     with pytest.raises(ValueError, match="own sampler"):
-        sampling_plan(sched, 8, "euler")
+        sampling_plan(FAST_SCHEDULERS[name].from_config(sched.config), 8, "euler")
     with pytest.raises(TypeError, match="PNDMScheduler"):
         sampling_plan(diffusers.PNDMScheduler(), 8)
