@@ -1,13 +1,12 @@
-"""Patch existing models in place so their GroupNorm (+ SiLU, + AdaGN scale/shift) runs through `fastdiff.ops.adagn`
-and their attention through `fastdiff.ops.qkv_attention`.
+"""Patch existing models in place so their normalisations (GroupNorm + SiLU + AdaGN scale/shift, adaLN LayerNorm /
+RMSNorm + modulation + gated residual), GEGLU activations and attention run through fastdiff's fused ops.
 
-`patch(model)` replaces, in place and reversibly, the forward of the modules that compute a GroupNorm (and, where
-it is followed by SiLU or by ADM's time scale/shift, those too) with one fused `fastdiff.ops.adagn` call;
-`unpatch(model)` restores the original forwards exactly. Module objects, parameters, buffers and state-dict keys
+`patch(model)` replaces, in place and reversibly, the forward of the modules that compute a norm (with the SiLU,
+scale/shift or residual around it) with one fused op call, and swaps attention processors; `unpatch(model)` restores the original forwards exactly. Module objects, parameters, buffers and state-dict keys
 never change: only instance-level `forward` / `_forward` attributes and diffusers attention processors are set
 (and removed again), so a patched model saves, loads, moves between devices and deep-copies like the original.
 
-Sites (one per GroupNorm whose work `adagn` now does, one per attention module):
+Sites (one per norm whose work a fused op now does, one per attention module, one per GEGLU):
 
 - diffusers `ResnetBlock2D` (`UNet2DModel`, and any model built from these blocks): the block's forward becomes
   a copy of diffusers' `ResnetBlock2D.forward` in which norm1 → nonlinearity and norm2 (→ time scale/shift when
@@ -15,11 +14,11 @@ Sites (one per GroupNorm whose work `adagn` now does, one per attention module):
   nonlinearity is `nn.SiLU`, else act "none" followed by the block's own nonlinearity): 2 sites per block.
 - A GroupNorm followed by SiLU held as `conv_norm_out` / `conv_act` (diffusers' `UNet2DModel` output head): the
   norm's forward becomes `adagn(..., act="silu")` and the SiLU's forward the identity: 1 site.
-- diffusers `Attention` modules whose processor is `AttnProcessor2_0` (the default; `UNet2DModel`'s attention
-  blocks): the processor is swapped for one that runs the self-attention as one `fastdiff.ops.qkv_attention` call
-  on the packed [N, 3·H·C, T] layout (new head order, scale 1/√C like SDPA's default) and the block's group norm
-  through `adagn`; calls it does not cover (cross-attention, attention masks, spatial norm, q/k norms, the
-  deprecated `scale` argument) go to the original processor unchanged: 1 site each (`attention=False` skips them).
+- The transformer side of diffusers' models (UNet2DConditionModel's transformer blocks, DiT, PixArt, SD3, Flux, the
+  attention of AutoencoderKL and UNet2DModel): adaLN modules, transformer blocks, GEGLU feed-forwards and attention
+  processors get the fused forwards of `fastdiff/adapters/diffusers_blocks.py` (`adaln_modulate`, `geglu`,
+  `attention`; its docstring lists the sites); `attention=False` leaves the attention processors alone.
+- The GroupNorm in front of a diffusers `Transformer2DModel`'s proj_in: `adagn(..., act="none")`: 1 site.
 - guided-diffusion / improved-diffusion `ResBlock`s (in_layers = [GroupNorm32, SiLU, conv], out_layers =
   [GroupNorm32, SiLU, Dropout, conv]): the instance `_forward` (which their gradient-checkpointed `forward` calls)
   becomes guided-diffusion's `ResBlock._forward` with GN → SiLU and GN → (1 + scale, shift) → SiLU each one `adagn`
@@ -36,7 +35,8 @@ fastdiff's own models (`fastdiff.models`) already call the fused ops, so patchin
 0. Numerics: fp32 outputs equal the original within the rounding of a different reduction order (~1e-6 relative);
 under autocast the fused norm computes and returns fp32, as `F.group_norm` does under autocast.
 
-Other diffusers attention processors (xformers, sliced, IP-adapter, ...) are left alone.
+Other diffusers attention processors (xformers, sliced, IP-adapter, ...) are left alone. Inputs in channels-last
+memory format stay channels-last through the fused GroupNorms (`adagn` keeps the layout).
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 from fastdiff import ops
+from fastdiff.adapters import diffusers_blocks as _blocks
+from fastdiff.adapters.diffusers_blocks import FusedAttnProcessor
 
 __all__ = ["FusedAttnProcessor", "is_patched", "patch", "unpatch"]
 
@@ -191,78 +193,50 @@ def _identity_forward(self, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _diffusers_attention():
-    """(diffusers' Attention, AttnProcessor2_0), or None when diffusers is not imported or lacks them."""
-    if "diffusers" not in sys.modules:
+def _fused_processor(m, cls):
+    """The fused processor class for a diffusers attention module on its default processor (None otherwise):
+    `AttnProcessor2_0` with q, k, v projections of one width, `JointAttnProcessor2_0`, `FluxAttnProcessor`."""
+    processor = type(getattr(m, "processor", None))
+    if isinstance(m, cls["Attention"]) and processor is cls["AttnProcessor2_0"]:
+        lin = (m.to_q, m.to_k, m.to_v)
+        if (all(isinstance(p, nn.Linear) for p in lin) and len({p.out_features for p in lin}) == 1
+                and lin[0].out_features % m.heads == 0):
+            return _blocks.FusedAttnProcessor
+    if isinstance(m, cls["Attention"]) and processor is cls["JointAttnProcessor2_0"]:
+        return _blocks.FusedJointAttnProcessor
+    if isinstance(m, cls["FluxAttention"]) and processor is cls["FluxAttnProcessor"]:
+        return _blocks.FusedFluxAttnProcessor
+    return None
+
+
+def _diffusers_block(m, cls) -> tuple | None:
+    """(method name, fused function, sites) for a diffusers transformer block, adaLN module or GEGLU whose
+    configuration the fused forwards of diffusers_blocks.py cover; None otherwise."""
+    if "forward" in m.__dict__:
         return None
-    try:
-        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-    except ImportError:
-        return None
-    return Attention, AttnProcessor2_0
+    kind = type(m)
+    if kind is cls["BasicTransformerBlock"]:
+        sites = _blocks.basic_block_sites(m)
+        return ("forward", _blocks.basic_block_forward, sites) if sites else None
+    if kind is cls["JointTransformerBlock"]:
+        sites = _blocks.joint_block_sites(m)
+        return ("forward", _blocks.joint_block_forward, sites) if sites else None
+    if kind is cls["FluxTransformerBlock"]:
+        sites = _blocks.flux_block_sites(m)
+        return ("forward", _blocks.flux_block_forward, sites) if sites else None
+    adaln = {cls["AdaLayerNormZero"]: _blocks.ada_layer_norm_zero_forward,
+             cls["AdaLayerNormZeroSingle"]: _blocks.ada_layer_norm_zero_single_forward,
+             cls["AdaLayerNormContinuous"]: _blocks.ada_layer_norm_continuous_forward}.get(kind)
+    if adaln is not None and _blocks._norm_kind(m.norm) is not None:
+        return "forward", adaln, 1
+    if kind is cls["GEGLU"]:
+        return "forward", _blocks.geglu_forward, 1
+    return None
 
 
-class FusedAttnProcessor:
-    """A diffusers attention processor equal to `AttnProcessor2_0` for self-attention without a mask, computed with
-    `fastdiff.ops.qkv_attention` (and `adagn` for the group norm); every other call goes to `original`.
-
-    q, k, v: [B, T, H·D] from to_q / to_k / to_v are packed as qkv = [B, 3·H·D, T] in the new head order (q, k, v
-    first, then heads: channel h·D + d, diffusers' head split), attention softmax(q·kᵀ/√D)·v per head, output
-    [B, H·D, T] in the same (head, d) order, then to_out, residual and rescale as diffusers does.
-    """
-
-    def __init__(self, original):
-        self.original = original
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args,
-                 **kwargs) -> torch.Tensor:
-        if (encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None
-                or attn.norm_q is not None or attn.norm_k is not None or len(args) > 0 or kwargs
-                or hidden_states.ndim not in (3, 4)):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        residual = hidden_states
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size = hidden_states.shape[0]
-
-        if attn.group_norm is not None:
-            if _fusable_norm(attn.group_norm):
-                hidden_states = _norm_act(attn.group_norm, hidden_states.transpose(1, 2), "none").transpose(1, 2)
-            else:
-                hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        if not (query.shape == key.shape == value.shape and query.shape[-1] % attn.heads == 0):
-            raise ValueError(f"fastdiff FusedAttnProcessor: q, k, v shapes {tuple(query.shape)}, {tuple(key.shape)}, "
-                             f"{tuple(value.shape)} do not split into {attn.heads} equal heads")
-        qkv = torch.cat([query, key, value], dim=-1).transpose(1, 2)  # [B, 3·H·D, T]
-        hidden_states = ops.qkv_attention(qkv, attn.heads, legacy=False).transpose(1, 2)  # [B, T, H·D]
-        hidden_states = hidden_states.to(query.dtype)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        hidden_states = hidden_states / attn.rescale_output_factor
-        return hidden_states
-
-
-def _fusable_attention(m, classes) -> bool:
-    """True for a diffusers Attention running the default AttnProcessor2_0 with q, k, v projections of one width."""
-    attention_cls, processor_cls = classes
-    if not isinstance(m, attention_cls) or type(getattr(m, "processor", None)) is not processor_cls:
-        return False
-    lin = (m.to_q, m.to_k, m.to_v)
-    return (all(isinstance(p, nn.Linear) for p in lin) and len({p.out_features for p in lin}) == 1
-            and lin[0].out_features % m.heads == 0)
+def _group_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A lone GroupNorm (e.g. the one in front of a Transformer2DModel's proj_in) through `adagn`."""
+    return _norm_act(self, x, "none")
 
 
 # ----------------------------------------------------------------------------------------------- guided-diffusion
@@ -364,24 +338,24 @@ def _norm_then_silu(norm, act, uses: Counter) -> bool:
 
 
 def patch(model: nn.Module, attention: bool = True) -> int:
-    """Swap, in place, the GroupNorm (+ SiLU, + time scale/shift) and attention of `model` for fused
-    `fastdiff.ops.adagn` / `fastdiff.ops.qkv_attention` calls.
+    """Swap, in place, the normalisations, GEGLU activations and attention of `model` for fused fastdiff ops.
 
     Handles diffusers `ResnetBlock2D` blocks (norm1 → act and norm2 → scale/shift → act), a `conv_norm_out` GroupNorm
-    followed by a `conv_act` SiLU (diffusers' `UNet2DModel` head), diffusers `Attention` modules on the default
-    `AttnProcessor2_0`; guided-diffusion / improved-diffusion `ResBlock`s (both GN → (scale-shift) → SiLU),
+    followed by a `conv_act` SiLU (the heads of diffusers' UNets and VAE decoders / encoders), the transformer blocks,
+    adaLN modules, GEGLUs and attention processors of diffusers' UNet2DConditionModel, DiT, PixArt, SD3 and Flux
+    transformers (diffusers_blocks.py), a Transformer2DModel's GroupNorm; guided-diffusion / improved-diffusion `ResBlock`s (both GN → (scale-shift) → SiLU),
     the GroupNorm32 → SiLU pairs of their `out` heads, their other `GroupNorm32` modules and their
     `QKVAttention(Legacy)` modules. See the module docstring. `attention=False` leaves attention alone. Outputs
     equal the original within fp32 rounding. Idempotent: sites already patched are left alone. Reversed exactly by
     `unpatch(model)`.
 
-    Returns the number of sites newly replaced (one per GroupNorm whose work `adagn` now does, one per attention;
-    0 when there is nothing to patch, e.g. fastdiff's own models, or when `model` is already patched).
+    Returns the number of sites newly replaced (one per norm whose work a fused op now does, one per attention, one
+    per GEGLU; 0 when there is nothing to patch, e.g. fastdiff's own models, or when `model` is already patched).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch: model must be a torch.nn.Module, got {type(model).__name__}")
     resnet_cls = _diffusers_resnet_block_2d()
-    attention_classes = _diffusers_attention() if attention else None
+    blocks = _blocks.classes()
     # How many times each module object occurs in the tree: a shared SiLU cannot become the identity.
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     covered = set()  # GroupNorm32s whose work a patched block or head now does: not patched (or counted) again
@@ -399,15 +373,25 @@ def patch(model: nn.Module, attention: bool = True) -> int:
             _set_method(m, _gd_resblock_forward, "_forward")
             covered.update((id(m.in_layers[0]), id(m.out_layers[0])))
             count += 2
-        elif attention_classes is not None and _fusable_attention(m, attention_classes):
-            m.__dict__[_ATTN_MARK] = m.processor
-            m.processor = FusedAttnProcessor(m.processor)
+        elif attention and blocks is not None and _fused_processor(m, blocks) is not None:
+            processor = m.processor
+            m.processor = _fused_processor(m, blocks)(processor)
+            m.__dict__[_ATTN_MARK] = processor
             count += 1
+        elif blocks is not None and _diffusers_block(m, blocks) is not None:
+            name, fn, sites = _diffusers_block(m, blocks)
+            _set_method(m, fn, name)
+            count += sites
         elif attention and _is_foreign_qkv_attention(m):
             _set_method(m, _qkv_attention_forward)
             count += 1
         elif _is_foreign_groupnorm32(m) and "forward" not in m.__dict__:
             _set_method(m, _groupnorm32_forward)
+            count += 1
+        norm = getattr(m, "norm", None)  # the GroupNorm in front of a Transformer2DModel's proj_in
+        if (blocks is not None and type(m) is blocks["Transformer2DModel"] and _fusable_norm(norm)
+                and not is_patched(norm) and "forward" not in norm.__dict__):
+            _set_method(norm, _group_norm_forward)
             count += 1
         norm, act = getattr(m, "conv_norm_out", None), getattr(m, "conv_act", None)
         if (isinstance(norm, nn.Module) and isinstance(act, nn.Module) and _fusable_norm(norm) and _is_silu(act)
