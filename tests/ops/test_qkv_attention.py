@@ -197,8 +197,10 @@ def test_qkv_attention_triton_gpu(dtype, shape):
 
 def test_heads_times_batch_on_the_unbounded_grid_axis(monkeypatch):
     """N·H programs go on grid axis 0 (2^31 − 1), query blocks on axis 1 (65,535): batch 4,096 with CFG × 16 heads
-    launches. Recorded by stand-in kernels, so nothing runs."""
+    launches. Recorded by stand-in kernels (those of triton_kernels/attention.py, which qkv_attention's launchers
+    run), so nothing runs."""
     kernels = importlib.import_module("fastdiff.triton_kernels.qkv_attention")
+    flash = importlib.import_module("fastdiff.triton_kernels.attention")
     grids = {}
 
     class Recorder:
@@ -210,7 +212,7 @@ def test_heads_times_batch_on_the_unbounded_grid_axis(monkeypatch):
             return lambda *args, **kwargs: None
 
     for name in ("_fwd_kernel", "_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
-        monkeypatch.setattr(kernels, name, Recorder(name))
+        monkeypatch.setattr(flash, name, Recorder(name))
     n, h, c, t = 2 * 4096, 16, 8, 16
     qkv = torch.empty(n, 3 * h * c, t).as_strided((n, 3 * h * c, t), (0, t, 1))  # one row of storage, no copy
     out, lse = kernels.attention_forward(qkv, h, True)
