@@ -21,6 +21,18 @@ TORCH_LIBRARY(fastdiff, m) {
         "bool silu) -> (Tensor out, Tensor mean, Tensor rstd)");
   m.def("adagn_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor? scale, Tensor? shift, "
         "Tensor mean, Tensor rstd, int num_groups, bool silu) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // GEGLU (fastdiff/ops/geglu.py): x [..., 2F] -> x[..., :F]·GELU(x[..., F:]) [..., F]; approximate "none" (erf)
+  // or "tanh", as aten::gelu's. The backward returns ∂x [..., 2F] (value half, then gate half).
+  m.def("geglu(Tensor x, str approximate) -> Tensor");
+  m.def("geglu_backward(Tensor grad_out, Tensor x, str approximate) -> Tensor");
+  // adaLN modulate (fastdiff/ops/adaln_modulate.py): h = residual + gate·x when gated (else h is empty [0]),
+  // out = norm(h)·(1 + scale) + shift; mean, rstd: [B, L] in the accumulation dtype. The backward returns
+  // (∂h, ∂x, ∂gate, ∂scale, ∂shift, ∂weight, ∂bias), an empty [0] tensor for an absent argument.
+  m.def("adaln_modulate(Tensor x, Tensor? scale, Tensor? shift, Tensor? weight, Tensor? bias, Tensor? residual, "
+        "Tensor? gate, bool rms, float eps) -> (Tensor out, Tensor h, Tensor mean, Tensor rstd)");
+  m.def("adaln_modulate_backward(Tensor grad_out, Tensor? grad_h, Tensor h, Tensor? x, Tensor? gate, "
+        "Tensor? scale, Tensor? shift, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, bool rms) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The sampler step and the noise stream are not differentiable: autograd passes through them (outputs do not

@@ -6,6 +6,7 @@ from fastdiff.ops.backend import (BACKENDS, BackendStatus, BackendUnavailableErr
 from fastdiff.ops.common import PREDICTIONS, VAR_TYPES
 from fastdiff.ops.table import NCOEF, betas_for_timesteps, schedule_coefficients, step_table
 from fastdiff.ops.adagn import adagn
+from fastdiff.ops.adaln_modulate import adaln_modulate
 from fastdiff.ops.attention import attention, attention_plan
 from fastdiff.ops.ddim_step import ddim_step
 from fastdiff.ops.ddpm_step import ddpm_step
@@ -20,7 +21,7 @@ _register.register()
 __all__ = [
     "BACKENDS", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "PREDICTIONS", "VAR_TYPES", "NCOEF", "betas_for_timesteps", "schedule_coefficients", "step_table",
-    "adagn", "attention", "attention_plan",
+    "adagn", "adaln_modulate", "attention", "attention_plan",
     "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
     "sampler_step",
 ]
