@@ -44,6 +44,10 @@ UPSTREAM = {
         "9dd8f9decdd272842fae5d2bbbf02d714f6938db264ebb9c7ae0a40def917552",
     "diffusers.models.transformers.transformer_flux.FluxTransformerBlock.forward":
         "0b184cbe172708b6f072a779e13866a44ef5a8ee706fcd3e6887923b11c00785",
+    "diffusers.models.transformers.transformer_wan.WanTransformerBlock.forward":
+        "21c15441b009932c886757e6fee7875fa866ce1bc2746743cadec3f6c1ad865d",
+    "diffusers.models.transformers.transformer_ltx.LTXVideoTransformerBlock.forward":
+        "da45ce5e81f3b50e72f4ae0b2b604738a68e5af141db3a1d7adc5ccd0d508dac",
     "diffusers.models.normalization.AdaLayerNormZero.forward":
         "93374820c014f8127713d1ba0a6be6bba27e7040238781fd56e42e87bb5366cb",
     "diffusers.models.normalization.AdaLayerNormZeroSingle.forward":
@@ -79,11 +83,13 @@ def classes() -> dict[str, type] | None:
         from diffusers.models.transformers.transformer_2d import Transformer2DModel
         from diffusers.models.transformers.transformer_flux import (FluxAttention, FluxAttnProcessor,
                                                                     FluxTransformerBlock)
+        from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
+        from diffusers.models.transformers.transformer_wan import WanTransformerBlock
     except ImportError:  # a diffusers without this module layout: nothing of it to patch
         return None
     for cls in (GEGLU, BasicTransformerBlock, JointTransformerBlock, Attention, AttnProcessor2_0, JointAttnProcessor2_0,
                 AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, Transformer2DModel, FluxAttention,
-                FluxAttnProcessor, FluxTransformerBlock):
+                FluxAttnProcessor, FluxTransformerBlock, LTXVideoTransformerBlock, WanTransformerBlock):
         _CLASSES[cls.__name__] = cls
     return _CLASSES
 
@@ -95,7 +101,8 @@ def _norm_kind(norm) -> str | None:
     """"layer" for a plain nn.LayerNorm over the last dim, "rms" for diffusers' RMSNorm without bias (the two norms
     `adaln_modulate` computes), else None."""
     kind = type(norm)
-    if kind is nn.LayerNorm:
+    if kind is nn.LayerNorm or (kind.__name__ == "FP32LayerNorm"  # LayerNorm computed in fp32: what the op does
+                                and kind.__module__ == "diffusers.models.normalization"):
         return "layer" if len(norm.normalized_shape) == 1 else None
     if kind.__name__ == "RMSNorm" and kind.__module__ == "diffusers.models.normalization":
         return "rms" if norm.bias is None and len(norm.dim) == 1 else None
@@ -143,6 +150,10 @@ def _gated_add(h, y, gate):
 
 
 # ----------------------------------------------------------------------------------------------- adaLN modules
+
+
+def _adaln_sites(module) -> int:
+    return 1 if _norm_kind(module.norm) is not None else 0
 
 
 def ada_layer_norm_zero_forward(self, x, timestep=None, class_labels=None, hidden_dtype=None, emb=None):
@@ -303,6 +314,81 @@ def flux_block_forward(self, hidden_states, encoder_hidden_states, temb, image_r
     return encoder_hidden_states, hidden_states
 
 
+def wan_block_sites(block) -> int:
+    return 2 if _norm_kind(block.norm1) == "layer" and _norm_kind(block.norm3) == "layer" else 0
+
+
+def wan_block_forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb):
+    """diffusers' `WanTransformerBlock.forward` (Wan 2.1 / 2.2 video DiT), its two fp32 LayerNorm → modulate steps
+    (self-attention and feed-forward inputs) each one `adaln_modulate` on the fp32 stream; modulation per sample
+    (temb [B, 6, D]) or per token (temb [B, L, 6, D], Wan 2.2 TI2V); residuals in fp32 as upstream."""
+    if temb.dim() == 4:
+        ada = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (v.squeeze(2) for v in ada)
+    else:
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
+            self.scale_shift_table + temb.float()).chunk(6, dim=1)
+    norm_hidden_states = modulate(self.norm1, hidden_states.float(), scale_msa, shift_msa).type_as(hidden_states)
+    attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb)
+    hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
+    norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
+    attn_output = self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
+    hidden_states = hidden_states + attn_output
+    norm_hidden_states = modulate(self.norm3, hidden_states.float(), c_scale_msa, c_shift_msa).type_as(hidden_states)
+    ff_output = self.ffn(norm_hidden_states)
+    return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
+
+
+def ltx_block_sites(block) -> int:
+    return 2 if _norm_kind(block.norm1) == "rms" and _norm_kind(block.norm2) == "rms" else 0
+
+
+def ltx_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
+                      encoder_attention_mask=None):
+    """diffusers' `LTXVideoTransformerBlock.forward` (LTX-Video): RMSNorm → modulate with per-token scale / shift
+    (temb [B, T, 6·D], T = 1 or the token count) as one `adaln_modulate`, and the cross-attention residual fused
+    into the feed-forward's RMSNorm → modulate."""
+    batch_size = hidden_states.size(0)
+    ada_values = self.scale_shift_table[None, None].to(temb.device) + temb.reshape(
+        batch_size, temb.size(1), self.scale_shift_table.shape[0], -1)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada_values.unbind(dim=2)
+    norm_hidden_states = modulate(self.norm1, hidden_states, scale_msa, shift_msa)
+    attn_hidden_states = self.attn1(hidden_states=norm_hidden_states, encoder_hidden_states=None,
+                                    image_rotary_emb=image_rotary_emb)
+    hidden_states = hidden_states + attn_hidden_states * gate_msa
+    attn_hidden_states = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states, image_rotary_emb=None,
+                                    attention_mask=encoder_attention_mask)
+    hidden_states, norm_hidden_states = modulate(self.norm2, attn_hidden_states, scale_mlp, shift_mlp,
+                                                 residual=hidden_states)
+    return hidden_states + self.ff(norm_hidden_states) * gate_mlp
+
+
+#: The modules with a fused forward: class name -> (their sites (0: the configuration is not covered), forward).
+_FORWARDS = {
+    "BasicTransformerBlock": (basic_block_sites, basic_block_forward),
+    "JointTransformerBlock": (joint_block_sites, joint_block_forward),
+    "FluxTransformerBlock": (flux_block_sites, flux_block_forward),
+    "WanTransformerBlock": (wan_block_sites, wan_block_forward),
+    "LTXVideoTransformerBlock": (ltx_block_sites, ltx_block_forward),
+    "AdaLayerNormZero": (_adaln_sites, ada_layer_norm_zero_forward),
+    "AdaLayerNormZeroSingle": (_adaln_sites, ada_layer_norm_zero_single_forward),
+    "AdaLayerNormContinuous": (_adaln_sites, ada_layer_norm_continuous_forward),
+    "GEGLU": (lambda m: 1, geglu_forward),
+}
+
+
+def fused_forward(m) -> tuple | None:
+    """(fused forward, sites) for a diffusers transformer block, adaLN module or GEGLU whose configuration the
+    forwards above cover; None otherwise (diffusers must be imported: see `classes`)."""
+    cls = classes()
+    name = type(m).__name__
+    if cls is None or name not in _FORWARDS or type(m) is not cls[name]:
+        return None
+    sites_of, forward = _FORWARDS[name]
+    sites = sites_of(m)
+    return (forward, sites) if sites else None
+
+
 # ----------------------------------------------------------------------------------------------- attention
 
 
@@ -313,6 +399,25 @@ def _group_norm(norm, x):
             and not torch.is_autocast_enabled(x.device.type)):
         return ops.adagn(x, norm.weight, norm.bias, norm.num_groups, norm.eps, act="none")
     return norm(x)
+
+
+def fused_processor(m):
+    """The fused processor class for a diffusers attention module on its default processor (None otherwise):
+    `AttnProcessor2_0` with q, k, v projections of one width, `JointAttnProcessor2_0`, `FluxAttnProcessor`."""
+    cls = classes()
+    if cls is None:
+        return None
+    processor = type(getattr(m, "processor", None))
+    if isinstance(m, cls["Attention"]) and processor is cls["AttnProcessor2_0"]:
+        lin = (m.to_q, m.to_k, m.to_v)
+        if (all(isinstance(p, nn.Linear) for p in lin) and len({p.out_features for p in lin}) == 1
+                and lin[0].out_features % m.heads == 0):
+            return FusedAttnProcessor
+    if isinstance(m, cls["Attention"]) and processor is cls["JointAttnProcessor2_0"]:
+        return FusedJointAttnProcessor
+    if isinstance(m, cls["FluxAttention"]) and processor is cls["FluxAttnProcessor"]:
+        return FusedFluxAttnProcessor
+    return None
 
 
 class FusedAttnProcessor:

@@ -193,47 +193,6 @@ def _identity_forward(self, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _fused_processor(m, cls):
-    """The fused processor class for a diffusers attention module on its default processor (None otherwise):
-    `AttnProcessor2_0` with q, k, v projections of one width, `JointAttnProcessor2_0`, `FluxAttnProcessor`."""
-    processor = type(getattr(m, "processor", None))
-    if isinstance(m, cls["Attention"]) and processor is cls["AttnProcessor2_0"]:
-        lin = (m.to_q, m.to_k, m.to_v)
-        if (all(isinstance(p, nn.Linear) for p in lin) and len({p.out_features for p in lin}) == 1
-                and lin[0].out_features % m.heads == 0):
-            return _blocks.FusedAttnProcessor
-    if isinstance(m, cls["Attention"]) and processor is cls["JointAttnProcessor2_0"]:
-        return _blocks.FusedJointAttnProcessor
-    if isinstance(m, cls["FluxAttention"]) and processor is cls["FluxAttnProcessor"]:
-        return _blocks.FusedFluxAttnProcessor
-    return None
-
-
-def _diffusers_block(m, cls) -> tuple | None:
-    """(method name, fused function, sites) for a diffusers transformer block, adaLN module or GEGLU whose
-    configuration the fused forwards of diffusers_blocks.py cover; None otherwise."""
-    if "forward" in m.__dict__:
-        return None
-    kind = type(m)
-    if kind is cls["BasicTransformerBlock"]:
-        sites = _blocks.basic_block_sites(m)
-        return ("forward", _blocks.basic_block_forward, sites) if sites else None
-    if kind is cls["JointTransformerBlock"]:
-        sites = _blocks.joint_block_sites(m)
-        return ("forward", _blocks.joint_block_forward, sites) if sites else None
-    if kind is cls["FluxTransformerBlock"]:
-        sites = _blocks.flux_block_sites(m)
-        return ("forward", _blocks.flux_block_forward, sites) if sites else None
-    adaln = {cls["AdaLayerNormZero"]: _blocks.ada_layer_norm_zero_forward,
-             cls["AdaLayerNormZeroSingle"]: _blocks.ada_layer_norm_zero_single_forward,
-             cls["AdaLayerNormContinuous"]: _blocks.ada_layer_norm_continuous_forward}.get(kind)
-    if adaln is not None and _blocks._norm_kind(m.norm) is not None:
-        return "forward", adaln, 1
-    if kind is cls["GEGLU"]:
-        return "forward", _blocks.geglu_forward, 1
-    return None
-
-
 def _group_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A lone GroupNorm (e.g. the one in front of a Transformer2DModel's proj_in) through `adagn`."""
     return _norm_act(self, x, "none")
@@ -373,14 +332,14 @@ def patch(model: nn.Module, attention: bool = True) -> int:
             _set_method(m, _gd_resblock_forward, "_forward")
             covered.update((id(m.in_layers[0]), id(m.out_layers[0])))
             count += 2
-        elif attention and blocks is not None and _fused_processor(m, blocks) is not None:
+        elif attention and blocks is not None and _blocks.fused_processor(m) is not None:
             processor = m.processor
-            m.processor = _fused_processor(m, blocks)(processor)
+            m.processor = _blocks.fused_processor(m)(processor)
             m.__dict__[_ATTN_MARK] = processor
             count += 1
-        elif blocks is not None and _diffusers_block(m, blocks) is not None:
-            name, fn, sites = _diffusers_block(m, blocks)
-            _set_method(m, fn, name)
+        elif blocks is not None and "forward" not in m.__dict__ and _blocks.fused_forward(m) is not None:
+            fn, sites = _blocks.fused_forward(m)
+            _set_method(m, fn)
             count += sites
         elif attention and _is_foreign_qkv_attention(m):
             _set_method(m, _qkv_attention_forward)

@@ -17,7 +17,8 @@ import fastdiff
 from fastdiff import ops
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel  # noqa: E402
+from diffusers import (DiTTransformer2DModel, LTXVideoTransformer3DModel, PixArtTransformer2DModel,  # noqa: E402
+                       WanTransformer3DModel)
 from diffusers.models.activations import GEGLU  # noqa: E402
 from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock  # noqa: E402
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
@@ -26,6 +27,8 @@ from diffusers.models.normalization import (AdaLayerNormContinuous, AdaLayerNorm
 from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 from diffusers.models.transformers.transformer_2d import Transformer2DModel  # noqa: E402
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxTransformerBlock  # noqa: E402
+from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock  # noqa: E402
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock  # noqa: E402
 
 from fastdiff.adapters import diffusers_blocks  # noqa: E402
 from tests.adapters import _tiny_pipelines as tiny  # noqa: E402
@@ -92,13 +95,45 @@ def _flux():
                        img_ids=ids.reshape(16, 3), txt_ids=torch.zeros(7, 3))
 
 
+def _wan():
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                  out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    g = _gen()
+    return model, dict(hidden_states=torch.randn(2, 4, 2, 8, 8, generator=g), timestep=torch.tensor([10, 700]),
+                       encoder_hidden_states=torch.randn(2, 7, 16, generator=g))
+
+
+def _ltx():
+    torch.manual_seed(0)
+    model = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                       num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                       num_layers=2, caption_channels=16, qk_norm="rms_norm_across_heads")
+    g = _gen()
+    return model, dict(hidden_states=torch.randn(2, 2 * 4 * 4, 8, generator=g), timestep=torch.tensor([10, 700]),
+                       encoder_hidden_states=torch.randn(2, 7, 16, generator=g),
+                       encoder_attention_mask=torch.ones(2, 7), num_frames=2, height=4, width=4)
+
+
 def _vae():
     model = tiny._tiny_vae_2()
     return model, dict(sample=torch.randn(2, 3, 16, 16, generator=_gen()))
 
 
 MODELS = {"sd-unet": _sd_unet, "sdxl-unet": _sdxl_unet, "dit": _dit, "pixart": _pixart, "sd3": _sd3,
-          "flux": _flux, "vae": _vae}
+          "flux": _flux, "wan": _wan, "ltx": _ltx, "vae": _vae}
+BLOCKS = (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, WanTransformerBlock,
+          LTXVideoTransformerBlock)
+ADALN = (AdaLayerNormZero, AdaLayerNormZeroSingle, AdaLayerNormContinuous)
+
+
+def _block_norms(block) -> int:
+    """The norms a transformer block's fused forward computes: Wan's fp32 LayerNorms before the self-attention and
+    the feed-forward, LTX's two RMSNorms, the LayerNorms the other blocks hold directly."""
+    if isinstance(block, (WanTransformerBlock, LTXVideoTransformerBlock)):
+        return 2
+    return sum(type(c) is nn.LayerNorm for c in block.children())
 
 
 def _build(name):
@@ -113,17 +148,16 @@ def _run(model, args):
 
 def _expected_sites(model: nn.Module) -> int:
     """Counted from the model's structure: 2 per ResnetBlock2D, 1 per GroupNorm → SiLU head, per Transformer2DModel
-    GroupNorm, per adaLN module, per GEGLU and per attention, and 1 per LayerNorm held directly by a transformer
-    block (those the fused block forwards compute)."""
+    GroupNorm, per adaLN module, per GEGLU and per attention (diffusers' Attention, FluxAttention), and the norms of
+    each transformer block (`_block_norms`)."""
     n = 0
     for m in model.modules():
         if isinstance(m, ResnetBlock2D):
             n += 2
-        elif isinstance(m, (AdaLayerNormZero, AdaLayerNormZeroSingle, AdaLayerNormContinuous, GEGLU, Attention,
-                            FluxAttention)):
+        elif isinstance(m, (*ADALN, GEGLU, Attention, FluxAttention)):
             n += 1
-        elif isinstance(m, (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock)):
-            n += sum(type(c) is nn.LayerNorm for c in m.children())
+        elif isinstance(m, BLOCKS):
+            n += _block_norms(m)
         elif isinstance(m, Transformer2DModel) and isinstance(getattr(m, "norm", None), nn.GroupNorm):
             n += 1
         if isinstance(getattr(m, "conv_norm_out", None), nn.GroupNorm):
@@ -174,8 +208,7 @@ def test_the_fused_ops_run(name, monkeypatch):
     monkeypatch.setattr(AttnProcessor2_0, "__call__", lambda *a, **k: stock.append("attn"))
     monkeypatch.setattr(GEGLU, "forward", lambda *a, **k: stock.append("geglu"))
     hooks = [m.register_forward_hook(lambda *a: stock.append("layer_norm")) for blk in model.modules()
-             if isinstance(blk, (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, AdaLayerNormZero,
-                                 AdaLayerNormZeroSingle, AdaLayerNormContinuous))
+             if isinstance(blk, (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, *ADALN))
              for m in blk.children() if type(m) is nn.LayerNorm]
     with torch.no_grad():
         _run(model, args)
@@ -186,11 +219,8 @@ def test_the_fused_ops_run(name, monkeypatch):
     assert calls["attention"] == n_attn
     n_geglu = sum(isinstance(m, GEGLU) for m in model.modules())
     assert calls["geglu"] == n_geglu
-    n_adaln = sum(isinstance(m, (AdaLayerNormZero, AdaLayerNormZeroSingle, AdaLayerNormContinuous))
-                  for m in model.modules())
-    n_block_norms = sum(type(c) is nn.LayerNorm for m in model.modules()
-                        if isinstance(m, (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock))
-                        for c in m.children())
+    n_adaln = sum(isinstance(m, ADALN) for m in model.modules())
+    n_block_norms = sum(_block_norms(m) for m in model.modules() if isinstance(m, BLOCKS))
     assert calls["adaln_modulate"] == n_adaln + n_block_norms
     if name in ("sd-unet", "sdxl-unet", "vae"):
         assert calls["adagn"] > 0
