@@ -56,8 +56,10 @@ def reference(x, scale, shift, weight, bias, residual, gate, rms: bool, eps: flo
             mean = torch.zeros(hd.shape[:-1], dtype=acc, device=x.device)
             rstd = torch.rsqrt(hd.square().sum(-1) / max(d, 1) + eps)
         else:
-            var, mean = torch.var_mean(hd, dim=-1, unbiased=False) if d else (torch.zeros(hd.shape[:-1], dtype=acc,
-                                                                                          device=x.device),) * 2
+            if hd.numel():
+                var, mean = torch.var_mean(hd, dim=-1, unbiased=False)
+            else:  # no rows, or D = 0: mean 0, rstd 1/√ε
+                var = mean = torch.zeros(hd.shape[:-1], dtype=acc, device=x.device)
             rstd = torch.rsqrt(var + eps)
     if d == 0:
         n = ha
