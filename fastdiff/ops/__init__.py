@@ -10,6 +10,7 @@ from fastdiff.ops.adaln_modulate import adaln_modulate
 from fastdiff.ops.attention import attention, attention_plan
 from fastdiff.ops.ddim_step import ddim_step
 from fastdiff.ops.ddpm_step import ddpm_step
+from fastdiff.ops.geglu import geglu
 from fastdiff.ops.posterior_mean_variance import posterior_mean_variance
 from fastdiff.ops.q_sample import q_sample
 from fastdiff.ops.qkv_attention import qkv_attention
@@ -22,6 +23,6 @@ __all__ = [
     "BACKENDS", "BackendStatus", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "PREDICTIONS", "VAR_TYPES", "NCOEF", "betas_for_timesteps", "schedule_coefficients", "step_table",
     "adagn", "adaln_modulate", "attention", "attention_plan",
-    "ddim_step", "ddpm_step", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
+    "ddim_step", "ddpm_step", "geglu", "posterior_mean_variance", "q_sample", "qkv_attention", "randn_like",
     "sampler_step",
 ]

@@ -7,6 +7,7 @@ from fastdiff import _ext
 from fastdiff.ops import common as C
 from fastdiff.ops import adagn as _adagn
 from fastdiff.ops import adaln_modulate as _adaln
+from fastdiff.ops import geglu as _geglu
 from fastdiff.ops import posterior_mean_variance as _pmv
 from fastdiff.ops import q_sample as _qs
 
@@ -59,6 +60,9 @@ def register() -> None:
     torch.library.register_fake("fastdiff::adagn")(_adagn.fake)
     torch.library.register_fake("fastdiff::adagn_backward")(_adagn.backward_fake)
     torch.library.register_autograd("fastdiff::adagn", _adagn.backward, setup_context=_adagn.setup_context)
+    torch.library.register_fake("fastdiff::geglu")(_geglu.fake)
+    torch.library.register_fake("fastdiff::geglu_backward")(_geglu.backward_fake)
+    torch.library.register_autograd("fastdiff::geglu", _geglu.backward, setup_context=_geglu.setup_context)
     torch.library.register_fake("fastdiff::adaln_modulate")(_adaln.fake)
     torch.library.register_fake("fastdiff::adaln_modulate_backward")(_adaln.backward_fake)
     torch.library.register_autograd("fastdiff::adaln_modulate", _adaln.backward, setup_context=_adaln.setup_context)
