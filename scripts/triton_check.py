@@ -13,7 +13,8 @@ report gives registers and spills; the compiled metadata the shared memory; the 
 The grid covers every value of every constexpr a launcher can choose and every dtype it accepts (fp32, fp16,
 bf16, fp64): the full feature set (guidance, history slots, learned variance, noise, D output) at every tile class
 of the elementwise kernels in every dtype, each option value once, and the attention kernels at every
-head-dimension tile (16 to 256) in every dtype.
+head-dimension tile (16 to 256) in every dtype, in both layouts that launch them (guided-diffusion's qkv and
+diffusers' q, k, v).
 
 Targets: sm_80 and sm_90 for every kernel; sm_86 and sm_89 (whose 99 KiB of shared memory per block is the
 smallest) for the attention kernels, the only ones that stage tiles in shared memory (the elementwise kernels use
@@ -60,6 +61,7 @@ ELEMENTWISE_ARCHS = (80, 90)
 ATTENTION_SPILL_BYTES = 1024
 ELEMENTWISE = ("_sampler_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel", "_stats_kernel",
                "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
+ELEMENTWISE += ("_adaln_fwd_kernel", "_adaln_bwd_kernel")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -197,7 +199,52 @@ def drive_attention():
                 attention_backward(qkv, out, lse, out.clone(), heads, True)
 
 
-DRIVERS = (drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention)
+def drive_diffusers_attention():
+    """fastdiff.ops.attention's launches of the same kernels in diffusers' layout (q from a fused qkv projection's
+    chunk, k and v from a fused kv projection, Lq = 256 and Lk = 77; unit-stride channels instead of positions) at
+    every head-dimension tile (d = 8, 24, 40, 80, 160: BLOCK_D 16 to 256; 40, 80, 160 are Stable Diffusion's), in
+    every dtype the launcher takes."""
+    from fastdiff.triton_kernels.attention import attention_backward, attention_forward, unsupported
+    for dtype in DTYPES:
+        for d in (8, 24, 40, 80, 160):
+            if unsupported(d, dtype):
+                continue
+            heads, lq, lk = 2, 256, 77
+            q = _randn((2, lq, 3 * heads * d), dtype).chunk(3, -1)[0]
+            k, v = _randn((2, lk, 2 * heads * d), dtype).chunk(2, -1)
+            with case(f"attention (diffusers) d={d}"):
+                out, lse = attention_forward(q, k, v, heads, d ** -0.5)
+                attention_backward(q, k, v, out, lse, out.clone(), heads, d ** -0.5)
+
+
+DRIVERS = (drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention, drive_diffusers_attention)
+
+
+def drive_adaln_modulate():
+    """adaLN modulate forward and backward at DiT-XL's D = 1152, Flux's 3072, a tiny model's 32 (several rows per
+    tile) and an odd 37 (no 16-byte alignment), in every dtype with the full feature set (gated residual, LayerNorm
+    with weight and bias, per-sample scale / shift, grad_h); in fp32 at 1152 also RMSNorm, per-token scale / shift /
+    gate, and no optional argument at all."""
+    from fastdiff.triton_kernels.adaln_modulate import adaln_modulate, adaln_modulate_backward
+    for dtype in DTYPES:
+        for b, l, d in ((2, 256, 1152), (1, 64, 3072), (2, 64, 32), (3, 5, 37)):
+            x, r = _randn((b, l, d), dtype), _randn((b, l, d), dtype)
+            w, bias, per_sample, per_token = _randn((d,), dtype), _randn((d,), dtype), _randn((b, d), dtype), \
+                _randn((b, l, d), dtype)
+            variants = {"full": (per_sample, per_sample, w, bias, r, per_sample, False)}
+            if dtype == torch.float32 and d == 1152:
+                variants.update({"rms": (per_sample, per_sample, w, None, r, per_sample, True),
+                                 "per_token": (per_token, per_token, w, bias, r, per_token, False),
+                                 "bare": (None, None, None, None, None, None, False)})
+            for name, (s, sh, ww, bb, res, g, rms) in variants.items():
+                with case(f"adaln_modulate {(b, l, d)} {name}"):
+                    out, h, mean, rstd = adaln_modulate(x, s, sh, ww, bb, res, g, rms, 1e-6)
+                    hn = h if g is not None else x
+                    adaln_modulate_backward(out.clone(), out.clone() if g is not None else None, hn,
+                                            x if g is not None else None, g, s, sh, ww, bb, mean, rstd, rms)
+
+
+DRIVERS += (drive_adaln_modulate,)
 
 
 def capture() -> list[Launch]:
