@@ -56,8 +56,8 @@ ELEMENTWISE_ARCHS = (80, 90)
 # accumulator tile and the softmax state in registers at up to 255 per thread; a few spilled values (tens of bytes
 # per thread, reloaded from L1) cost little next to the tile loads, while the configurations this check replaced
 # spilled 2-312 KB per thread (whole tiles through local memory, and the kernel bound by it). The chosen tiles
-# spill at most 336 B (fp16/bf16 dK/dV at BLOCK_D 64 on sm_90); 1 KiB flags any tile that goes back to spilling
-# whole rows.
+# spill at most 524 B (fp16/bf16 dK/dV at BLOCK_D 64 in diffusers' layout on sm_80; 352 B in the qkv layout);
+# 1 KiB flags any tile that goes back to spilling whole rows.
 ATTENTION_SPILL_BYTES = 1024
 ELEMENTWISE = ("_sampler_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel", "_stats_kernel",
                "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
