@@ -23,7 +23,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adagn_cuda(const at::Tensor& x, c
                                                           const c10::optional<at::Tensor>& scale,
                                                           const c10::optional<at::Tensor>& shift, int64_t num_groups,
                                                           double eps, bool silu) {
-  const AdaGNArgs a = check_adagn(x, weight, bias, scale, shift, num_groups, eps);
+  AdaGNArgs a = check_adagn(x, weight, bias, scale, shift, num_groups, eps);
+  const bool channels_last = a.channels_last;
+  if (channels_last) {  // interim: [N, C, S] kernels only; the output still gets x's memory format
+    a.x = a.x.contiguous();
+    a.channels_last = false;
+  }
   const c10::cuda::CUDAGuard guard(a.x.device());
   const at::ScalarType acc = acc_type(x.scalar_type());
   at::Tensor out = at::empty_like(a.x);
@@ -49,6 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adagn_cuda(const at::Tensor& x, c
                                    x.options().dtype(at::kByte));
   cuda::launch_adagn(dtype, p, workspace.data_ptr(), cuda::current_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (channels_last) out = out.contiguous(adagn_memory_format(out.dim(), true));
   return {out, mean, rstd};
 }
 

@@ -87,7 +87,32 @@ def backward_reference(grad_out, x, weight, bias, scale, shift, mean, rstd, num_
             d_shift.to(x.dtype))
 
 
+_FLOATS = C._FLOATS
+
+
 def _check(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
+    """Every argument's check; returns act == "silu". The common valid call is accepted by the first test (a few
+    attribute reads: the public function runs dozens of times per model forward); anything else goes through
+    `_check_all`, whose messages name the argument."""
+    if (type(x) is torch.Tensor and type(weight) is torch.Tensor and type(bias) is torch.Tensor
+            and type(num_groups) is int and num_groups >= 1 and (act == "silu" or act == "none")
+            and type(eps) is float and eps > 0):
+        dt, dim, shape = x.dtype, x.dim(), x.shape
+        if dt in _FLOATS and dim >= 2 and weight.dtype is dt and bias.dtype is dt:
+            c = shape[1]
+            if (c % num_groups == 0 and weight.shape == (c,) and bias.shape == (c,)
+                    and weight.device == x.device and bias.device == x.device
+                    and (scale is None or _fast_nc(scale, x, c)) and (shift is None or _fast_nc(shift, x, c))):
+                return act == "silu"
+    return _check_all(x, weight, bias, num_groups, eps, scale, shift, act)
+
+
+def _fast_nc(p, x, c) -> bool:
+    return (type(p) is torch.Tensor and p.dtype is x.dtype and p.shape == (x.shape[0], c)
+            and p.device == x.device)
+
+
+def _check_all(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
     C.check_float("x", x)
     if x.dim() < 2:
         raise ValueError(f"x must be [N, C, *spatial] with at least 2 dims, got shape {tuple(x.shape)}")
@@ -108,7 +133,11 @@ def _check(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
         if p.shape != (x.shape[0], c):
             raise ValueError(f"{name} must have shape [N, C] = [{x.shape[0]}, {c}] (one value per sample and "
                              f"channel), got {tuple(p.shape)}")
-    if not float(eps) > 0:
+    try:
+        ok = float(eps) > 0
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a positive float, got {eps!r}") from None
+    if not ok:
         raise ValueError(f"eps must be > 0, got {eps!r}")
     if act not in ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
@@ -119,14 +148,27 @@ def _check(x, weight, bias, num_groups, eps, scale, shift, act) -> bool:
 # (fake kernels and the autograd formula of the C++ ops fastdiff::adagn / adagn_backward; see _register.py)
 
 
+def memory_format(x) -> torch.memory_format:
+    """The memory format of adagn's outputs (and of the x gradient) for input x, the C++ kernels' rule
+    (csrc/include/fastdiff/adagn_checks.h): channels_last / channels_last_3d when x is stored that way and not
+    also contiguous (a size-1 C or spatial extent makes both hold), else contiguous."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def fake(x, weight, bias, scale, shift, num_groups, eps, silu):
     stats = lambda: x.new_empty((x.shape[0], num_groups), dtype=C.acc_dtype(x.dtype))
-    return torch.empty_like(x, memory_format=torch.contiguous_format), stats(), stats()
+    return torch.empty_like(x, memory_format=memory_format(x)), stats(), stats()
 
 
 def backward_fake(grad_out, x, weight, bias, scale, shift, mean, rstd, num_groups, silu):
     n, c = x.shape[0], x.shape[1]
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+    return (torch.empty_like(x, memory_format=memory_format(x)), torch.empty_like(weight),
             torch.empty_like(bias), x.new_empty((n, c)), x.new_empty((n, c)))
 
 
@@ -178,19 +220,51 @@ class _TritonAdaGN(torch.autograd.Function):
 
 
 def backward(ctx, grad_out, _grad_mean, _grad_rstd):
-    return _input_grads(ctx, None, grad_out.contiguous())
+    return _input_grads(ctx, None, grad_out)  # every backward kernel reads grad_out in any layout
+
+
+# (requested backend, x.is_cpu, x.is_cuda) -> resolved backend: _backend.resolve's answer depends only on these
+# (the availability table is fixed at import), so it is looked up once per kind of call.
+_RESOLVED: dict = {}
+_OP = []  # [torch.ops.fastdiff.adagn.default], looked up on first use (fastdiff._C may be absent)
+
+
+def _resolve(x, backend):
+    requested = backend if backend is not None else _backend.get_backend()
+    key = (requested, x.is_cpu, x.is_cuda)
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _backend.resolve("adagn", x.device, supported=SUPPORTED, backend=backend)
+        if (key[1] or key[2]) and not (name == "triton" and key[1]):  # the interpreter's answer reads the env
+            _RESOLVED[key] = name
+    return name
 
 
 def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float = 1e-5,
           scale: torch.Tensor | None = None, shift: torch.Tensor | None = None, act: str = "silu",
           backend: str | None = None) -> torch.Tensor:
-    """AdaGN: act(GroupNorm(x; num_groups, eps, weight, bias) · (1 + scale) + shift) for x: [N, C, *spatial]
-    (any layout, channels_last included), weight / bias: [C], scale / shift: optional [N, C]; act "silu" or "none"."""
+    """AdaGN: act(GroupNorm(x; num_groups, eps, weight, bias) · (1 + scale) + shift).
+
+    x: [N, C, *spatial] in any layout; weight, bias: [C]; scale, shift: optional [N, C]; all of x's dtype and
+    device; act "silu" or "none". Returns x's shape and dtype, in x's memory format when x is contiguous or
+    channels_last (4-D) / channels_last_3d (5-D) on the cpu, cuda and triton backends (`memory_format`), contiguous
+    for other strides. Differentiable in x, weight, bias, scale and shift.
+    """
     silu = _check(x, weight, bias, num_groups, eps, scale, shift, act)
-    name = _backend.resolve("adagn", x.device, supported=SUPPORTED, backend=backend)
+    compiling = torch.compiler.is_compiling()
+    name = _resolve(x, backend) if not compiling else _backend.resolve("adagn", x.device, supported=SUPPORTED,
+                                                                         backend=backend)
     args = (x, weight, bias, scale, shift, num_groups, float(eps), silu)
+    if name == "cpu" or name == "cuda":
+        if not _OP:
+            _OP.append(torch.ops.fastdiff.adagn.default)
+        if compiling or (torch.is_grad_enabled() and (
+                x.requires_grad or weight.requires_grad or bias.requires_grad
+                or (scale is not None and scale.requires_grad) or (shift is not None and shift.requires_grad))):
+            return _OP[0](*args)[0]
+        # Nothing to differentiate: skip the Python autograd kernel of register_autograd (several µs a call).
+        with torch._C._AutoDispatchBelowAutograd():
+            return _OP[0](*args)[0]
     if name == "reference":
         return reference(*args)[0]
-    if name == "triton":
-        return _TritonAdaGN.apply(*args)
-    return torch.ops.fastdiff.adagn(*args)[0]
+    return _TritonAdaGN.apply(*args)

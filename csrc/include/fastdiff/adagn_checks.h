@@ -10,12 +10,45 @@
 
 namespace fastdiff {
 
-// x as a contiguous [N, C, S] tensor and the per-channel parameters as contiguous accumulation-dtype tensors
-// (gamma, beta: [C]; scale, shift: [N, C], undefined when absent).
+// x read in place in one of two layouts (docs/architecture.md, "The op contract": the output keeps x's memory
+// format): [N, C, S] when x is contiguous, [N, S, C] when x is channels_last (4-D) / channels_last_3d (5-D) and not
+// contiguous; any other strides are copied to [N, C, S] once. The per-channel parameters as contiguous
+// accumulation-dtype tensors (gamma, beta: [C]; scale, shift: [N, C], undefined when absent); copies are made only
+// where the caller's tensors are not already that.
 struct AdaGNArgs {
   at::Tensor x, gamma, beta, scale, shift;
   int64_t n = 0, c = 0, g = 0, s = 0;  // N, C, G, S = prod(spatial)
+  bool channels_last = false;          // x (and the output) is [N, S, C] in memory
 };
+
+// The memory format the adagn ops give their outputs for input x: channels_last(_3d) when x is stored that way and
+// is not also contiguous (a size-1 C or spatial extent makes both hold: contiguous wins), else contiguous. The fake
+// kernel in fastdiff/ops/adagn.py applies the same rule.
+inline bool adagn_channels_last(const at::Tensor& x) {
+  if (x.is_contiguous()) return false;
+  return (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+         (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+}
+
+inline at::MemoryFormat adagn_memory_format(int64_t dim, bool channels_last) {
+  if (!channels_last) return at::MemoryFormat::Contiguous;
+  return dim == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+}
+
+// A tensor shaped like x, in the layout of a.x (x's memory format, see AdaGNArgs), with the given dtype.
+inline at::Tensor adagn_empty_like_x(const AdaGNArgs& a, at::ScalarType dtype) {
+  return at::empty(a.x.sizes(), a.x.options().dtype(dtype).memory_format(adagn_memory_format(a.x.dim(), a.channels_last)));
+}
+
+// v (shaped like x) in the layout of a.x: v itself when it already is, else one copy.
+inline at::Tensor adagn_like_layout(const AdaGNArgs& a, const at::Tensor& v) {
+  return v.contiguous(adagn_memory_format(a.x.dim(), a.channels_last));
+}
+
+// p as a contiguous tensor of dtype acc: p itself when it already is one (no dispatcher call).
+inline at::Tensor adagn_param(const at::Tensor& p, at::ScalarType acc) {
+  return p.scalar_type() == acc && p.is_contiguous() ? p : p.to(acc).contiguous();
+}
 
 inline AdaGNArgs check_adagn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                              const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
@@ -32,7 +65,7 @@ inline AdaGNArgs check_adagn(const at::Tensor& x, const at::Tensor& weight, cons
   for (auto [name, p, out] : {std::tuple{"weight", &weight, &a.gamma}, std::tuple{"bias", &bias, &a.beta}}) {
     check_float(name, *p, &x);
     TORCH_CHECK(p->dim() == 1 && p->size(0) == c, name, " must have shape [C] = [", c, "], got ", p->sizes());
-    *out = p->to(acc).contiguous();
+    *out = adagn_param(*p, acc);
   }
   for (auto [name, p, out] : {std::tuple{"scale", &scale, &a.scale}, std::tuple{"shift", &shift, &a.shift}}) {
     if (!p->has_value()) continue;
@@ -40,9 +73,10 @@ inline AdaGNArgs check_adagn(const at::Tensor& x, const at::Tensor& weight, cons
     check_float(name, v, &x);
     TORCH_CHECK(v.dim() == 2 && v.size(0) == x.size(0) && v.size(1) == c, name, " must have shape [N, C] = [",
                 x.size(0), ", ", c, "] (one value per sample and channel), got ", v.sizes());
-    *out = v.to(acc).contiguous();
+    *out = adagn_param(v, acc);
   }
-  a.x = x.contiguous();
+  a.channels_last = adagn_channels_last(x);
+  a.x = a.channels_last ? x : x.contiguous();
   a.n = x.size(0);
   a.c = c;
   a.g = num_groups;
