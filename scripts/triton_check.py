@@ -62,6 +62,8 @@ ATTENTION_SPILL_BYTES = 1024
 ELEMENTWISE = ("_sampler_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel", "_stats_kernel",
                "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
 ELEMENTWISE += ("_adaln_fwd_kernel", "_adaln_bwd_kernel")
+ELEMENTWISE += ("_stats_nsc_kernel", "_finalize_nsc_kernel", "_apply_nsc_kernel", "_bwd_sums_nsc_kernel",
+                "_bwd_dx_nsc_kernel")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -183,6 +185,15 @@ def drive_adagn():
                 with case(f"adagn {(n, c, hw, hw)} affine={affine} silu={silu}"):
                     out, mean, rstd = adagn(x, w, b, scale, shift, 32, 1e-5, silu)
                     adagn_backward(x.clone(), x, w, b, scale, shift, mean, rstd, 32, silu)
+        # channels-last x ([N, S, C] kernels): the VAE decoder's 512 channels at 128x128, batch 1; 320 channels
+        # (C/G = 10, not a power of two) at 32x32
+        for n, c, hw in ((1, 512, 128), (2, 320, 32)):
+            x = _randn((n, c, hw, hw), dtype).contiguous(memory_format=torch.channels_last)
+            w, b = torch.ones(c, dtype=dtype), torch.zeros(c, dtype=dtype)
+            scale = shift = _randn((n, c), dtype)
+            with case(f"adagn channels_last {(n, c, hw, hw)}"):
+                out, mean, rstd = adagn(x, w, b, scale, shift, 32, 1e-5, True)
+                adagn_backward(x.clone(), x, w, b, scale, shift, mean, rstd, 32, True)
 
 
 def drive_attention():
@@ -245,6 +256,26 @@ def drive_adaln_modulate():
 
 
 DRIVERS += (drive_adaln_modulate,)
+ELEMENTWISE += ("_geglu_kernel", "_geglu_bwd_kernel")
+
+
+def drive_geglu():
+    """GEGLU forward and backward in every dtype, both GELU forms, at SD 1.5's feed-forward (F = 1280, a
+    1024-wide tile), a tiny model's F = 32 (several rows per tile), an odd F = 37 (no 16-byte alignment) and a
+    row-strided view (x[..., :2F] of wider rows)."""
+    from fastdiff.triton_kernels.geglu import geglu, geglu_backward
+    for dtype in DTYPES:
+        for shape in ((2, 64, 2 * 1280), (2, 64, 2 * 32), (3, 5, 2 * 37)):
+            for approximate in ("none", "tanh"):
+                x = _randn(shape, dtype)
+                with case(f"geglu {shape} {approximate}"):
+                    out = geglu(x, approximate)
+                    geglu_backward(out.clone(), x, approximate)
+        with case("geglu row-strided"):
+            geglu(_randn((4, 2 * 40 + 8), dtype)[:, :80], "none")
+
+
+DRIVERS += (drive_geglu,)
 
 
 def capture() -> list[Launch]:
