@@ -19,6 +19,9 @@ from . import _launch
 from . import _sampler_math as sm
 
 PROGRAMS_PER_SM = 4
+# fp64 rows longer than this take the plain PyTorch backward: the kernel's five fp64 partials and the row's values
+# spill at BLOCK_D = 4096 even on 16 warps (make triton-check); fp64 is the checking path, not the fast one.
+MAX_FP64_BWD_BLOCK_D = 2048
 
 
 @triton.jit
@@ -80,8 +83,6 @@ def _adaln_bwd_kernel(go_ptr, sgob, sgol, h_ptr, shb, shl, gh_ptr, sghb, sghl, x
     blk = tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(ACC) if HAS_W else tl.full([BLOCK_D], 1.0, ACC)
-    bb = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(ACC) if HAS_B else tl.zeros([BLOCK_D], dtype=ACC)
     acc_w = tl.zeros([BLOCK_D], dtype=ACC)
     acc_b = tl.zeros([BLOCK_D], dtype=ACC)
     acc_s = tl.zeros([BLOCK_D], dtype=ACC)
@@ -92,6 +93,8 @@ def _adaln_bwd_kernel(go_ptr, sgob, sgol, h_ptr, shb, shl, gh_ptr, sghb, sghl, x
         ok = li < L
         m = cmask & ok
         r = b * L + li
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(ACC) if HAS_W else tl.full([BLOCK_D], 1.0, ACC)
+        bb = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(ACC) if HAS_B else tl.zeros([BLOCK_D], dtype=ACC)
         g = tl.load(go_ptr + b * sgob + li * sgol + cols, mask=m, other=0.0).to(ACC)
         h = tl.load(h_ptr + b * shb + li * shl + cols, mask=m, other=0.0).to(ACC)
         mean = tl.load(mean_ptr + r, mask=ok, other=0.0)
@@ -161,7 +164,8 @@ def _per_token(p) -> bool:
 
 
 def _warps(elems: int, dtype: torch.dtype) -> int:
-    """Warps for a tile of `elems` values: ~8 per thread (4 in fp64, whose math takes register pairs)."""
+    """Warps for a tile of `elems` values: ~8 per thread (4 in fp64, whose math takes register pairs), at most 16
+    (32 warps leave 64 registers a thread)."""
     per_thread = 4 if dtype == torch.float64 else 8
     return max(1, min(16, triton.next_power_of_2(max(elems // (32 * per_thread), 1))))
 
@@ -200,6 +204,9 @@ def adaln_modulate(x, scale, shift, weight, bias, residual, gate, rms: bool, eps
 def adaln_modulate_backward(grad_out, grad_h, h, x, gate, scale, shift, weight, bias, mean, rstd, rms: bool):
     """(∂h, ∂x, ∂gate, ∂scale, ∂shift, ∂w, ∂b) as fastdiff.ops.adaln_modulate.backward_reference."""
     bsz, length, d = h.shape
+    if h.dtype == torch.float64 and triton.next_power_of_2(max(d, 1)) > MAX_FP64_BWD_BLOCK_D:
+        from fastdiff.ops.adaln_modulate import backward_reference
+        return backward_reference(grad_out, grad_h, h, x, gate, scale, shift, weight, bias, mean, rstd, rms)
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     gated = gate is not None
     dev, dt = h.device, h.dtype

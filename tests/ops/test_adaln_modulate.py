@@ -333,3 +333,16 @@ def test_adaln_reference_is_f_layer_norm():
     x = torch.randn(2, 3, 10, dtype=torch.float64)
     out = mod.reference(x, None, None, None, None, None, None, False, 1e-6)[0]
     torch.testing.assert_close(out, F.layer_norm(x, (10,), eps=1e-6))
+
+
+def test_adaln_triton_fp64_long_rows_backward():
+    """fp64 rows longer than the Triton backward's fp64 limit take the plain PyTorch formula (same answer)."""
+    tk = importlib.import_module("fastdiff.triton_kernels.adaln_modulate")
+    d = tk.MAX_FP64_BWD_BLOCK_D + 1
+    gen = torch.Generator().manual_seed(RUN_SEED)
+    x, s, go = (torch.randn(shape, generator=gen, dtype=torch.float64) for shape in ((1, 2, d), (1, d), (1, 2, d)))
+    out, h, mean, rstd = mod.reference(x, s, None, None, None, None, None, False, 1e-6)
+    got = tk.adaln_modulate_backward(go, None, x, None, None, s, None, None, None, mean, rstd, False)
+    expect = mod.backward_reference(go, None, x, None, None, s, None, None, None, mean, rstd, False)
+    for g, e in zip(got, expect):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
