@@ -44,12 +44,6 @@ _SDPA_DTYPES = (torch.float16, torch.bfloat16)
 MAX_SDPA_HEAD_DIM = 256  # FlashAttention-2's largest head dimension (torch's flash and memory-efficient kernels)
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, L, H·D] -> its [B, H, L, D] view (diffusers' `view(B, L, H, D).transpose(1, 2)`; splitting an axis is
-    always a view, never a copy)."""
-    return x.unflatten(-1, (heads, x.shape[-1] // heads)).transpose(1, 2)
-
-
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float | None = None):
     """softmax(s·q kᵀ) v per head in plain PyTorch: logits, softmax and both products in the accumulation dtype
     (fp32; fp64 for fp64), P rounded to the storage dtype before the product with v (as the flash kernels do);
@@ -67,11 +61,32 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, sca
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float | None = None):
     """The `cpu` and `cuda` backends: torch's F.scaled_dot_product_attention on [B, H, L, D] views of q, k, v
-    (autograd-capable); the fused kernels want a unit-stride head dimension, so an input without one is copied."""
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+    (autograd-capable); the fused kernels want a unit-stride head dimension, so an input without one is copied.
+
+    Called dozens of times per model forward, on tiny tensors in tests: when nothing needs a gradient the views
+    are one as_strided each and the [B, Lq, H, D]-laid-out result one more, instead of diffusers' view + transpose
+    per tensor and transpose + reshape back (~1 µs per view op on this CPU); under autograd, plain views
+    (as_strided's backward scatters into a buffer the size of the whole storage), and under torch.compile."""
+    b, lq, width = q.shape
+    d = width // heads
+    qs, ks, vs = q.stride(), k.stride(), v.stride()
+    if qs[2] != 1 or ks[2] != 1 or vs[2] != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), scale=scale)
-    return out.transpose(1, 2).reshape(q.shape)  # [B, Lq, H, D] memory from the fused kernels: no copy
+        qs, ks, vs = q.stride(), k.stride(), v.stride()
+    lk = k.shape[1]
+    if (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            or torch.compiler.is_compiling()):  # dynamo cannot trace storage_offset(); views cost nothing there
+        out = F.scaled_dot_product_attention(q.view(b, lq, heads, d).transpose(1, 2),
+                                             k.view(b, lk, heads, d).transpose(1, 2),
+                                             v.view(b, lk, heads, d).transpose(1, 2), scale=scale)
+        return out.transpose(1, 2).reshape(b, lq, width)
+    out = F.scaled_dot_product_attention(q.as_strided((b, heads, lq, d), (qs[0], d, qs[1], 1), q.storage_offset()),
+                                         k.as_strided((b, heads, lk, d), (ks[0], d, ks[1], 1), k.storage_offset()),
+                                         v.as_strided((b, heads, lk, d), (vs[0], d, vs[1], 1), v.storage_offset()),
+                                         scale=scale)
+    if out.stride() == (lq * width, d, width, 1):  # the fused kernels' [B, Lq, H, D] memory: no copy
+        return out.as_strided((b, lq, width), (lq * width, width, 1))
+    return out.transpose(1, 2).reshape(b, lq, width)
 
 
 def _kernels():
@@ -97,7 +112,27 @@ class _TritonAttention(torch.autograd.Function):
 
 
 def _check(q, k, v, heads, scale) -> int:
-    """Validate the arguments (each message names the argument); returns the head dimension D."""
+    """Validate the arguments; returns the head dimension D. One combined test for valid arguments (the op runs
+    dozens of times per model forward), then `_diagnose` for the message naming the argument."""
+    try:
+        qs, ks, dtype = q.shape, k.shape, q.dtype
+        ok = (len(qs) == 3 and type(heads) is int and heads > 0 and qs[2] > 0 and qs[2] % heads == 0
+              and dtype in _FLOATS and k.dtype == dtype and v.dtype == dtype and len(ks) == 3 and ks[0] == qs[0]
+              and ks[1] > 0 and ks[2] == qs[2] and v.shape == ks and k.device == q.device
+              and v.device == q.device and (scale is None or _finite_number(scale)))
+    except AttributeError:  # not a tensor
+        ok = False
+    if not ok:
+        _diagnose(q, k, v, heads, scale)
+    return qs[2] // heads
+
+
+def _finite_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _diagnose(q, k, v, heads, scale) -> None:
+    """Raise the error (ValueError or TypeError) that names the first bad argument."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -126,10 +161,9 @@ def _check(q, k, v, heads, scale) -> int:
     if ks[1] == 0:
         raise ValueError(f"k and v must have at least one token (Lk >= 1), got shape {tuple(ks)}: a softmax over no "
                          "keys is undefined")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
+    if scale is not None and not _finite_number(scale):
         raise ValueError(f"scale must be None (1/sqrt(D)) or a finite float, got {scale!r}")
-    return width // heads
+    raise AssertionError("_diagnose found no bad argument")
 
 
 def _plan(device: torch.device, dtype: torch.dtype, d: int, backend: str | None) -> tuple[str, str]:
@@ -183,7 +217,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, *, 
     """Multi-head attention softmax(scale·q kᵀ) v per head for q: [B, Lq, H·D], k, v: [B, Lk, H·D] (any strides;
     head h = channels [h·D, (h+1)·D)), scale 1/√D by default -> [B, Lq, H·D] contiguous; differentiable."""
     d = _check(q, k, v, heads, scale)
-    name = _plan(q.device, q.dtype, d, backend)[0]
+    if backend is None and q.is_cpu and _backend.get_backend() == "auto":
+        name = "cpu"  # _plan's first rule, inlined: the call that patched models make dozens of times per forward
+    else:
+        name = _plan(q.device, q.dtype, d, backend)[0]
     if name == "cpu" or name == "cuda":
         if q.shape[0] and q.shape[1]:
             return sdpa(q, k, v, heads, scale)

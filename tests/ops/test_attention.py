@@ -112,6 +112,21 @@ def test_attention_matches_reference(name, dtype, index):
         _check(g, r, e, dtype, f"gradient of leaf {i}", meta)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_without_autograd_matches_with(dtype):
+    """The cpu backend's no-autograd path (as_strided views, the result's [B, Lq, H, D] memory taken as is) gives
+    exactly the autograd path's output (views, transpose + reshape), for every shape and layout, and a contiguous
+    [B, Lq, H·D] result."""
+    for index in range(len(SHAPES) * len(LAYOUTS)):
+        leaves, (q, k, v), heads, scale, _, meta = _case(index, dtype, "cpu")
+        with torch.no_grad():
+            fast = ops.attention(q, k, v, heads, scale=scale, backend="cpu")
+        slow = ops.attention(q, k, v, heads, scale=scale, backend="cpu")
+        assert slow.requires_grad and not fast.requires_grad, meta
+        assert fast.is_contiguous() and fast.shape == slow.shape, meta
+        assert torch.equal(fast, slow.detach()), meta
+
+
 def test_reference_matches_the_diffusers_sequence():
     """The reference is what AttnProcessor2_0 computes: view(B, L, H, D).transpose(1, 2), softmax(q kᵀ/√D) v,
     transpose back (fp64, written out here); and heads are channel blocks, not interleaved (a test that could
@@ -266,6 +281,14 @@ def test_compile_fullgraph_attention(name):
     loss(q1, kv1).backward()
     torch.testing.assert_close(q0.grad, q1.grad)
     torch.testing.assert_close(kv0.grad, kv1.grad)
+
+
+def test_compile_fullgraph_attention_no_grad():
+    """Inference (no autograd) takes the cpu backend's as_strided path; it traces too."""
+    q, kv = torch.randn(2, 7, 16), torch.randn(2, 5, 32)
+    fn = lambda q, kv: ops.attention(q, *kv.chunk(2, -1), 2, scale=0.4)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(fn, backend="aot_eager", fullgraph=True)(q, kv), fn(q, kv))
 
 
 def test_heads_times_batch_on_the_unbounded_grid_axis(monkeypatch):
