@@ -1,14 +1,19 @@
 // AdaGN forward (ADM §3): out = act(GroupNorm(x; G, eps, gamma, beta)·(1 + scale) + shift), math in
-// fastdiff/groupnorm.h (the CPU kernel's too). Two kernels, no host synchronisation:
-//  1. split statistics: grid (SPLIT, N·G); block (split, row) folds slice `split` of group `row` (C/G·S contiguous
-//     values) into a Welford triple, per thread then warp (shuffles) then block, and writes it to the workspace.
-//     SPLIT is chosen so the grid holds >= 4 blocks per SM even at batch 1 with few groups.
-//  2. apply: grid (spatial blocks, N·C); thread 0 merges its group's SPLIT triples (Chan's formula), every thread
-//     then maps out = act(a·(x - mean) + b) over its channel's spatial positions.
-// Known costs, to be measured and fixed on a GPU: the block waits while thread 0 merges up to kMaxSplit triples
-// from global memory, and that merge is repeated for every channel of a group (a per-group finalise kernel writing
-// mean / rstd once would remove both); loads are scalar (2 bytes in fp16/bf16) where 16-byte packs would do; the
-// per-element divisions are exact (kept: they are the CPU kernel's math, groupnorm.h).
+// fastdiff/groupnorm.h (the CPU kernel's too). x is read in place in its own layout and out keeps it
+// (adagn_launch.h): [N, C, S] (contiguous) or [N, S, C] (channels_last / channels_last_3d). Three kernels, no host
+// synchronisation:
+//  1. split statistics, Welford triples of slices written to the workspace:
+//     [N, C, S]: grid (SPLIT, N·G); block (split, row) folds slice `split` of group `row` (C/G·S contiguous values),
+//       per thread (16-byte loads where the slices are aligned) then warp (shuffles) then block.
+//     [N, S, C]: grid (SPLIT, channel blocks, N); a 32 x 8 block reads contiguous C-runs (a warp: 32 consecutive
+//       channels of one position, coalesced) over position slice `split` and writes one triple per channel.
+//     SPLIT is chosen so the grid holds >= 4 blocks per SM even at batch 1.
+//  2. finalise: one block per (sample, group) merges its triples (SPLIT, or SPLIT·C/G per-channel ones) with Chan's
+//     formula, writes mean / rstd once and folds the per-(sample, channel) affine map (mean, a, b) into the
+//     workspace, so nothing downstream repeats the merge.
+//  3. apply: a grid-stride pass over x in 16-byte packs where the rows allow it (S, resp. C, a multiple of the pack
+//     and the pointers aligned), scalar otherwise: out = act(a·(x − mean) + b) with the channel's folded map.
+// The per-element divisions are exact (kept: they are the CPU kernel's math, groupnorm.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -22,6 +27,7 @@ namespace {
 
 constexpr int kStatThreads = 256;
 constexpr int kMaxSplit = 64;
+constexpr int kClThreadsX = 32, kClThreadsY = 8;  // [N, S, C] statistics block: channels x positions
 
 template <typename A>
 __device__ __forceinline__ gn::Welford<A> shfl_down(gn::Welford<A> w, int delta) {
@@ -29,7 +35,7 @@ __device__ __forceinline__ gn::Welford<A> shfl_down(gn::Welford<A> w, int delta)
           __shfl_down_sync(0xffffffffu, w.m2, delta)};
 }
 
-// The block's Welford triple, valid in thread 0.
+// The block's Welford triple, valid in thread 0 (blockDim.x a multiple of 32, at most kStatThreads).
 template <typename A>
 __device__ gn::Welford<A> block_combine(gn::Welford<A> w) {
   __shared__ A sc[kStatThreads / 32], sm[kStatThreads / 32], s2[kStatThreads / 32];
@@ -49,21 +55,36 @@ __device__ gn::Welford<A> block_combine(gn::Welford<A> w) {
   return w;
 }
 
+template <typename A>
+__device__ __forceinline__ void welford_add(gn::Welford<A>& w, A v) {
+  w.count += A(1);
+  const A delta = v - w.mean;
+  w.mean += delta / w.count;
+  w.m2 += delta * (v - w.mean);
+}
+
+// 16-byte packs of T.
 template <typename T>
-__global__ void adagn_stats_kernel(const T* __restrict__ x, int64_t rows, int64_t len, int64_t chunk,
-                                   acc_t<T>* __restrict__ part) {
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+
+template <typename T, bool VEC>
+__global__ void adagn_stats_ncs_kernel(const T* __restrict__ x, int64_t rows, int64_t len, int64_t chunk,
+                                       acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
+  constexpr int V = kVec<T>;
   const int64_t split = blockIdx.x;
   const int64_t begin = split * chunk, end = begin + chunk < len ? begin + chunk : len;
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {  // grid.y is capped at 65535
     const T* gx = x + row * len;
     gn::Welford<A> w{A(0), A(0), A(0)};
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      const A v = to_acc(gx[i]);
-      w.count += A(1);
-      const A delta = v - w.mean;
-      w.mean += delta / w.count;
-      w.m2 += delta * (v - w.mean);
+    if constexpr (VEC) {  // begin, end and row·len are multiples of V, x 16-byte aligned
+      for (int64_t i = begin + threadIdx.x * V; i < end; i += static_cast<int64_t>(blockDim.x) * V) {
+        const Pack<T, V> p = load<T, V>(gx + i);
+#pragma unroll
+        for (int k = 0; k < V; ++k) welford_add(w, to_acc(p.v[k]));
+      }
+    } else {
+      for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) welford_add(w, to_acc(gx[i]));
     }
     w = block_combine(w);
     if (threadIdx.x == 0) {
@@ -76,49 +97,102 @@ __global__ void adagn_stats_kernel(const T* __restrict__ x, int64_t rows, int64_
   }
 }
 
+// [N, S, C]: per-channel triples of position slice blockIdx.x of sample blockIdx.z, channels of block blockIdx.y;
+// part[((n·SPLIT + split)·C + c)·3].
 template <typename T>
-__global__ void adagn_apply_kernel(const T* __restrict__ x, T* __restrict__ out, const acc_t<T>* __restrict__ part,
-                                   int split, const acc_t<T>* __restrict__ gamma, const acc_t<T>* __restrict__ beta,
-                                   const acc_t<T>* __restrict__ scale, const acc_t<T>* __restrict__ shift,
-                                   acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out, int64_t n_total, int64_t c_total,
-                                   int64_t d, int64_t g_total, int64_t s, acc_t<T> eps, bool silu) {
+__global__ void adagn_stats_nsc_kernel(const T* __restrict__ x, int64_t s, int64_t c_total, int64_t chunk,
+                                       acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
-  __shared__ gn::Affine<A> f;
-  for (int64_t nc = blockIdx.y; nc < n_total * c_total; nc += gridDim.y) {  // grid.y is capped at 65535
-    const int64_t n = nc / c_total, c = nc % c_total, row = n * g_total + c / d;
-    if (threadIdx.x == 0) {
-      gn::Welford<A> w{A(0), A(0), A(0)};
-      for (int k = 0; k < split; ++k) {
-        const A* p = part + (row * split + k) * 3;
-        w = gn::combine(w, gn::Welford<A>{p[0], p[1], p[2]});
-      }
-      const A r = gn::rstd(w, eps);
-      f = gn::channel_affine(w.mean, r, gamma[c], beta[c], scale != nullptr ? scale[nc] : A(0),
-                             shift != nullptr ? shift[nc] : A(0));
-      if (blockIdx.x == 0 && c % d == 0) {
-        mean_out[row] = w.mean;
-        rstd_out[row] = r;
-      }
+  __shared__ A sc[kClThreadsY][kClThreadsX], sm[kClThreadsY][kClThreadsX], s2[kClThreadsY][kClThreadsX];
+  const int64_t split = blockIdx.x, n = blockIdx.z;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kClThreadsX + threadIdx.x;
+  const int64_t begin = split * chunk, end = begin + chunk < s ? begin + chunk : s;
+  gn::Welford<A> w{A(0), A(0), A(0)};
+  if (c < c_total) {
+    const T* xs = x + n * s * c_total + c;
+    for (int64_t p = begin + threadIdx.y; p < end; p += kClThreadsY) welford_add(w, to_acc(xs[p * c_total]));
+  }
+  sc[threadIdx.y][threadIdx.x] = w.count;
+  sm[threadIdx.y][threadIdx.x] = w.mean;
+  s2[threadIdx.y][threadIdx.x] = w.m2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < c_total) {
+    for (int k = 1; k < kClThreadsY; ++k) w = gn::combine(w, gn::Welford<A>{sc[k][threadIdx.x], sm[k][threadIdx.x],
+                                                                            s2[k][threadIdx.x]});
+    A* o = part + ((n * gridDim.x + split) * c_total + c) * 3;
+    o[0] = w.count;
+    o[1] = w.mean;
+    o[2] = w.m2;
+  }
+}
+
+// One block per (sample, group) row = blockIdx.x: merge the group's triples, write mean / rstd, fold the affine map
+// of each of its channels into coef[(n·C + c)·3] = (mean, a, b).
+template <typename A, bool NSC>
+__global__ void adagn_finalize_kernel(const A* __restrict__ part, int split, const A* __restrict__ gamma,
+                                      const A* __restrict__ beta, const A* __restrict__ scale,
+                                      const A* __restrict__ shift, A* __restrict__ mean_out, A* __restrict__ rstd_out,
+                                      A* __restrict__ coef, int64_t c_total, int64_t d, int64_t g_total, A eps) {
+  __shared__ A stats[2];
+  const int64_t row = blockIdx.x, n = row / g_total, g = row % g_total;
+  const int64_t items = NSC ? split * d : split;
+  gn::Welford<A> w{A(0), A(0), A(0)};
+  for (int64_t i = threadIdx.x; i < items; i += blockDim.x) {
+    const A* p = NSC ? part + ((n * split + i / d) * c_total + g * d + i % d) * 3 : part + (row * split + i) * 3;
+    w = gn::combine(w, gn::Welford<A>{p[0], p[1], p[2]});
+  }
+  w = block_combine(w);
+  if (threadIdx.x == 0) {
+    const A r = gn::rstd(w, eps);
+    mean_out[row] = w.mean;
+    rstd_out[row] = r;
+    stats[0] = w.mean;
+    stats[1] = r;
+  }
+  __syncthreads();
+  for (int64_t ci = threadIdx.x; ci < d; ci += blockDim.x) {
+    const int64_t c = g * d + ci, nc = n * c_total + c;
+    const gn::Affine<A> f = gn::channel_affine(stats[0], stats[1], gamma[c], beta[c],
+                                               scale != nullptr ? scale[nc] : A(0), shift != nullptr ? shift[nc] : A(0));
+    coef[nc * 3] = f.mean;
+    coef[nc * 3 + 1] = f.a;
+    coef[nc * 3 + 2] = f.b;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T apply_one(const acc_t<T>* __restrict__ f, T v, bool silu) {
+  using A = acc_t<T>;
+  const A z = gn::apply(gn::Affine<A>{f[0], f[1], f[2]}, to_acc(v));
+  return from_acc<T>(silu ? gn::silu(z) : z);
+}
+
+// out = act(a·(x − mean) + b) over all N·C·S values in packs of P (P = 16 bytes, or 1): the channel of element e is
+// (e / S) % C in [N, C, S] (one per pack: S % P == 0), e % C in [N, S, C] (consecutive: C % P == 0).
+template <typename T, bool NSC, int P>
+__global__ void adagn_apply_kernel(const T* __restrict__ x, T* __restrict__ out, const acc_t<T>* __restrict__ coef,
+                                   int64_t total, int64_t c_total, int64_t s, bool silu) {
+  using A = acc_t<T>;
+  const int64_t packs = total / P;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e = i * P;
+    Pack<T, P> v = load<T, P>(x + e);
+    if constexpr (NSC) {
+      const int64_t n = e / (s * c_total), c = e % c_total;
+      const A* f = coef + (n * c_total + c) * 3;
+#pragma unroll
+      for (int k = 0; k < P; ++k) v.v[k] = apply_one<T>(f + 3 * k, v.v[k], silu);
+    } else {
+      const A* f = coef + (e / s) * 3;  // (n·C + c)
+#pragma unroll
+      for (int k = 0; k < P; ++k) v.v[k] = apply_one<T>(f, v.v[k], silu);
     }
-    __syncthreads();
-    const gn::Affine<A> af = f;
-    const T* xr = x + nc * s;
-    T* orow = out + nc * s;
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < s;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const A z = gn::apply(af, to_acc(xr[i]));
-      orow[i] = from_acc<T>(silu ? gn::silu(z) : z);
-    }
-    __syncthreads();  // f is rewritten for the next channel
+    store<T, P>(out + e, v);
   }
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct Split {
-  int split;
-  int64_t chunk;
-};
 
 int current_device_sms() {
   int device = 0, sms = 0;
@@ -129,43 +203,98 @@ int current_device_sms() {
   return sms;
 }
 
+// Slices per group ([N, C, S]) or per sample ([N, S, C]) and the values (positions) each slice spans.
+struct Split {
+  int split;
+  int64_t chunk;
+};
+
 Split choose_split(const AdaGNParams& p) {
   const int num_sms = current_device_sms();
-  const int64_t len = p.c / p.g * p.s, groups = p.n * p.g;
-  const int64_t want = ceil_div(4 * static_cast<int64_t>(num_sms > 0 ? num_sms : 132), groups);
-  // Each slice keeps at least 4 values per thread so the per-block reduction is amortised.
-  const int64_t most = ceil_div(len, 4 * kStatThreads);
-  int64_t split = want < most ? want : most;
+  const int64_t target = 4 * static_cast<int64_t>(num_sms > 0 ? num_sms : 132);
+  int64_t split, len;
+  if (p.channels_last) {
+    len = p.s;
+    const int64_t blocks = p.n * ceil_div(p.c, kClThreadsX);
+    const int64_t most = ceil_div(p.s, 4 * kClThreadsY);  // >= 4 positions per thread
+    split = ceil_div(target, blocks);
+    split = split < most ? split : most;
+  } else {
+    len = p.c / p.g * p.s;
+    const int64_t most = ceil_div(len, 4 * kStatThreads);  // >= 4 values per thread amortise the block reduction
+    split = ceil_div(target, p.n * p.g);
+    split = split < most ? split : most;
+  }
   split = split < 1 ? 1 : (split > kMaxSplit ? kMaxSplit : split);
-  return {static_cast<int>(split), ceil_div(len, split)};
+  int64_t chunk = ceil_div(len, split);
+  return {static_cast<int>(split), chunk};
+}
+
+// The [N, C, S] pack: slices of a multiple of 16 bytes, rows too, and x aligned.
+template <typename T>
+bool aligned(const void* ptr, int64_t count) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && count % kVec<T> == 0;
+}
+
+int64_t part_elems(const AdaGNParams& p, const Split& sp) {
+  return p.channels_last ? p.n * sp.split * p.c * 3 : p.n * p.g * sp.split * 3;
 }
 
 }  // namespace
 
 int64_t adagn_workspace_bytes(DType dtype, const AdaGNParams& p) {
   const int64_t elem = dtype == DType::kDouble ? 8 : 4;
-  return p.n * p.g * choose_split(p).split * 3 * elem;
+  return (part_elems(p, choose_split(p)) + p.n * p.c * 3) * elem;
 }
 
 void launch_adagn(DType dtype, const AdaGNParams& p, void* workspace, cudaStream_t stream) {
   if (p.n == 0 || p.c == 0 || p.s == 0) return;
-  const Split sp = choose_split(p);
+  Split sp = choose_split(p);
   dispatch_dtype(dtype, [&](auto tt) {
     using T = typename decltype(tt)::type;
     using A = acc_t<T>;
+    constexpr int V = kVec<T>;
     A* part = static_cast<A*>(workspace);
+    A* coef = part + part_elems(p, sp);
     const T* x = static_cast<const T*>(p.x);
-    const int64_t len = p.c / p.g * p.s;
+    T* out = static_cast<T*>(p.out);
+    const int64_t d = p.c / p.g, len = d * p.s;
     const auto capped = [](int64_t v) { return static_cast<unsigned>(v < 65535 ? v : 65535); };
-    adagn_stats_kernel<T><<<dim3(sp.split, capped(p.n * p.g)), kStatThreads, 0, stream>>>(x, p.n * p.g, len,
-                                                                                          sp.chunk, part);
-    const int threads = p.s >= 256 ? 256 : static_cast<int>((p.s + 31) / 32 * 32);
-    const int64_t bx = ceil_div(p.s, threads);
-    adagn_apply_kernel<T><<<dim3(static_cast<unsigned>(bx < 1024 ? bx : 1024), capped(p.n * p.c)), threads, 0,
-                            stream>>>(
-        x, static_cast<T*>(p.out), part, sp.split, static_cast<const A*>(p.gamma), static_cast<const A*>(p.beta),
+    if (p.channels_last) {
+      adagn_stats_nsc_kernel<T><<<dim3(sp.split, static_cast<unsigned>(ceil_div(p.c, kClThreadsX)),
+                                       static_cast<unsigned>(p.n)),
+                                  dim3(kClThreadsX, kClThreadsY), 0, stream>>>(x, p.s, p.c, sp.chunk, part);
+    } else {
+      const bool vec = aligned<T>(x, len) && aligned<T>(x, sp.chunk);
+      if (vec) {
+        adagn_stats_ncs_kernel<T, true><<<dim3(sp.split, capped(p.n * p.g)), kStatThreads, 0, stream>>>(
+            x, p.n * p.g, len, sp.chunk, part);
+      } else {
+        adagn_stats_ncs_kernel<T, false><<<dim3(sp.split, capped(p.n * p.g)), kStatThreads, 0, stream>>>(
+            x, p.n * p.g, len, sp.chunk, part);
+      }
+    }
+    const auto fin = p.channels_last ? adagn_finalize_kernel<A, true> : adagn_finalize_kernel<A, false>;
+    fin<<<static_cast<unsigned>(p.n * p.g), kStatThreads, 0, stream>>>(
+        part, sp.split, static_cast<const A*>(p.gamma), static_cast<const A*>(p.beta),
         static_cast<const A*>(p.scale), static_cast<const A*>(p.shift), static_cast<A*>(p.mean),
-        static_cast<A*>(p.rstd), p.n, p.c, p.c / p.g, p.g, p.s, static_cast<A>(p.eps), p.silu);
+        static_cast<A*>(p.rstd), coef, p.c, d, p.g, static_cast<A>(p.eps));
+    const int64_t total = p.n * p.c * p.s;
+    const bool vec = aligned<T>(x, p.channels_last ? p.c : p.s) && aligned<T>(out, 0);
+    const int64_t packs = vec ? total / V : total;
+    const int64_t blocks = ceil_div(packs, 256), most = 64LL * current_device_sms();
+    const unsigned grid = static_cast<unsigned>(blocks < most ? blocks : most);
+    if (p.channels_last) {
+      if (vec) {
+        adagn_apply_kernel<T, true, V><<<grid, 256, 0, stream>>>(x, out, coef, total, p.c, p.s, p.silu);
+      } else {
+        adagn_apply_kernel<T, true, 1><<<grid, 256, 0, stream>>>(x, out, coef, total, p.c, p.s, p.silu);
+      }
+    } else if (vec) {
+      adagn_apply_kernel<T, false, V><<<grid, 256, 0, stream>>>(x, out, coef, total, p.c, p.s, p.silu);
+    } else {
+      adagn_apply_kernel<T, false, 1><<<grid, 256, 0, stream>>>(x, out, coef, total, p.c, p.s, p.silu);
+    }
   });
 }
 

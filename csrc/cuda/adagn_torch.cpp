@@ -1,5 +1,6 @@
 // TORCH_LIBRARY_IMPL(fastdiff, CUDA) for adagn (forward): the shared checks, a workspace for the split statistics,
-// then the launcher on the current stream. The backward on CUDA runs in Triton (fastdiff/ops/adagn.py).
+// then the launcher on the current stream; x is read in place in its layout ([N, C, S] or channels-last [N, S, C])
+// and the output keeps it. The backward on CUDA runs in Triton (fastdiff/ops/adagn.py).
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
@@ -23,15 +24,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adagn_cuda(const at::Tensor& x, c
                                                           const c10::optional<at::Tensor>& scale,
                                                           const c10::optional<at::Tensor>& shift, int64_t num_groups,
                                                           double eps, bool silu) {
-  AdaGNArgs a = check_adagn(x, weight, bias, scale, shift, num_groups, eps);
-  const bool channels_last = a.channels_last;
-  if (channels_last) {  // interim: [N, C, S] kernels only; the output still gets x's memory format
-    a.x = a.x.contiguous();
-    a.channels_last = false;
-  }
+  const AdaGNArgs a = check_adagn(x, weight, bias, scale, shift, num_groups, eps);
   const c10::cuda::CUDAGuard guard(a.x.device());
   const at::ScalarType acc = acc_type(x.scalar_type());
-  at::Tensor out = at::empty_like(a.x);
+  at::Tensor out = adagn_empty_like_x(a, x.scalar_type());  // x's memory format
   at::Tensor mean = at::zeros({a.n, a.g}, x.options().dtype(acc));
   at::Tensor rstd = at::full({a.n, a.g}, 1.0 / std::sqrt(eps), x.options().dtype(acc));
   cuda::AdaGNParams p;
@@ -49,12 +45,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adagn_cuda(const at::Tensor& x, c
   p.s = a.s;
   p.eps = eps;
   p.silu = silu;
+  p.channels_last = a.channels_last;
   const cuda::DType dtype = cuda::dtype_of(a.x);
   at::Tensor workspace = at::empty({std::max<int64_t>(cuda::adagn_workspace_bytes(dtype, p), 1)},
                                    x.options().dtype(at::kByte));
   cuda::launch_adagn(dtype, p, workspace.data_ptr(), cuda::current_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (channels_last) out = out.contiguous(adagn_memory_format(out.dim(), true));
   return {out, mean, rstd};
 }
 
