@@ -4,6 +4,7 @@ Tolerance (DESIGN §6, norms): a backend's error against the fp64 reference is a
 error in that dtype, plus a small floor for the (near-exact) fp32 cases.
 """
 import importlib
+import itertools
 import random
 
 import pytest
@@ -199,3 +200,201 @@ def test_adagn_backward_reference_formula(act):
     got = adagn_mod.backward_reference(g, x, w, b, s, sh, mean, rstd, 4, act == "silu")
     for e, a in zip(expect, got):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- memory formats and the split path
+
+_CL_SHAPES = [  # (shape, G): 4-D and 5-D, odd / prime extents, C/G = 1, one group, C above a 64-channel tile
+    ((2, 12, 5, 7), 4), ((1, 6, 1, 3), 3), ((3, 5, 3, 2), 5), ((1, 70, 3, 3), 7), ((2, 6, 2, 3, 5), 3),
+    ((1, 4, 4, 4), 1)]
+
+
+def _memory_format(x):
+    if x.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+
+
+def _channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
+def _args(shape, g, dtype, device, seed, affine=True):
+    gen = torch.Generator().manual_seed(RUN_SEED * 7 + seed)
+    r = lambda *s, mult=1.0, off=0.0: (torch.randn(s, generator=gen) * mult + off).to(device=device, dtype=dtype)
+    n, c = shape[:2]
+    args = {"x": _channels_last(r(*shape, mult=2.0, off=1.0)), "weight": r(c, mult=0.5, off=1.0),
+            "bias": r(c, mult=0.5), "num_groups": g, "eps": 1e-5}
+    if affine:
+        args["scale"], args["shift"] = r(n, c, mult=0.5), r(n, c, mult=0.5)
+    return args
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adagn_channels_last_forward_backward(backend):
+    """channels_last / channels_last_3d x on every backend against the fp64 oracle, forward and backward; the fused
+    backends return the output (and the C++ / Triton backward kernels dx) in x's memory format."""
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if backend == "cpu" else [])
+    for i, ((shape, g), dtype) in enumerate(itertools.product(_CL_SHAPES, dtypes)):
+        args = _args(shape, g, dtype, device, i, affine=i % 3 != 2)
+        args["act"] = ("silu", "none")[i % 2]
+        x = args["x"]
+        meta = {"shape": shape, "groups": g, "dtype": dtype, "act": args["act"]}
+        assert not x.is_contiguous() and _memory_format(x) != torch.contiguous_format
+        grad_out = _channels_last(torch.randn(shape, generator=torch.Generator().manual_seed(i)).to(device, dtype))
+        out_o, oracle = _grads(_double(args), grad_out.double(), "reference")
+        out_r, ref = _grads(args, grad_out, "reference")
+        out, got = _grads(args, grad_out, backend)
+        _check(out.detach(), out_r.detach(), out_o.detach(), dtype, "forward", meta)
+        for k in oracle:
+            _check(got[k], ref[k], oracle[k], dtype, f"grad {k}", meta)
+        if backend != "reference":
+            assert out.is_contiguous(memory_format=_memory_format(x)), (meta, out.stride())
+            with torch.no_grad():
+                assert ops.adagn(**args, backend=backend).stride() == x.stride(), meta
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_adagn_backward_kernel_layout(backend):
+    """The backward kernels take grad_out in another layout than x and return dx in x's memory format."""
+    device = backend_device(backend)
+    impl = (lambda *a: torch.ops.fastdiff.adagn_backward(*a)) if backend == "cpu" else \
+        importlib.import_module("fastdiff.triton_kernels.adagn").adagn_backward
+    for shape, g in [((2, 12, 5, 7), 4), ((2, 6, 2, 3, 5), 3)]:
+        args = _args(shape, g, torch.float32, device, 5)
+        x, w, b, s, sh = (args[k] for k in ("x", "weight", "bias", "scale", "shift"))
+        out, mean, rstd = adagn_mod.reference(x, w, b, s, sh, g, 1e-5, True)
+        grad_out = torch.randn(shape, device=device)  # contiguous, x channels-last
+        expect = adagn_mod.backward_reference(grad_out.double(), x.double(), w.double(), b.double(), s.double(),
+                                              sh.double(), mean.double(), rstd.double(), g, True)
+        got = impl(grad_out, x, w, b, s, sh, mean, rstd, g, True)
+        assert got[0].stride() == x.stride()
+        for e, a in zip(expect, got):
+            torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_adagn_cpu_split_path(layout):
+    """Batch 1 with groups of more than CPU_SPLIT_ELEMENTS values takes the cpu backend's split-spatial reduction
+    (parallel slices merged with Chan's formula); fp32 and fp16, forward and backward, against the fp64 oracle."""
+    if "cpu" not in adagn_mod.SUPPORTED:
+        pytest.skip("adagn has no cpu backend")
+    shape, g = (1, 64, 48, 48), 32
+    assert (shape[1] // g) * shape[2] * shape[3] > adagn_mod.CPU_SPLIT_ELEMENTS
+    for i, dtype in enumerate([torch.float32, torch.float16]):
+        args = _args(shape, g, dtype, "cpu", 40 + i)
+        args["act"] = "silu"
+        if layout == "contiguous":
+            args["x"] = args["x"].contiguous()
+        grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(i)).to(dtype)
+        out_o, oracle = _grads(_double(args), grad_out.double(), "reference")
+        out_r, ref = _grads(args, grad_out, "reference")
+        out, got = _grads(args, grad_out, "cpu")
+        meta = {"shape": shape, "layout": layout, "dtype": dtype}
+        _check(out.detach(), out_r.detach(), out_o.detach(), dtype, "forward", meta)
+        for k in oracle:
+            _check(got[k], ref[k], oracle[k], dtype, f"grad {k}", meta)
+        assert out.stride() == args["x"].stride()
+        # The statistics the kernel returns are the group's exact ones (mean, rstd in fp32).
+        _, mean, rstd = torch.ops.fastdiff.adagn(args["x"], args["weight"], args["bias"], None, None, g, 1e-5, False)
+        _, mean_o, rstd_o = adagn_mod.reference(args["x"].double(), args["weight"].double(), args["bias"].double(),
+                                                None, None, g, 1e-5, False)
+        torch.testing.assert_close(mean.double(), mean_o, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rstd.double(), rstd_o, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adagn_output_memory_format(backend):
+    """contiguous -> contiguous, channels_last(_3d) -> the same, any other strides -> contiguous; ambiguous strides
+    (C or the spatial extent 1) count as contiguous."""
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    w, b = torch.ones(6, device=device), torch.zeros(6, device=device)
+    cases = [(torch.randn(2, 6, 4, 5, device=device), torch.contiguous_format),
+             (_channels_last(torch.randn(2, 6, 4, 5, device=device)), torch.channels_last),
+             (_channels_last(torch.randn(2, 6, 2, 4, 5, device=device)), torch.channels_last_3d),
+             (torch.randn(2, 6, 4, 10, device=device)[..., ::2], torch.contiguous_format),
+             (torch.randn(2, 4, 5, 6, device=device).permute(0, 3, 1, 2)[:, :, :, 1:], torch.contiguous_format),
+             (_channels_last(torch.randn(2, 6, 1, 1, device=device)), torch.contiguous_format)]
+    for x, fmt in cases:
+        assert adagn_mod.memory_format(x) == fmt
+        out = ops.adagn(x, w, b, 3, backend=backend)
+        torch.testing.assert_close(out, ops.adagn(x.contiguous(), w, b, 3, backend="reference"), rtol=1e-5,
+                                   atol=1e-5)
+        if backend != "reference":
+            assert out.is_contiguous(memory_format=fmt), (tuple(x.stride()), tuple(out.stride()))
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adagn_gradcheck_channels_last(backend):
+    device = backend_device(backend) if backend != "reference" else "cpu"
+    gen = torch.Generator().manual_seed(RUN_SEED + 3)
+    d = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device)
+    fast = backend == "triton"
+    x = _channels_last(d(2, 4, 3, 2) if fast else d(2, 6, 3, 5)).requires_grad_()
+    c = x.shape[1]
+    w, b, s, sh = (t.requires_grad_() for t in (d(c), d(c), d(2, c), d(2, c)))
+    for act in ("silu", "none"):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, s, sh: ops.adagn(x, w, b, 2, 1e-5, s, sh, act=act, backend=backend), (x, w, b, s, sh),
+            fast_mode=fast)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adagn_opcheck_channels_last(dtype):
+    if "cpu" not in adagn_mod.SUPPORTED:
+        pytest.skip("adagn has no C++ op in this build")
+    p = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)
+    x = _channels_last(torch.randn(2, 6, 3, 5, dtype=dtype)).requires_grad_()
+    torch.library.opcheck(torch.ops.fastdiff.adagn.default, (x, p(6), p(6), p(2, 6), p(2, 6), 3, 1e-5, True))
+    x5 = _channels_last(torch.randn(1, 4, 2, 3, 3, dtype=dtype)).requires_grad_()
+    torch.library.opcheck(torch.ops.fastdiff.adagn.default, (x5, p(4), p(4), None, None, 2, 1e-5, False))
+    # split path ([N, C, S] groups of more than CPU_SPLIT_ELEMENTS values)
+    xs = torch.randn(1, 2, 64, 65, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastdiff.adagn.default, (xs, p(2), p(2), p(1, 2), None, 1, 1e-5, True))
+
+
+def test_adagn_compile_channels_last():
+    """torch.compile(fullgraph=True) over the C++ op: the fake kernel gives the output x's memory format, so the
+    compiled graph's output strides agree with eager's."""
+    if "cpu" not in adagn_mod.SUPPORTED:
+        pytest.skip("adagn has no cpu backend")
+    x = _channels_last(torch.randn(2, 8, 5, 3))
+    w, b, s, sh = torch.randn(8), torch.randn(8), torch.randn(2, 8), torch.randn(2, 8)
+    f = lambda x, w, b, s, sh: ops.adagn(x, w, b, 4, 1e-5, s, sh, backend="cpu")
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(x, w, b, s, sh)
+    expect = f(x, w, b, s, sh)
+    assert out.stride() == expect.stride() == x.stride()
+    torch.testing.assert_close(out, expect)
+
+
+def test_adagn_check_fast_path_rejects():
+    """The one-test fast path of the argument check lets nothing through that the full check rejects."""
+    x, w = torch.randn(2, 6, 4), torch.randn(6)
+    with pytest.raises(TypeError, match="scale has dtype torch.float64"):
+        ops.adagn(x, w, w, 3, scale=torch.randn(2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ops.adagn(x, w, w, 3, eps=0.0)
+    with pytest.raises(ValueError, match="num_groups must be a positive int"):
+        ops.adagn(x, w, w, True)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        ops.adagn(x.numpy(), w, w, 3)
+    with pytest.raises(ValueError, match=r"weight must have shape \[C\] = \[6\]"):
+        ops.adagn(x, torch.randn(1, 6), w, 3)
+    with pytest.raises(ValueError, match="x must be"):
+        ops.adagn(torch.randn(6), w, w, 3)
+    # an int eps is accepted (the full check), the fast path's result equals the full one's
+    torch.testing.assert_close(ops.adagn(x, w, w, 3, eps=1), ops.adagn(x, w, w, 3, eps=1.0))
+
+
+def test_adagn_no_grad_fast_path_matches_autograd_path():
+    """Outside autograd the C++ op is called below the autograd kernel; with grads it goes through it: same
+    values, and only the latter builds a graph."""
+    if "cpu" not in adagn_mod.SUPPORTED:
+        pytest.skip("adagn has no cpu backend")
+    x, w, b = torch.randn(2, 8, 5, 5), torch.randn(8), torch.randn(8)
+    with torch.no_grad():
+        a = ops.adagn(x, w, b, 4, backend="cpu")
+    g = ops.adagn(x, w, b.requires_grad_(), 4, backend="cpu")
+    assert a.grad_fn is None and g.grad_fn is not None
+    torch.testing.assert_close(a, g.detach(), rtol=0, atol=0)
