@@ -30,6 +30,7 @@ from report import fmt_time, median_s, natural  # noqa: E402  (one formatter for
 SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_pipeline.py", "bench_schedulers.py",
           "bench_solvers.py", "bench_diffusers_pipeline.py",
           "bench_adagn.py", "bench_adaln_modulate.py", "bench_attention.py", "bench_unet.py")
+SUITES += ("bench_geglu.py",)
 #: Baselines (reference eager, its torch.compile, torch SDPA for attention, diffusers' own schedulers) and fastdiff's
 #: fused providers (one backend, or `auto`: the fastest backend per op, used for whole models).
 PROVIDERS = ("diffusers", "reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto", "fused+graph")

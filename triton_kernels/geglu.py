@@ -29,12 +29,12 @@ def _c(value: tl.constexpr, ACC: tl.constexpr):
 def _gelu_parts(g, TANH: tl.constexpr, ACC: tl.constexpr, EXP_MAX: tl.constexpr):
     """(GELU(g), GELU'(g)) in ACC."""
     if TANH:
-        g2 = g * g
-        u = _c(0.7978845608028654, ACC) * (g + _c(0.044715, ACC) * g2 * g)
+        u = _c(0.7978845608028654, ACC) * (g + _c(0.044715, ACC) * g * g * g)
         e = tl.exp(tl.minimum(_c(-2.0, ACC) * u, _c(EXP_MAX, ACC)))
         s = 1.0 / (1.0 + e)
-        du = _c(0.7978845608028654, ACC) * (1.0 + _c(3 * 0.044715, ACC) * g2)
-        return g * s, s + 2.0 * g * s * (e * s) * du
+        gc = tl.minimum(tl.maximum(g, -20.0), 20.0)  # gelu.h: s(1 − s) < e^-600 beyond, and g³ would overflow
+        du = _c(0.7978845608028654, ACC) * (1.0 + _c(3 * 0.044715, ACC) * gc * gc)
+        return g * s, s + 2.0 * gc * s * (e * s) * du
     else:
         cdf = 0.5 * (1.0 + tl.erf(g * _c(0.7071067811865476, ACC)))
         pdf = _c(0.3989422804014327, ACC) * tl.exp(-0.5 * g * g)

@@ -4,7 +4,7 @@
 //   GELU(x)      = x·Φ(x) = ½x(1 + erf(x/√2))                      (approximate="none")
 //   GELU_tanh(x) = ½x(1 + tanh(u)) = x·σ(2u),  u = √(2/π)(x + 0.044715x³)   (approximate="tanh")
 //   GELU'(x)     = Φ(x) + x·φ(x),  φ(x) = e^(−x²/2)/√(2π)
-//   GELU_tanh'(x) = s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²),  s = σ(2u)
+//   GELU_tanh'(x) = s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²),  s = σ(2u)  (x clamped to ±20 in the second term)
 // The tanh form is evaluated as the logistic σ(2u) = 1/(1 + e^(−2u)) (½(1 + tanh u) = σ(2u) exactly), with
 // 1 − s = e^(−2u)·s, so neither GELU_tanh nor its derivative cancels.
 // In float, erf and exp are branch-free polynomial approximations (below) so the CPU loops vectorise; in double
@@ -120,11 +120,12 @@ template <typename A, bool TANH>
 FASTDIFF_GELU_HD A gelu_grad(A x) {
   using K = Consts<A>;
   if constexpr (TANH) {
-    const A x2 = x * x;
-    const A u = K::kSqrt2_Pi * (x + K::kKappa * x2 * x);
+    const A u = K::kSqrt2_Pi * (x + K::kKappa * x * x * x);
     const A e = exp_fast(A(-2) * u);
     const A s = A(1) / (A(1) + e);
-    return s + A(2) * x * s * (e * s) * K::kSqrt2_Pi * (A(1) + A(3) * K::kKappa * x2);
+    // The second term with x clamped to ±20, where s(1 − s) < e^-600 has long made it 0 (and x³ would overflow).
+    const A xc = x < A(-20) ? A(-20) : (x > A(20) ? A(20) : x);
+    return s + A(2) * xc * s * (e * s) * K::kSqrt2_Pi * (A(1) + A(3) * K::kKappa * xc * xc);
   } else {
     const A cdf = A(0.5) * (A(1) + erf_fast(x * K::kSqrt1_2));
     return cdf + x * K::kInvSqrt2Pi * exp_fast(A(-0.5) * x * x);
