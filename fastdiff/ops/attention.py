@@ -16,11 +16,13 @@ kernel of fastdiff's own in C++/CUDA would not beat torch's, so
 - ``reference``: plain PyTorch (einsum, fp32 softmax), the specification;
 - ``cpu``: torch's `F.scaled_dot_product_attention` (SDPA) on [B, H, L, D] *views* of q, k, v. In this layout the
   head dimension is the innermost, unit-stride axis, so SDPA's fused CPU flash kernel reads the views in place
-  (on this machine contiguous [B, H, L, D] copies were 5-70 % slower than the views, unlike guided-diffusion's
-  layout, where positions are innermost and `qkv_attention`'s `cpu` must copy); its output is laid out
-  [B, Lq, H, D], so the result is [B, Lq, H·D] without a copy. Inputs whose last axis is strided are copied first;
+  (contiguous [B, H, L, D] copies were slower in every case measured on a 2-core EPYC, by 2-70 %, unlike
+  guided-diffusion's layout, where positions are innermost and `qkv_attention`'s `cpu` must copy). So `cpu` runs
+  the very kernel diffusers' eager AttnProcessor2_0 runs and is as fast, not faster (bench_attention.py). Its
+  output is laid out [B, Lq, H, D], so the result is [B, Lq, H·D] without a copy. Inputs whose last axis is
+  strided are copied first;
 - ``cuda``: the same SDPA call on CUDA tensors, i.e. torch's flash-attention 2 / memory-efficient / cuDNN kernels,
-  whichever torch picks (not fastdiff._C);
+  whichever torch picks (not fastdiff._C, so it needs no CUDA build of the extension);
 - ``triton``: fastdiff's flash-attention kernels (triton_kernels/attention.py, shared with `qkv_attention`):
   forward saving the row log-sum-exp, backward recomputing P from it;
 - ``auto``: ``cpu`` on CPU; on CUDA ``cuda`` where torch's flash / memory-efficient kernels take the inputs
