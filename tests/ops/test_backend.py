@@ -124,6 +124,7 @@ def test_triton_launchers_run_on_their_tensors_device(monkeypatch):
     assert inside(2.0, torch.zeros(2)) == (2.0, []) and entered == []  # CPU tensors: nothing to switch
     launchers = {op: [op] for op in ("sampler_step", "q_sample", "posterior_mean_variance", "randn_like")}
     launchers.update(adagn=["adagn", "adagn_backward"], qkv_attention=["attention_forward", "attention_backward"])
+    launchers.update(attention=["attention_forward", "attention_backward", "flash_forward", "flash_backward"])
     for module, names in launchers.items():
         kernels = importlib.import_module(f"fastdiff.triton_kernels.{module}")
         for name in names:
