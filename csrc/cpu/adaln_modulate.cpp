@@ -56,28 +56,45 @@ inline A lane_dot(const A* a, const A* b, int64_t len) {
   return s;
 }
 
+// The row loops below are templates compiled also for AVX2 / AVX-512, the copy picked at load time
+// (FASTDIFF_CPU_CLONES); every loop that writes takes __restrict__ pointers, so it vectorises without an alias check.
+
 template <typename A>
-inline void gated_row(const A* res, const A* gate, const A* x, A* h, int64_t len) {
+FASTDIFF_CPU_CLONES void gated_row(const A* __restrict__ res, const A* __restrict__ gate, const A* __restrict__ x,
+                                   A* __restrict__ h, int64_t len) {
   for (int64_t j = 0; j < len; ++j) h[j] = ln::gated(res[j], gate[j], x[j]);
 }
 
-// One row of the forward: (mean, rstd) of h, then out = modulate(h). w, b, s, sh are never null (1 / 0 rows).
+// (mean, rstd) of a row: two passes over it (mean, then Σ(h − mean)²; rms: mean 0, Σh²).
 template <typename A>
-struct FwdRow {
-  const A *h, *w, *b, *s, *sh;
-  A* out;
-  int64_t d;
-  bool rms;
-  A eps;
-};
+FASTDIFF_CPU_CLONES void row_stats(const A* h, int64_t d, bool rms, A eps, A& mean, A& rstd) {
+  const A count = static_cast<A>(d);
+  mean = rms || d == 0 ? A(0) : lane_sum<A, false>(h, d, A(0)) / count;
+  rstd = ln::rstd(lane_sum<A, true>(h, d, mean), count, eps);
+}
+
+// out = modulate(h) for one row; one branch-free loop per combination of present arguments (w, b, s, sh null when
+// absent; the common DiT call has scale and shift only).
+template <typename A, bool W, bool B, bool S, bool SH>
+FASTDIFF_CPU_CLONES void modulate_row(const A* __restrict__ h, A* __restrict__ out, int64_t d, A m, A q,
+                                      const A* __restrict__ w, const A* __restrict__ b, const A* __restrict__ s,
+                                      const A* __restrict__ sh) {
+  for (int64_t j = 0; j < d; ++j)
+    out[j] = ln::modulate_with<W, B, S, SH>(h[j], m, q, W ? w[j] : A(1), B ? b[j] : A(0), S ? s[j] : A(0),
+                                            SH ? sh[j] : A(0));
+}
 
 template <typename A>
-inline void fwd_row(const FwdRow<A>& r, A& mean, A& rstd) {
-  const A count = static_cast<A>(r.d);
-  mean = r.rms || r.d == 0 ? A(0) : lane_sum<A, false>(r.h, r.d, A(0)) / count;
-  rstd = ln::rstd(lane_sum<A, true>(r.h, r.d, mean), count, r.eps);
+void fwd_row(const A* h, A* out, int64_t d, bool rms, A eps, const A* w, const A* b, const A* s, const A* sh,
+             A& mean, A& rstd) {
+  row_stats(h, d, rms, eps, mean, rstd);
   const A m = mean, q = rstd;
-  for (int64_t j = 0; j < r.d; ++j) r.out[j] = ln::modulate(r.h[j], m, q, r.w[j], r.b[j], r.s[j], r.sh[j]);
+  cpu::with_flags(
+      [&](auto fw, auto fb, auto fs, auto fsh) {
+        modulate_row<A, decltype(fw)::value, decltype(fb)::value, decltype(fs)::value, decltype(fsh)::value>(
+            h, out, d, m, q, w, b, s, sh);
+      },
+      w != nullptr, b != nullptr, s != nullptr, sh != nullptr);
 }
 
 // One row of the backward. Inputs g, h, gh (∂L/∂h from h's own use, or null), w, b, s (never null), x and gate
@@ -95,70 +112,58 @@ struct BwdRow {
 };
 
 template <typename A>
-inline void bwd_row(const BwdRow<A>& r) {
+FASTDIFF_CPU_CLONES void bwd_row(const BwdRow<A>& r) {
   const int64_t d = r.d;
+  const A *__restrict__ g = r.g, *__restrict__ h = r.h, *__restrict__ w = r.w, *__restrict__ b = r.b,
+          *__restrict__ s = r.s;
+  A *__restrict__ n = r.n, *__restrict__ dn = r.dn, *__restrict__ dh = r.dh;
   for (int64_t j = 0; j < d; ++j) {
-    const ln::ElemGrads<A> e = ln::elem_grads(r.g[j], r.h[j], r.mean, r.rstd, r.w[j], r.b[j], r.s[j]);
-    r.n[j] = e.n;
-    r.dn[j] = e.dn;
+    const ln::ElemGrads<A> e = ln::elem_grads(g[j], h[j], r.mean, r.rstd, w[j], b[j], s[j]);
+    n[j] = e.n;
+    dn[j] = e.dn;
   }
-  if (r.acc_w != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.acc_w[j] += r.g[j] * (A(1) + r.s[j]) * r.n[j];
-  if (r.acc_b != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.acc_b[j] += r.g[j] * (A(1) + r.s[j]);
-  if (r.acc_s != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.acc_s[j] += r.g[j] * (r.n[j] * r.w[j] + r.b[j]);
-  if (r.row_s != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.row_s[j] = r.g[j] * (r.n[j] * r.w[j] + r.b[j]);
-  if (r.acc_sh != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.acc_sh[j] += r.g[j];
-  if (r.row_sh != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.row_sh[j] = r.g[j];
+  if (A* __restrict__ acc = r.acc_w)
+    for (int64_t j = 0; j < d; ++j) acc[j] += g[j] * (A(1) + s[j]) * n[j];
+  if (A* __restrict__ acc = r.acc_b)
+    for (int64_t j = 0; j < d; ++j) acc[j] += g[j] * (A(1) + s[j]);
+  if (A* __restrict__ acc = r.acc_s)
+    for (int64_t j = 0; j < d; ++j) acc[j] += g[j] * (n[j] * w[j] + b[j]);
+  if (A* __restrict__ o = r.row_s)
+    for (int64_t j = 0; j < d; ++j) o[j] = g[j] * (n[j] * w[j] + b[j]);
+  if (A* __restrict__ acc = r.acc_sh)
+    for (int64_t j = 0; j < d; ++j) acc[j] += g[j];
+  if (A* __restrict__ o = r.row_sh)
+    for (int64_t j = 0; j < d; ++j) o[j] = g[j];
   const A count = static_cast<A>(d > 0 ? d : 1);
-  const A m1 = r.rms ? A(0) : lane_sum<A, false>(r.dn, d, A(0)) / count;
-  const A m2 = lane_dot(r.dn, r.n, d) / count;
-  if (r.gh != nullptr) {
-    for (int64_t j = 0; j < d; ++j) r.dh[j] = ln::dh(r.dn[j], r.n[j], r.rstd, m1, m2) + r.gh[j];
+  const A m1 = r.rms ? A(0) : lane_sum<A, false>(dn, d, A(0)) / count;
+  const A m2 = lane_dot(dn, n, d) / count;
+  if (const A* __restrict__ gh = r.gh) {
+    for (int64_t j = 0; j < d; ++j) dh[j] = ln::dh(dn[j], n[j], r.rstd, m1, m2) + gh[j];
   } else {
-    for (int64_t j = 0; j < d; ++j) r.dh[j] = ln::dh(r.dn[j], r.n[j], r.rstd, m1, m2);
+    for (int64_t j = 0; j < d; ++j) dh[j] = ln::dh(dn[j], n[j], r.rstd, m1, m2);
   }
   if (r.gate == nullptr) return;
-  for (int64_t j = 0; j < d; ++j) r.dx[j] = r.dh[j] * r.gate[j];
-  if (r.acc_gate != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.acc_gate[j] += r.dh[j] * r.x[j];
-  if (r.row_gate != nullptr)
-    for (int64_t j = 0; j < d; ++j) r.row_gate[j] = r.dh[j] * r.x[j];
+  const A *__restrict__ gate = r.gate, *__restrict__ x = r.x;
+  A* __restrict__ dx = r.dx;
+  for (int64_t j = 0; j < d; ++j) dx[j] = dh[j] * gate[j];
+  if (A* __restrict__ acc = r.acc_gate)
+    for (int64_t j = 0; j < d; ++j) acc[j] += dh[j] * x[j];
+  if (A* __restrict__ o = r.row_gate)
+    for (int64_t j = 0; j < d; ++j) o[j] = dh[j] * x[j];
 }
-
-// The float instantiations, compiled also for AVX2 / AVX-512 (picked at load time).
-FASTDIFF_CPU_CLONES void gated_row_f(const float* res, const float* gate, const float* x, float* h, int64_t len) {
-  gated_row(res, gate, x, h, len);
-}
-FASTDIFF_CPU_CLONES void fwd_row_f(const FwdRow<float>& r, float& mean, float& rstd) { fwd_row(r, mean, rstd); }
-FASTDIFF_CPU_CLONES void bwd_row_f(const BwdRow<float>& r) { bwd_row(r); }
-
-void gated_k(const float* res, const float* gate, const float* x, float* h, int64_t len) {
-  gated_row_f(res, gate, x, h, len);
-}
-void gated_k(const double* res, const double* gate, const double* x, double* h, int64_t len) {
-  gated_row(res, gate, x, h, len);
-}
-void fwd_k(const FwdRow<float>& r, float& mean, float& rstd) { fwd_row_f(r, mean, rstd); }
-void fwd_k(const FwdRow<double>& r, double& mean, double& rstd) { fwd_row(r, mean, rstd); }
-void bwd_k(const BwdRow<float>& r) { bwd_row_f(r); }
-void bwd_k(const BwdRow<double>& r) { bwd_row(r); }
 
 // Reads rows of one optional [.., D] argument as A: the tensor's memory itself when T is A, else a converted copy
 // (a per-sample row is converted once per sample, not once per token). Absent: a constant row (`fill`).
 template <typename T, typename A>
 class RowReader {
  public:
-  RowReader(const RowView& v, int64_t d, A fill)
+  RowReader(const RowView& v, int64_t d, A fill, bool null_if_absent = false)
       : base_(v.defined() ? v.t.data_ptr<T>() : nullptr), sb_(v.sb), sl_(v.sl), d_(d) {
-    if (base_ == nullptr || !std::is_same_v<A, T>) buf_.assign(static_cast<size_t>(std::max<int64_t>(d, 1)), fill);
+    if ((base_ == nullptr && !null_if_absent) || (base_ != nullptr && !std::is_same_v<A, T>))
+      buf_.assign(static_cast<size_t>(std::max<int64_t>(d, 1)), fill);
   }
   const A* row(int64_t b, int64_t l) {
-    if (base_ == nullptr) return buf_.data();
+    if (base_ == nullptr) return buf_.empty() ? nullptr : buf_.data();
     const T* p = base_ + b * sb_ + l * sl_;
     if constexpr (std::is_same_v<A, T>) {
       return p;
@@ -230,13 +235,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_modulate_cpu(
     using A = at::opmath_type<T>;
     const int64_t d = a.d, L = a.l;
     const std::vector<A> w = param_row<T, A>(a.weight, d, A(1)), bb = param_row<T, A>(a.bias, d, A(0));
+    const A *wp = a.weight.defined() ? w.data() : nullptr, *bp = a.bias.defined() ? bb.data() : nullptr;
     T *op = out.data_ptr<T>(), *hp = gated ? h.data_ptr<T>() : nullptr;
     A *mp = mean.data_ptr<A>(), *rp = rstd.data_ptr<A>();
     const A e = static_cast<A>(eps);
     const int64_t grain = std::max<int64_t>(1, cpu::kGrainElements / std::max<int64_t>(d, 1));
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      RowReader<T, A> xs(a.x, d, A(0)), ss(a.scale, d, A(0)), shs(a.shift, d, A(0)), rs(a.residual, d, A(0)),
-          gs(a.gate, d, A(0));
+      RowReader<T, A> xs(a.x, d, A(0)), ss(a.scale, d, A(0), true), shs(a.shift, d, A(0), true),
+          rs(a.residual, d, A(0)), gs(a.gate, d, A(0));
       RowWriter<T, A> outs(op, d), hs(hp, d);
       std::vector<A> hbuf(gated && !std::is_same_v<A, T> ? d : 0);
       for (int64_t r = begin; r < end; ++r) {
@@ -244,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_modulate_cpu(
         const A* hv;
         if (gated) {
           A* hw = hs.row(r);
-          gated_k(rs.row(bi, li), gs.row(bi, li), xs.row(bi, li), hw, d);
+          gated_row(rs.row(bi, li), gs.row(bi, li), xs.row(bi, li), hw, d);
           hs.done();
           if constexpr (!std::is_same_v<A, T>) {  // normalise the stored (rounded) h, as the reference does
             cpu::convert(hp + r * d, hbuf.data(), d);
@@ -255,8 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaln_modulate_cpu(
         } else {
           hv = xs.row(bi, li);
         }
-        FwdRow<A> fr{hv, w.data(), bb.data(), ss.row(bi, li), shs.row(bi, li), outs.row(r), d, rms, e};
-        fwd_k(fr, mp[r], rp[r]);
+        fwd_row(hv, outs.row(r), d, rms, e, wp, bp, ss.row(bi, li), shs.row(bi, li), mp[r], rp[r]);
         outs.done();
       }
     });
@@ -356,7 +361,7 @@ adaln_modulate_backward_cpu(const at::Tensor& grad_out, const c10::optional<at::
             br.row_s = sw.row(r);
             br.row_sh = shw.row(r);
             br.row_gate = gw.row(r);
-            bwd_k(br);
+            bwd_row(br);
             dhw.done();
             if (gated) dxw.done();
             sw.done();

@@ -22,11 +22,21 @@ FASTDIFF_HD A rstd(A q, A count, A eps) {
 template <typename A>
 FASTDIFF_HD A gated(A residual, A gate, A x) { return residual + gate * x; }
 
-// out for one element: the normalised value, the affine map of the norm layer, then the adaLN modulation.
+// out for one element: the normalised value, the affine map of the norm layer, then the adaLN modulation. The
+// flags drop the terms of absent arguments (·1, +0: the same value), so a kernel need not read constant rows.
+template <bool W, bool B, bool S, bool SH, typename A>
+FASTDIFF_HD A modulate_with(A h, A mean, A rstd, A w, A b, A scale, A shift) {
+  A n = (h - mean) * rstd;
+  if constexpr (W) n = n * w;
+  if constexpr (B) n = n + b;
+  if constexpr (S) n = n * (A(1) + scale);
+  if constexpr (SH) n = n + shift;
+  return n;
+}
+
 template <typename A>
 FASTDIFF_HD A modulate(A h, A mean, A rstd, A w, A b, A scale, A shift) {
-  const A n = (h - mean) * rstd;
-  return (n * w + b) * (A(1) + scale) + shift;
+  return modulate_with<true, true, true, true>(h, mean, rstd, w, b, scale, shift);
 }
 
 // Backward, per element of a row, with g = ∂L/∂out and n = (h − mean)·rstd, y = n·w + b:
