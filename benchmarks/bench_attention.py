@@ -192,7 +192,8 @@ def test_diffusers_attention(benchmark, request, diffusers_case, dtype_name, pas
             "--bench-full"):
         pytest.skip("reference: the einsum keeps [B, H, Lq, Lk] fp32 logits (1 GiB at 4096 x 4096; seconds per "
                     "call on CPU): --bench-full only")
-    generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"dattn/{diffusers_case}/{dtype_name}".encode()))
+    seed = zlib.crc32(f"dattn/{diffusers_case}/{dtype_name}".encode())
+    generator = torch.Generator(device=device).manual_seed(seed)
     leaves, q, k, v = _diffusers_inputs(diffusers_case, dtype, device, generator)
     grad = fb._randn((b, lq, width), dtype, device, generator)
     if provider == "sdpa":

@@ -211,8 +211,9 @@ def _config(d: int, dtype: torch.dtype):
     99 KiB; sm_80 163 KiB, sm_90 227 KiB) with at most 524 bytes of spills per thread, checked by compiling every
     entry for sm_80, sm_86, sm_89 and sm_90 in both layouts (`make triton-check`; the most: fp16/bf16 dK/dV at
     BLOCK_D 64 in diffusers' layout on sm_80). fp16/bf16 use tensor cores (wgmma on Hopper); at BLOCK_D 128 and
-    256 the previous 64x64 four-warp tiles spilled 2-43 KB per thread on sm_80 and needed up to 200 KiB. fp32 and fp64 dots are exact (IEEE) FMA loops, where large tiles only add registers: 128x64 fp32 tiles
-    spilled 55-312 KB and needed up to 272 KiB. The interpreter gets small tiles for speed.
+    256 the previous 64x64 four-warp tiles spilled 2-43 KB per thread on sm_80 and needed up to 200 KiB. fp32 and
+    fp64 dots are exact (IEEE) FMA loops, where large tiles only add registers: 128x64 fp32 tiles spilled 55-312 KB
+    and needed up to 272 KiB. The interpreter gets small tiles for speed.
     """
     block_d = max(16, triton.next_power_of_2(d))
     if _launch.interpreted():
