@@ -26,8 +26,9 @@ kernel of fastdiff's own in C++/CUDA would not beat torch's, so
 - ``triton``: fastdiff's flash-attention kernels (triton_kernels/attention.py, shared with `qkv_attention`):
   forward saving the row log-sum-exp, backward recomputing P from it;
 - ``auto``: ``cpu`` on CPU; on CUDA ``cuda`` where torch's flash / memory-efficient kernels take the inputs
-  (fp16/bf16, D ≤ 256 and a multiple of 8), else ``triton``, else ``reference``. `attention_plan` says which and
-  why.
+  (fp16/bf16 for flash, fp32 for memory-efficient; D ≤ 256 and a multiple of 8), since that is what diffusers
+  itself runs and fastdiff's kernel must not be slower than stock; else ``triton`` (fp64, other head
+  dimensions), else ``reference``. `attention_plan` says which and why.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from fastdiff.ops import common as C
 
 SUPPORTED = ("reference", "cpu", "cuda", "triton")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_SDPA_DTYPES = (torch.float16, torch.bfloat16)
+_SDPA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # flash (fp16/bf16) and memory-efficient (+ fp32)
 MAX_SDPA_HEAD_DIM = 256  # FlashAttention-2's largest head dimension (torch's flash and memory-efficient kernels)
 
 
@@ -185,8 +186,9 @@ def _plan(device: torch.device, dtype: torch.dtype, d: int, backend: str | None)
         if ok:
             why = _kernels().unsupported(d, dtype)
             if why is None:
-                return "triton", (f"{dtype} heads of dim {d} (torch's flash kernels take fp16/bf16 heads of dim "
-                                  f"<= {MAX_SDPA_HEAD_DIM}, a multiple of 8): fastdiff's Triton flash kernel")
+                return "triton", (f"{dtype} heads of dim {d} (torch's flash / memory-efficient kernels take "
+                                  f"fp16/bf16/fp32 heads of dim <= {MAX_SDPA_HEAD_DIM}, a multiple of 8): "
+                                  "fastdiff's Triton flash kernel")
         return "reference", f"torch's flash kernels do not take {dtype} heads of dim {d}, Triton cannot: {why}"
     if name == "reference":
         return "reference", "asked for by name"

@@ -237,7 +237,8 @@ def test_attention_plan_and_named_backends(monkeypatch):
     cuda = torch.device("cuda")
     for dtype, d, expected in ((torch.float16, 40, "cuda"), (torch.bfloat16, 256, "cuda"),
                                (torch.float16, 264, "triton"), (torch.float16, 36, "triton"),
-                               (torch.float32, 64, "triton"), (torch.float64, 64, "triton")):
+                               (torch.float32, 64, "cuda"), (torch.float32, 36, "triton"),
+                               (torch.float64, 64, "triton")):
         name, reason = A._plan(cuda, dtype, d, "auto")
         assert name == expected and str(d) in reason, (dtype, d, name, reason)
     monkeypatch.setattr(importlib.import_module("fastdiff.triton_kernels._launch"), "interpreted", lambda: False)
