@@ -117,8 +117,9 @@ FASTDIFF_CPU_CLONES void bwd_row(const BwdRow<A>& r) {
   const A *__restrict__ g = r.g, *__restrict__ h = r.h, *__restrict__ w = r.w, *__restrict__ b = r.b,
           *__restrict__ s = r.s;
   A *__restrict__ n = r.n, *__restrict__ dn = r.dn, *__restrict__ dh = r.dh;
+  const A mean = r.mean, rstd = r.rstd;  // locals: read through `r` inside the loop they kept it scalar
   for (int64_t j = 0; j < d; ++j) {
-    const ln::ElemGrads<A> e = ln::elem_grads(g[j], h[j], r.mean, r.rstd, w[j], b[j], s[j]);
+    const ln::ElemGrads<A> e = ln::elem_grads(g[j], h[j], mean, rstd, w[j], b[j], s[j]);
     n[j] = e.n;
     dn[j] = e.dn;
   }
@@ -138,9 +139,9 @@ FASTDIFF_CPU_CLONES void bwd_row(const BwdRow<A>& r) {
   const A m1 = r.rms ? A(0) : lane_sum<A, false>(dn, d, A(0)) / count;
   const A m2 = lane_dot(dn, n, d) / count;
   if (const A* __restrict__ gh = r.gh) {
-    for (int64_t j = 0; j < d; ++j) dh[j] = ln::dh(dn[j], n[j], r.rstd, m1, m2) + gh[j];
+    for (int64_t j = 0; j < d; ++j) dh[j] = ln::dh(dn[j], n[j], rstd, m1, m2) + gh[j];
   } else {
-    for (int64_t j = 0; j < d; ++j) dh[j] = ln::dh(dn[j], n[j], r.rstd, m1, m2);
+    for (int64_t j = 0; j < d; ++j) dh[j] = ln::dh(dn[j], n[j], rstd, m1, m2);
   }
   if (r.gate == nullptr) return;
   const A *__restrict__ gate = r.gate, *__restrict__ x = r.x;
