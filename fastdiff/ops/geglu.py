@@ -59,7 +59,8 @@ def _check(x, approximate) -> None:
 
 
 # ----------------------------------------------------------------------------- torch.library registrations
-# (fake kernels and the autograd formula of the C++ ops fastdiff::geglu / geglu_backward; see _register.py)
+# (fake kernels of the C++ ops fastdiff::geglu / geglu_backward, see _register.py; their autograd kernel is C++,
+# csrc/geglu_autograd.cpp: ∂x = geglu_backward(∂out, x) on the CPU or CUDA kernel of x's device)
 
 
 def fake(x, approximate):
@@ -68,19 +69,6 @@ def fake(x, approximate):
 
 def backward_fake(grad_out, x, approximate):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def setup_context(ctx, inputs, output):
-    x, approximate = inputs
-    ctx.save_for_backward(x)
-    ctx.approximate = approximate
-
-
-def backward(ctx, grad_out):
-    """The C++ backward of x's device: csrc/cpu/geglu.cpp on CPU, csrc/cuda/geglu.cu on CUDA (the forward ran
-    through fastdiff._C, so the build has that device's kernels)."""
-    (x,) = ctx.saved_tensors
-    return torch.ops.fastdiff.geglu_backward(grad_out, x, ctx.approximate), None
 
 
 def _triton():
@@ -103,7 +91,6 @@ class _TritonGEGLU(torch.autograd.Function):
 # The backend per (requested backend, use_backend's choice, device type): `resolve` depends on nothing else (the
 # backend table is fixed at import), and this op runs dozens of times per model forward.
 _RESOLVED: dict = {}
-_BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 
 def _resolve(x: torch.Tensor, backend: str | None) -> str:
@@ -122,13 +109,7 @@ def geglu(x: torch.Tensor, approximate: str = "none", backend: str | None = None
     _check(x, approximate)
     name = _resolve(x, backend)
     if name == "cpu" or name == "cuda":
-        op = torch.ops.fastdiff.geglu.default
-        if x.requires_grad and torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return op(x, approximate)
-        # Nothing to differentiate: skip the Python autograd kernel register_autograd installs (~5 µs a call on a
-        # 2-core CPU, more than the whole op at a small model's sizes). What that kernel itself does then.
-        with _BELOW_AUTOGRAD():
-            return op(x, approximate)
+        return torch.ops.fastdiff.geglu.default(x, approximate)
     if name == "reference":
         return reference(x, approximate)
     return _TritonGEGLU.apply(x, approximate)

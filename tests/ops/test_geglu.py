@@ -240,7 +240,7 @@ def test_geglu_compile_fullgraph(backend):
     expect = x.clone().requires_grad_()
     f(expect).backward()
     torch.testing.assert_close(leaf.grad, expect.grad)
-    with torch.no_grad():  # the no-grad fast path of the public function traces too
+    with torch.no_grad():  # and without autograd
         torch.testing.assert_close(torch.compile(f, backend="aot_eager", fullgraph=True)(x), f(x))
 
 
