@@ -2,7 +2,7 @@
 adaLN-Zero; diffusers' AdaLayerNormZero / AdaLayerNormZeroSingle / AdaLayerNormContinuous, PixArt's ada_norm_single,
 the SD3 and Flux blocks); differentiable.
 
-    h   = residual + gate·x                                  (gated form, optional)
+    h   = residual + gate·x                                  (residual form, optional; gate absent: 1)
     out = norm(h; ε)·w + b) · (1 + scale) + shift            norm ∈ {layer, rms} over the last dimension D
 
 x, residual: [B, L, D]; w, b: optional [D] (the norm's elementwise affine; "rms" has no b); scale, shift, gate:
@@ -140,9 +140,8 @@ def _check(x, scale, shift, weight, bias, residual, gate, norm, eps) -> bool:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    if (residual is None) != (gate is None):
-        missing = "gate" if gate is None else "residual"
-        raise ValueError(f"{missing} must be given too: the gated form h = residual + gate·x takes both")
+    if residual is None and gate is not None:
+        raise ValueError("residual must be given too: the gated form h = residual + gate·x takes both")
     dtype, device = x.dtype, x.device
     b, l, d = x.shape
     for name, p in (("weight", weight), ("bias", bias)):
@@ -275,11 +274,14 @@ def adaln_modulate(x: torch.Tensor, scale: torch.Tensor | None = None, shift: to
 
     x: [B, L, D] (any strides); scale, shift: optional [B, D], [B, 1, D] or [B, L, D]; weight, bias: optional [D]
     (norm="rms" takes no bias); norm "layer" (LayerNorm, biased variance) or "rms" (RMSNorm); eps as the norm's.
-    Gated form (DiT / SD3 / Flux blocks): with residual [B, L, D] and gate ([B, D], [B, 1, D] or [B, L, D]) both
-    given, h = residual + gate·x is normalised in place of x and the op returns (h, out); otherwise it returns out.
+    Residual form (DiT / SD3 / Flux blocks): with residual [B, L, D] and an optional gate ([B, D], [B, 1, D] or
+    [B, L, D]; absent: 1, the plain residual of pre-norm blocks), h = residual + gate·x is normalised in place of x
+    and the op returns (h, out); otherwise it returns out.
     Every tensor must have x's dtype and device; out (and h) have x's dtype, statistics are fp32 (fp64 in fp64).
     """
     rms = _check(x, scale, shift, weight, bias, residual, gate, norm, eps)
+    if residual is not None and gate is None:  # the kernels take the gated form; a [B, 1, D] row of ones is cheap
+        gate = torch.ones((x.shape[0], 1, x.shape[2]), dtype=x.dtype, device=x.device)
     name = _resolve(x, backend)
     args = (x, scale, shift, weight, bias, residual, gate, rms, float(eps))
     if name == "reference":
@@ -295,7 +297,7 @@ def adaln_modulate(x: torch.Tensor, scale: torch.Tensor | None = None, shift: to
         # call on the 2-core CPU, as much as the whole op costs at a tiny model's [2, 64, 32]).
         with torch._C._AutoDispatchBelowAutograd():
             out, h = torch.ops.fastdiff.adaln_modulate.default(*args)[:2]
-    return out if gate is None else (h, out)
+    return out if residual is None else (h, out)
 
 
 _RESOLVED: dict = {}

@@ -208,6 +208,23 @@ def test_adaln_matches_diffusers_modules():
                                ln(x) + shift[:, None])
 
 
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_adaln_residual_without_gate(backend):
+    """residual alone is the plain pre-norm residual (gate 1): h = residual + x, and gradients reach both."""
+    g = torch.Generator().manual_seed(5)
+    x, r = (torch.randn(2, 5, 24, generator=g, requires_grad=True) for _ in range(2))
+    s, w, b = torch.randn(2, 24, generator=g), torch.randn(24, generator=g), torch.randn(24, generator=g)
+    h, out = ops.adaln_modulate(x, s, None, w, b, residual=r, backend=backend)
+    ref_h = r + x
+    ref = F.layer_norm(ref_h, (24,), w, b, 1e-6) * (1 + s[:, None])
+    torch.testing.assert_close(h, ref_h)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad((out.square().sum() + h.sum()), (x, r))
+    expected = torch.autograd.grad((ref.square().sum() + ref_h.sum()), (x, r))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_adaln_errors():
     x, s, w = torch.randn(2, 3, 8), torch.randn(2, 8), torch.randn(8)
     with pytest.raises(ValueError, match=r"x must be \[B, L, D\]"):
@@ -232,8 +249,6 @@ def test_adaln_errors():
         ops.adaln_modulate(x, s, norm="group")
     with pytest.raises(ValueError, match="eps must be > 0"):
         ops.adaln_modulate(x, s, eps=0.0)
-    with pytest.raises(ValueError, match="gate must be given too"):
-        ops.adaln_modulate(x, s, residual=x)
     with pytest.raises(ValueError, match="residual must be given too"):
         ops.adaln_modulate(x, s, gate=s)
     with pytest.raises(ValueError, match=r"residual must have x's shape"):
