@@ -14,7 +14,7 @@ namespace fastdiff {
 // x: [..., 2F] read as R rows of 2F values (value half, then gate half) with unit element stride and one row stride
 // (a view whose leading dims collapse is read in place, anything else copied once); the output is [..., F].
 struct GegluArgs {
-  at::Tensor x;                    // [R, 2F] with x.stride(1) == 1 (undefined when R·F = 0)
+  at::Tensor x;                    // rows of 2F values, x.stride(-1) == 1 (undefined when R·F = 0)
   int64_t rows = 0, f = 0, row_stride = 0;
   std::vector<int64_t> out_sizes;  // x's shape with the last dim halved
   bool tanh = false;               // approximate="tanh" (else "none": erf)
@@ -40,6 +40,11 @@ inline GegluArgs check_geglu(const at::Tensor& x, c10::string_view approximate) 
   a.rows = 1;
   for (int64_t d = 0; d + 1 < x.dim(); ++d) a.rows *= x.size(d);
   if (a.rows > 0 && a.f > 0) {
+    if (x.is_contiguous()) {  // the common case (a Linear's output), without a view's allocation
+      a.x = x;
+      a.row_stride = last;
+      return a;
+    }
     a.x = x.reshape({a.rows, last});  // a view when the leading dims collapse, else a copy
     if (a.x.stride(1) != 1) a.x = a.x.contiguous();
     a.row_stride = a.x.stride(0);
