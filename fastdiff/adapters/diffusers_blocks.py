@@ -5,13 +5,16 @@ What each replaces (one *site* per norm whose work a fused op now does, one per 
 - `AdaLayerNormZero`, `AdaLayerNormZeroSingle`, `AdaLayerNormContinuous` (DiT, SD3, Flux; Peebles & Xie 2023,
   adaLN-Zero): the module keeps its embedding MLP; LayerNorm / RMSNorm → ·(1 + scale) + shift is one
   `fastdiff.ops.adaln_modulate` call. 1 site.
-- `BasicTransformerBlock` with `norm_type` "layer_norm" (the transformer blocks of SD 1.5 / SDXL UNets),
-  "ada_norm_zero" (DiT) or "ada_norm_single" (PixArt-α/Σ): each LayerNorm, with the residual add (gated, adaLN-Zero)
-  in front of it and the modulation after it, is one `adaln_modulate`; the gated feed-forward residual is one
-  `torch.addcmul`. 1 site per LayerNorm it fuses (3 for SD, 2 for DiT and PixArt; the AdaLayerNormZero of DiT is a
-  site of its own).
+- `BasicTransformerBlock` with `norm_type` "ada_norm_zero" (DiT) or "ada_norm_single" (PixArt-α/Σ): each
+  modulated LayerNorm, with the (gated) residual add in front of it, is one `adaln_modulate`; the gated feed-forward
+  residual is one `torch.addcmul`. 1 site per LayerNorm it fuses (1 for DiT, whose AdaLayerNormZero is a site of
+  its own, 2 for PixArt). The plain "layer_norm" blocks of SD / SDXL UNets are left alone: an unmodulated LayerNorm
+  is already one torch kernel (their GEGLU and attention are patched).
 - `JointTransformerBlock` (SD3) and `FluxTransformerBlock`: h + gate·attention → norm2 → modulate is one gated
   `adaln_modulate`, for the image and the text stream: 2 sites (1 for SD3's last, context-pre-only block).
+- `WanTransformerBlock` (Wan 2.1 / 2.2): the fp32 LayerNorm → modulate before the self-attention and the
+  feed-forward: 2 sites. `LTXVideoTransformerBlock`: RMSNorm → per-token modulate before the self-attention, and
+  the cross-attention residual + RMSNorm → modulate before the feed-forward: 2 sites.
 - `GEGLU` (the SD / SDXL feed-forward): proj → split → value·GELU(gate) becomes proj → `fastdiff.ops.geglu`. 1 site.
 - `Attention` on `AttnProcessor2_0` (self- and cross-attention of the UNets, DiT, PixArt, the VAE's mid block),
   `JointAttnProcessor2_0` (SD3) and `FluxAttention` on `FluxAttnProcessor`: the processor is swapped for one that
@@ -113,33 +116,28 @@ def _eager(norm, x, scale, shift, residual, gate):
     """The upstream expressions: h = residual + gate·x; norm(h)·(1 + scale) + shift (scale, shift, gate: [B, D],
     [B, 1, D] or [B, L, D])."""
     per_token = lambda v: v[:, None] if v.dim() == 2 else v
-    h = x
-    if residual is not None:
-        h = residual + (per_token(gate) * x if gate is not None else x)
-    out = norm(h)
-    if scale is not None:
-        out = out * (1 + per_token(scale))
-    if shift is not None:
-        out = out + per_token(shift)
+    h = x if residual is None else residual + (per_token(gate) * x if gate is not None else x)
+    out = norm(h) * (1 + per_token(scale)) + per_token(shift)
     return (h, out) if residual is not None else out
 
 
-def modulate(norm, x, scale=None, shift=None, *, residual=None, gate=None):
+def modulate(norm, x, scale, shift, *, residual=None, gate=None):
     """norm(x)·(1 + scale) + shift as one `fastdiff.ops.adaln_modulate` call (DiT §3.2, adaLN).
 
-    norm: an nn.LayerNorm over the last dim or diffusers' RMSNorm (its weight, bias and eps are used); x: [B, L, D];
-    scale, shift, gate: optional [B, D], [B, 1, D] or [B, L, D]. With `residual` ([B, L, D]) the gated residual
-    h = residual + gate·x (gate None: 1) is formed first and normalised, and (h, out) is returned.
-    Under autocast, or when the tensors do not all share x's dtype (upstream would promote), the upstream
-    expressions run instead, so the result and its dtype are upstream's.
+    norm: an nn.LayerNorm over the last dim, diffusers' FP32LayerNorm or RMSNorm (without bias), as checked when
+    patching; its weight, bias and eps are used; x: [B, L, D]; scale, shift, gate: [B, D], [B, 1, D] or [B, L, D]
+    (gate optional). With `residual` ([B, L, D]) the gated residual h = residual + gate·x (gate None: 1) is formed
+    first and normalised, and (h, out) is returned. Under autocast, or when the tensors do not all share x's dtype
+    (upstream would promote), the upstream expressions run instead, so the result and its dtype are upstream's.
     """
-    kind = _norm_kind(norm)
-    tensors = [t for t in (x, scale, shift, residual, gate, norm.weight, norm.bias) if t is not None]
-    if (kind is None or x.dim() != 3 or torch.is_autocast_enabled(x.device.type)
-            or any(t.dtype != x.dtype for t in tensors)):
+    dtype = x.dtype
+    weight, bias = norm.weight, norm.bias
+    if (scale.dtype != dtype or shift.dtype != dtype or (residual is not None and residual.dtype != dtype)
+            or (gate is not None and gate.dtype != dtype) or (weight is not None and weight.dtype != dtype)
+            or (bias is not None and bias.dtype != dtype) or torch.is_autocast_enabled(x.device.type)):
         return _eager(norm, x, scale, shift, residual, gate)
-    return ops.adaln_modulate(x, scale, shift, norm.weight, norm.bias, norm=kind, eps=norm.eps, residual=residual,
-                              gate=gate)
+    kind = "rms" if type(norm).__name__ == "RMSNorm" else "layer"
+    return ops.adaln_modulate(x, scale, shift, weight, bias, norm=kind, eps=norm.eps, residual=residual, gate=gate)
 
 
 def _gated_add(h, y, gate):
@@ -189,27 +187,28 @@ def geglu_forward(self, hidden_states, *args, **kwargs):
 
 # ----------------------------------------------------------------------------------------------- blocks
 
-_BASIC_NORMS = ("layer_norm", "ada_norm_zero", "ada_norm_single")
-
-
 def basic_block_sites(block) -> int:
-    """How many LayerNorms of a diffusers `BasicTransformerBlock` its fused forward computes with `adaln_modulate`
-    (0: the block's configuration is not covered)."""
-    if block.norm_type not in _BASIC_NORMS or block.pos_embed is not None or hasattr(block, "fuser"):
+    """How many modulated LayerNorms of a diffusers `BasicTransformerBlock` its fused forward computes with
+    `adaln_modulate`: DiT's ("ada_norm_zero") feed-forward norm, PixArt's ("ada_norm_single") two. 0 for the plain
+    "layer_norm" blocks of SD / SDXL UNets (nothing to fuse: torch's LayerNorm is one kernel) and configurations not
+    covered."""
+    if block.pos_embed is not None or hasattr(block, "fuser"):
         return 0
-    norms = [block.norm2 if block.norm_type == "ada_norm_single" else block.norm3]
-    if block.norm_type == "ada_norm_single" or block.norm_type == "layer_norm":
-        norms.append(block.norm1)
-    if block.attn2 is not None and block.norm_type != "ada_norm_single":
-        norms.append(block.norm2)
+    if block.norm_type == "ada_norm_zero":
+        norms = [block.norm3]
+    elif block.norm_type == "ada_norm_single":
+        norms = [block.norm1, block.norm2]
+    else:
+        return 0
     return len(norms) if all(_norm_kind(n) == "layer" for n in norms) else 0
 
 
 def basic_block_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
                         encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
                         added_cond_kwargs=None):
-    """diffusers' `BasicTransformerBlock.forward` for norm types "layer_norm", "ada_norm_zero", "ada_norm_single",
-    with each residual add → LayerNorm → modulate one `adaln_modulate` (hidden_states: [B, L, D]).
+    """diffusers' `BasicTransformerBlock.forward` for norm types "ada_norm_zero" (DiT) and "ada_norm_single"
+    (PixArt), each LayerNorm → modulate one `adaln_modulate`, with the gated residual in front of it (hidden_states:
+    [B, L, D]).
 
     Self-attention, optional cross-attention, feed-forward, each pre-normed; adaLN-Zero gates the residual of the
     self-attention and the feed-forward (DiT §3.2). PixArt does not normalise before its cross-attention."""
@@ -218,33 +217,27 @@ def basic_block_forward(self, hidden_states, attention_mask=None, encoder_hidden
             or kwargs.get("scale", None) is not None):
         return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                   timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
-    norm_type = self.norm_type
-    scale_mlp = shift_mlp = gate_msa = gate_mlp = None
-    if norm_type == "ada_norm_zero":
-        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(
-            hidden_states, timestep, class_labels, hidden_dtype=hidden_states.dtype)
-    elif norm_type == "ada_norm_single":
+    pixart = self.norm_type == "ada_norm_single"
+    if pixart:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + timestep.reshape(hidden_states.shape[0], 6, -1)).chunk(6, dim=1)
         norm_hidden_states = modulate(self.norm1, hidden_states, scale_msa, shift_msa)
     else:
-        norm_hidden_states = modulate(self.norm1, hidden_states)
+        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(
+            hidden_states, timestep, class_labels, hidden_dtype=hidden_states.dtype)
 
     attn_output = self.attn1(norm_hidden_states,
                              encoder_hidden_states=encoder_hidden_states if self.only_cross_attention else None,
                              attention_mask=attention_mask, **kwargs)
     gate = gate_msa  # the gate of the residual not yet added (None: 1)
     if self.attn2 is not None:
-        if norm_type == "ada_norm_single":  # PixArt: no norm before the cross-attention
-            hidden_states = norm_hidden_states = _gated_add(hidden_states, attn_output, gate)
-        else:
-            hidden_states, norm_hidden_states = modulate(self.norm2, attn_output, residual=hidden_states, gate=gate)
+        hidden_states = _gated_add(hidden_states, attn_output, gate)
+        norm_hidden_states = hidden_states if pixart else self.norm2(hidden_states)  # PixArt: no norm here
         attn_output = self.attn2(norm_hidden_states, encoder_hidden_states=encoder_hidden_states,
                                  attention_mask=encoder_attention_mask, **kwargs)
         gate = None
-    ff_norm = self.norm2 if norm_type == "ada_norm_single" else self.norm3
-    hidden_states, norm_hidden_states = modulate(ff_norm, attn_output, scale_mlp, shift_mlp, residual=hidden_states,
-                                                 gate=gate)
+    hidden_states, norm_hidden_states = modulate(self.norm2 if pixart else self.norm3, attn_output, scale_mlp,
+                                                 shift_mlp, residual=hidden_states, gate=gate)
     return _gated_add(hidden_states, self.ff(norm_hidden_states), gate_mlp)
 
 

@@ -128,12 +128,22 @@ BLOCKS = (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, Wa
 ADALN = (AdaLayerNormZero, AdaLayerNormZeroSingle, AdaLayerNormContinuous)
 
 
-def _block_norms(block) -> int:
-    """The norms a transformer block's fused forward computes: Wan's fp32 LayerNorms before the self-attention and
-    the feed-forward, LTX's two RMSNorms, the LayerNorms the other blocks hold directly."""
-    if isinstance(block, (WanTransformerBlock, LTXVideoTransformerBlock)):
-        return 2
-    return sum(type(c) is nn.LayerNorm for c in block.children())
+def _modulated_norms(block) -> list:
+    """The norms a patched block's or adaLN module's fused forward computes: DiT's feed-forward norm, PixArt's two,
+    none of the plain LayerNorm blocks of SD's UNets, the norm2 (and norm2_context) of SD3 and Flux blocks and the
+    LayerNorm of adaLN modules, Wan's fp32 LayerNorms before the self-attention and the feed-forward, LTX's two
+    RMSNorms."""
+    if isinstance(block, BasicTransformerBlock):
+        if block.norm_type == "ada_norm_zero":
+            return [block.norm3]
+        return [block.norm1, block.norm2] if block.norm_type == "ada_norm_single" else []
+    if isinstance(block, WanTransformerBlock):
+        return [block.norm1, block.norm3]
+    if isinstance(block, LTXVideoTransformerBlock):
+        return [block.norm1, block.norm2]
+    if isinstance(block, (JointTransformerBlock, FluxTransformerBlock, *ADALN)):
+        return [c for c in block.children() if type(c) is nn.LayerNorm]
+    return []
 
 
 def _build(name):
@@ -149,7 +159,7 @@ def _run(model, args):
 def _expected_sites(model: nn.Module) -> int:
     """Counted from the model's structure: 2 per ResnetBlock2D, 1 per GroupNorm → SiLU head, per Transformer2DModel
     GroupNorm, per adaLN module, per GEGLU and per attention (diffusers' Attention, FluxAttention), and the norms of
-    each transformer block (`_block_norms`)."""
+    each transformer block (`_modulated_norms`)."""
     n = 0
     for m in model.modules():
         if isinstance(m, ResnetBlock2D):
@@ -157,7 +167,7 @@ def _expected_sites(model: nn.Module) -> int:
         elif isinstance(m, (*ADALN, GEGLU, Attention, FluxAttention)):
             n += 1
         elif isinstance(m, BLOCKS):
-            n += _block_norms(m)
+            n += len(_modulated_norms(m))
         elif isinstance(m, Transformer2DModel) and isinstance(getattr(m, "norm", None), nn.GroupNorm):
             n += 1
         if isinstance(getattr(m, "conv_norm_out", None), nn.GroupNorm):
@@ -207,9 +217,8 @@ def test_the_fused_ops_run(name, monkeypatch):
     stock = []
     monkeypatch.setattr(AttnProcessor2_0, "__call__", lambda *a, **k: stock.append("attn"))
     monkeypatch.setattr(GEGLU, "forward", lambda *a, **k: stock.append("geglu"))
-    hooks = [m.register_forward_hook(lambda *a: stock.append("layer_norm")) for blk in model.modules()
-             if isinstance(blk, (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, *ADALN))
-             for m in blk.children() if type(m) is nn.LayerNorm]
+    hooks = [m.register_forward_hook(lambda *a: stock.append("norm")) for blk in model.modules()
+             for m in _modulated_norms(blk)]
     with torch.no_grad():
         _run(model, args)
     for h in hooks:
@@ -220,7 +229,7 @@ def test_the_fused_ops_run(name, monkeypatch):
     n_geglu = sum(isinstance(m, GEGLU) for m in model.modules())
     assert calls["geglu"] == n_geglu
     n_adaln = sum(isinstance(m, ADALN) for m in model.modules())
-    n_block_norms = sum(_block_norms(m) for m in model.modules() if isinstance(m, BLOCKS))
+    n_block_norms = sum(len(_modulated_norms(m)) for m in model.modules() if isinstance(m, BLOCKS))
     assert calls["adaln_modulate"] == n_adaln + n_block_norms
     if name in ("sd-unet", "sdxl-unet", "vae"):
         assert calls["adagn"] > 0
@@ -267,8 +276,8 @@ def test_uncovered_calls_take_the_stock_path():
     norm = nn.LayerNorm(8, elementwise_affine=False)
     x, scale = torch.randn(2, 3, 8), torch.randn(2, 8, dtype=torch.float64)
     expected = norm(x) * (1 + scale[:, None])
-    got = diffusers_blocks.modulate(norm, x, scale)
-    assert got.dtype == torch.float64 and torch.equal(got, expected)
+    got = diffusers_blocks.modulate(norm, x, scale, scale)
+    assert got.dtype == torch.float64 and torch.equal(got, expected + scale[:, None])
 
 
 def test_sd3_last_block_is_context_pre_only():
