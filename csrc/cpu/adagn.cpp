@@ -37,21 +37,58 @@
 namespace fastdiff {
 namespace {
 
-constexpr int kLanes = 16;  // independent partial sums, so reductions vectorise without reassociation
+// Independent partial sums, so reductions vectorise without reassociation (the order is fixed, whatever the ISA):
+// kUnroll blocks of kLanes, i.e. four AVX-512 (eight AVX2) accumulators, enough to hide the add latency (with one,
+// the statistics pass was latency-bound), folded lane-wise and then as a tree (not 64 dependent scalar adds).
+constexpr int kLanes = 16;
+constexpr int kUnroll = 4;
 
-// Groups with more values than this are reduced by parallel slices of at most this many values ([N, C, S]);
-// [N, S, C] slices hold about this many values too. fastdiff/ops/adagn.py mirrors it as CPU_SPLIT_ELEMENTS.
+// The loop bodies below are force-inlined into the FASTDIFF_CPU_CLONES wrappers: a body that g++ finds too large to
+// inline would be compiled once for the baseline ISA and merely jumped to from every clone.
+#define FASTDIFF_LOOP inline __attribute__((always_inline))
+constexpr int kBlock = kLanes * kUnroll;
+
+template <typename A>
+struct Lanes {
+  A v[kUnroll][kLanes] = {};
+  FASTDIFF_LOOP A total() {
+    for (int u = 1; u < kUnroll; ++u)
+      for (int k = 0; k < kLanes; ++k) v[0][k] += v[u][k];
+    for (int w = kLanes / 2; w > 0; w /= 2)
+      for (int k = 0; k < w; ++k) v[0][k] += v[0][k + w];
+    return v[0][0];
+  }
+};
+
+// Groups with more values than this are reduced by parallel slices of at most this many values ([N, C, S]).
+// fastdiff/ops/adagn.py mirrors it as CPU_SPLIT_ELEMENTS.
 constexpr int64_t kSplitElements = 4096;
-// At most this many position slices per sample in [N, S, C] (the serial merge reads N·slices·G triples).
+// [N, S, C] position slices hold about this many values (fp32: 128 KiB, in L2 for the slice's second pass), and
+// there are at most kMaxSlices per sample: the serial merge combines N·slices·G triples (with 4096-value slices it
+// took a quarter of the time of a 1 x 320 x 64 x 64 forward).
+constexpr int64_t kSliceElementsCl = 32768;
 constexpr int64_t kMaxSlices = 256;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// exp's argument clamp [-87, 88], as values the optimiser cannot see: with literal bounds g++ threads the two
+// clamped ranges (where exp is a constant) into separate masked copies of the whole SiLU, three divisions a vector
+// instead of one (perf annotate of the AVX-512 clone: the divisions were 85% of the forward's time).
+struct ExpClamp {
+  float lo, hi;
+};
+inline ExpClamp exp_clamp() {
+  float lo = -87.0f, hi = 88.0f;
+#if defined(__GNUC__) && defined(__x86_64__)
+  asm("" : "+x"(lo), "+x"(hi));
+#endif
+  return {lo, hi};
+}
+
 // exp in a branch-free form the compiler vectorises (Cephes expf: Cody-Waite reduction by ln 2, degree-5
 // polynomial, ~1 ulp); double uses std::exp (fp64 is the checking path, not the fast one).
-inline float exp_vec(float v) {
-  v = v < -87.0f ? -87.0f : v;
-  v = v > 88.0f ? 88.0f : v;
+FASTDIFF_LOOP float exp_vec(float v, ExpClamp c) {
+  v = std::min(std::max(v, c.lo), c.hi);
   // k = round(v / ln 2) by the 1.5·2^23 shifter: its low mantissa bits then hold k, so no float -> int convert.
   const float shifted = v * 1.44269504088896341f + 12582912.0f;
   const float k = shifted - 12582912.0f;
@@ -66,16 +103,16 @@ inline float exp_vec(float v) {
   const int32_t ki = std::bit_cast<int32_t>(shifted) - 0x4B400000;
   return p * std::bit_cast<float>((ki + 127) << 23);
 }
-inline double exp_vec(double v) { return std::exp(v); }
+inline double exp_vec(double v, ExpClamp) { return std::exp(v); }
 
 template <typename A, bool SILU>
-inline A act(A z) { return SILU ? z / (A(1) + exp_vec(-z)) : z; }
+FASTDIFF_LOOP A act(A z, ExpClamp c) { return SILU ? z / (A(1) + exp_vec(-z, c)) : z; }
 
 // dz = grad·act'(z).
 template <typename A, bool SILU>
-inline A act_grad(A go, A z) {
+FASTDIFF_LOOP A act_grad(A go, A z, ExpClamp c) {
   if constexpr (SILU) {
-    const A sig = A(1) / (A(1) + exp_vec(-z));
+    const A sig = A(1) / (A(1) + exp_vec(-z, c));
     return go * gn::silu_grad_from_sigmoid(z, sig);
   } else {
     return go;
@@ -86,59 +123,66 @@ inline A act_grad(A go, A z) {
 
 // Welford triple of v[0, len): two passes over the (L1-resident) chunk.
 template <typename A>
-inline gn::Welford<A> chunk_stats(const A* v, int64_t len) {
-  A acc[kLanes] = {};
+FASTDIFF_LOOP gn::Welford<A> chunk_stats(const A* v, int64_t len) {
+  Lanes<A> acc;
   int64_t j = 0;
-  for (; j + kLanes <= len; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += v[j + k];
+  for (; j + kBlock <= len; j += kBlock)
+    for (int u = 0; u < kUnroll; ++u)
+      for (int k = 0; k < kLanes; ++k) acc.v[u][k] += v[j + u * kLanes + k];
   A sum = 0;
   for (; j < len; ++j) sum += v[j];
-  for (int k = 0; k < kLanes; ++k) sum += acc[k];
+  sum += acc.total();
   const A mean = sum / static_cast<A>(len);
-  A sq[kLanes] = {};
+  Lanes<A> sq;
   j = 0;
-  for (; j + kLanes <= len; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) sq[k] += (v[j + k] - mean) * (v[j + k] - mean);
+  for (; j + kBlock <= len; j += kBlock)
+    for (int u = 0; u < kUnroll; ++u)
+      for (int k = 0; k < kLanes; ++k) {
+        const A d = v[j + u * kLanes + k] - mean;
+        sq.v[u][k] += d * d;
+      }
   A m2 = 0;
   for (; j < len; ++j) m2 += (v[j] - mean) * (v[j] - mean);
-  for (int k = 0; k < kLanes; ++k) m2 += sq[k];
+  m2 += sq.total();
   return {static_cast<A>(len), mean, m2};
 }
 
 template <typename A, bool SILU>
-inline void affine_act(const A* x, A* out, int64_t len, gn::Affine<A> f) {
-  for (int64_t j = 0; j < len; ++j) out[j] = act<A, SILU>(gn::apply(f, x[j]));
+FASTDIFF_LOOP void affine_act(const A* x, A* out, int64_t len, gn::Affine<A> f) {
+  const ExpClamp ec = exp_clamp();
+  for (int64_t j = 0; j < len; ++j) out[j] = act<A, SILU>(gn::apply(f, x[j]), ec);
 }
 
 // dz = grad·act'(z) into dz with z = a·(x - mean) + b; returns Σ dz and Σ dz·(x - mean) through sdz, sdzx.
 template <typename A, bool SILU>
-inline void dz_sums(const A* go, const A* x, A* dz, int64_t len, gn::Affine<A> f, A& sdz, A& sdzx) {
-  A s1[kLanes] = {}, s2[kLanes] = {};
+FASTDIFF_LOOP void dz_sums(const A* go, const A* x, A* dz, int64_t len, gn::Affine<A> f, A& sdz, A& sdzx) {
+  const ExpClamp ec = exp_clamp();
+  Lanes<A> s1, s2;
   auto one = [&](int64_t j) {
-    const A d = act_grad<A, SILU>(go[j], gn::apply(f, x[j]));
+    const A d = act_grad<A, SILU>(go[j], gn::apply(f, x[j]), ec);
     dz[j] = d;
     return d;
   };
   int64_t j = 0;
-  for (; j + kLanes <= len; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) {
-      const A d = one(j + k);
-      s1[k] += d;
-      s2[k] += d * (x[j + k] - f.mean);
-    }
+  for (; j + kBlock <= len; j += kBlock)
+    for (int u = 0; u < kUnroll; ++u)
+      for (int k = 0; k < kLanes; ++k) {
+        const int64_t i = j + u * kLanes + k;
+        const A d = one(i);
+        s1.v[u][k] += d;
+        s2.v[u][k] += d * (x[i] - f.mean);
+      }
   for (; j < len; ++j) {
     const A d = one(j);
     sdz += d;
     sdzx += d * (x[j] - f.mean);
   }
-  for (int k = 0; k < kLanes; ++k) {
-    sdz += s1[k];
-    sdzx += s2[k];
-  }
+  sdz += s1.total();
+  sdzx += s2.total();
 }
 
 template <typename A>
-inline void dx_apply(const A* dz, const A* x, A* dx, int64_t len, gn::DxAffine<A> c) {
+FASTDIFF_LOOP void dx_apply(const A* dz, const A* x, A* dx, int64_t len, gn::DxAffine<A> c) {
   for (int64_t j = 0; j < len; ++j) dx[j] = gn::apply(c, dz[j], x[j]);
 }
 
@@ -147,13 +191,13 @@ inline void dx_apply(const A* dz, const A* x, A* dx, int64_t len, gn::DxAffine<A
 // a, b of groupnorm.h's Affine, sums) start at the block's first channel.
 
 template <typename A>
-inline void add_rows(const A* x, int64_t rows, int64_t cl, A* sum) {
+FASTDIFF_LOOP void add_rows(const A* __restrict__ x, int64_t rows, int64_t cl, A* __restrict__ sum) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cl; ++j) sum[j] += x[r * cl + j];
 }
 
 template <typename A>
-inline void sqdev_rows(const A* x, int64_t rows, int64_t cl, const A* m, A* sq) {
+FASTDIFF_LOOP void sqdev_rows(const A* __restrict__ x, int64_t rows, int64_t cl, const A* __restrict__ m, A* __restrict__ sq) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cl; ++j) {
       const A d = x[r * cl + j] - m[j];
@@ -162,18 +206,20 @@ inline void sqdev_rows(const A* x, int64_t rows, int64_t cl, const A* m, A* sq) 
 }
 
 template <typename A, bool SILU>
-inline void affine_rows(const A* x, int64_t rows, int64_t cl, const A* m, const A* a, const A* b, A* out) {
+FASTDIFF_LOOP void affine_rows(const A* __restrict__ x, int64_t rows, int64_t cl, const A* __restrict__ m, const A* __restrict__ a, const A* __restrict__ b, A* __restrict__ out) {
+  const ExpClamp ec = exp_clamp();
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cl; ++j) out[r * cl + j] = act<A, SILU>(gn::apply(gn::Affine<A>{m[j], a[j], b[j]}, x[r * cl + j]));
+    for (int64_t j = 0; j < cl; ++j) out[r * cl + j] = act<A, SILU>(gn::apply(gn::Affine<A>{m[j], a[j], b[j]}, x[r * cl + j]), ec);
 }
 
 template <typename A, bool SILU>
-inline void dz_rows(const A* go, const A* x, int64_t rows, int64_t cl, const A* m, const A* a, const A* b, A* sdz,
-                    A* sdzx) {
+FASTDIFF_LOOP void dz_rows(const A* __restrict__ go, const A* __restrict__ x, int64_t rows, int64_t cl, const A* __restrict__ m, const A* __restrict__ a, const A* __restrict__ b, A* __restrict__ sdz,
+                    A* __restrict__ sdzx) {
+  const ExpClamp ec = exp_clamp();
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cl; ++j) {
       const A xv = x[r * cl + j];
-      const A d = act_grad<A, SILU>(go[r * cl + j], gn::apply(gn::Affine<A>{m[j], a[j], b[j]}, xv));
+      const A d = act_grad<A, SILU>(go[r * cl + j], gn::apply(gn::Affine<A>{m[j], a[j], b[j]}, xv), ec);
       sdz[j] += d;
       sdzx[j] += d * (xv - m[j]);
     }
@@ -181,12 +227,13 @@ inline void dz_rows(const A* go, const A* x, int64_t rows, int64_t cl, const A* 
 
 // dx = gn::apply(DxAffine, dz, x) with the per-channel (rstd, k, q, r) of groupnorm.h's dx_affine in dxc[4·cl].
 template <typename A, bool SILU>
-inline void dx_rows(const A* go, const A* x, int64_t rows, int64_t cl, const A* m, const A* a, const A* b,
-                    const A* rs, const A* k, const A* q, const A* rr, A* dx) {
+FASTDIFF_LOOP void dx_rows(const A* __restrict__ go, const A* __restrict__ x, int64_t rows, int64_t cl, const A* __restrict__ m, const A* __restrict__ a, const A* __restrict__ b,
+                    const A* __restrict__ rs, const A* __restrict__ k, const A* __restrict__ q, const A* __restrict__ rr, A* __restrict__ dx) {
+  const ExpClamp ec = exp_clamp();
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cl; ++j) {
       const A xv = x[r * cl + j];
-      const A d = act_grad<A, SILU>(go[r * cl + j], gn::apply(gn::Affine<A>{m[j], a[j], b[j]}, xv));
+      const A d = act_grad<A, SILU>(go[r * cl + j], gn::apply(gn::Affine<A>{m[j], a[j], b[j]}, xv), ec);
       dx[r * cl + j] = gn::apply(gn::DxAffine<A>{m[j], rs[j], k[j], q[j], rr[j]}, d, xv);
     }
 }
@@ -210,34 +257,34 @@ FASTDIFF_CPU_CLONES void dz_none_f(const float* go, const float* x, float* dz, i
 FASTDIFF_CPU_CLONES void dx_apply_f(const float* dz, const float* x, float* dx, int64_t len, gn::DxAffine<float> c) {
   dx_apply(dz, x, dx, len, c);
 }
-FASTDIFF_CPU_CLONES void add_rows_f(const float* x, int64_t rows, int64_t cl, float* sum) { add_rows(x, rows, cl, sum); }
-FASTDIFF_CPU_CLONES void sqdev_rows_f(const float* x, int64_t rows, int64_t cl, const float* m, float* sq) {
+FASTDIFF_CPU_CLONES void add_rows_f(const float* __restrict__ x, int64_t rows, int64_t cl, float* __restrict__ sum) { add_rows(x, rows, cl, sum); }
+FASTDIFF_CPU_CLONES void sqdev_rows_f(const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m, float* __restrict__ sq) {
   sqdev_rows(x, rows, cl, m, sq);
 }
-FASTDIFF_CPU_CLONES void affine_rows_silu_f(const float* x, int64_t rows, int64_t cl, const float* m, const float* a,
-                                            const float* b, float* out) {
+FASTDIFF_CPU_CLONES void affine_rows_silu_f(const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m, const float* __restrict__ a,
+                                            const float* __restrict__ b, float* __restrict__ out) {
   affine_rows<float, true>(x, rows, cl, m, a, b, out);
 }
-FASTDIFF_CPU_CLONES void affine_rows_none_f(const float* x, int64_t rows, int64_t cl, const float* m, const float* a,
-                                            const float* b, float* out) {
+FASTDIFF_CPU_CLONES void affine_rows_none_f(const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m, const float* __restrict__ a,
+                                            const float* __restrict__ b, float* __restrict__ out) {
   affine_rows<float, false>(x, rows, cl, m, a, b, out);
 }
-FASTDIFF_CPU_CLONES void dz_rows_silu_f(const float* go, const float* x, int64_t rows, int64_t cl, const float* m,
-                                        const float* a, const float* b, float* sdz, float* sdzx) {
+FASTDIFF_CPU_CLONES void dz_rows_silu_f(const float* __restrict__ go, const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m,
+                                        const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ sdz, float* __restrict__ sdzx) {
   dz_rows<float, true>(go, x, rows, cl, m, a, b, sdz, sdzx);
 }
-FASTDIFF_CPU_CLONES void dz_rows_none_f(const float* go, const float* x, int64_t rows, int64_t cl, const float* m,
-                                        const float* a, const float* b, float* sdz, float* sdzx) {
+FASTDIFF_CPU_CLONES void dz_rows_none_f(const float* __restrict__ go, const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m,
+                                        const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ sdz, float* __restrict__ sdzx) {
   dz_rows<float, false>(go, x, rows, cl, m, a, b, sdz, sdzx);
 }
-FASTDIFF_CPU_CLONES void dx_rows_silu_f(const float* go, const float* x, int64_t rows, int64_t cl, const float* m,
-                                        const float* a, const float* b, const float* rs, const float* k,
-                                        const float* q, const float* rr, float* dx) {
+FASTDIFF_CPU_CLONES void dx_rows_silu_f(const float* __restrict__ go, const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m,
+                                        const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ rs, const float* __restrict__ k,
+                                        const float* __restrict__ q, const float* __restrict__ rr, float* __restrict__ dx) {
   dx_rows<float, true>(go, x, rows, cl, m, a, b, rs, k, q, rr, dx);
 }
-FASTDIFF_CPU_CLONES void dx_rows_none_f(const float* go, const float* x, int64_t rows, int64_t cl, const float* m,
-                                        const float* a, const float* b, const float* rs, const float* k,
-                                        const float* q, const float* rr, float* dx) {
+FASTDIFF_CPU_CLONES void dx_rows_none_f(const float* __restrict__ go, const float* __restrict__ x, int64_t rows, int64_t cl, const float* __restrict__ m,
+                                        const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ rs, const float* __restrict__ k,
+                                        const float* __restrict__ q, const float* __restrict__ rr, float* __restrict__ dx) {
   dx_rows<float, false>(go, x, rows, cl, m, a, b, rs, k, q, rr, dx);
 }
 
@@ -432,7 +479,7 @@ struct RowSlices {
 };
 
 RowSlices row_slices(const Params& p) {
-  int64_t per = std::max<int64_t>(1, ceil_div(kSplitElements, std::max<int64_t>(p.c, 1)));
+  int64_t per = std::max<int64_t>(1, ceil_div(kSliceElementsCl, std::max<int64_t>(p.c, 1)));
   per = std::max(per, ceil_div(p.s, kMaxSlices));
   return {per, ceil_div(p.s, per)};
 }

@@ -24,9 +24,10 @@ from fastdiff.ops import common as C
 ACTS = ("none", "silu")
 SUPPORTED = ("reference", "cpu", "cuda", "triton")
 # The cpu backend reduces a group of more than this many values (C/G·S) in parallel slices of at most this many,
-# merged with Chan's formula (csrc/cpu/adagn.cpp, kSplitElements), so batch 1 at high resolution uses every core;
-# channels-last x is always reduced in slices of about this many values.
+# merged with Chan's formula (csrc/cpu/adagn.cpp, kSplitElements), so batch 1 at high resolution uses every core.
 CPU_SPLIT_ELEMENTS = 4096
+# Channels-last x is always reduced in parallel position slices of about this many values (kSliceElementsCl).
+CPU_CL_SLICE_ELEMENTS = 32768
 
 
 def reference(x, weight, bias, scale, shift, num_groups: int, eps: float, silu: bool):

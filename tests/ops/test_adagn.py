@@ -282,6 +282,7 @@ def test_adagn_cpu_split_path(layout):
         pytest.skip("adagn has no cpu backend")
     shape, g = (1, 64, 48, 48), 32
     assert (shape[1] // g) * shape[2] * shape[3] > adagn_mod.CPU_SPLIT_ELEMENTS
+    assert shape[1] * shape[2] * shape[3] > 2 * adagn_mod.CPU_CL_SLICE_ELEMENTS  # several channels-last slices
     for i, dtype in enumerate([torch.float32, torch.float16]):
         args = _args(shape, g, dtype, "cpu", 40 + i)
         args["act"] = "silu"
