@@ -5,6 +5,15 @@
 // are a few dozen values: a call per row would cost more than its arithmetic), or over (row, kChunk columns)
 // pieces when rows are long; fp16 / bf16 rows are gathered into fp32 buffers of kChunk values. The float loops
 // are cloned for AVX2 / AVX-512 and vectorise: erf and exp are the branch-free polynomials of gelu.h.
+//
+// Measured (2-core AMD EPYC VM shared with other jobs, fp32, median of 25 interleaved samples, 1 thread / 2
+// threads) against diffusers' eager chunk + F.gelu + multiply: x [2, 4096, 2·1280] (SD 1.5, 64x64 latents)
+// forward 35.8 / 41.0 ms vs 56.2 / 69.7 ms (1.57x / 1.70x), forward + backward 96.9 / 117 ms vs 185 / 228 ms
+// (1.9x); x [2, 1024, 2·1280] forward 3.6 / 7.1 ms vs 14.0 / 21.5 ms; [2, 64, 2·32] forward 10 µs as eager,
+// forward + backward 46 µs vs 58 µs. What bounds the large forward: its 42 MB output is a fresh mmap each call
+// (glibc maps blocks over 32 MB), whose first touch alone costs 19 ms (page faults and the kernel's zeroing; the
+// eager sequence touches two such buffers), and gelu.h's erf costs ~1.5x ATen's cheaper one (A&S 7.1.26, 1.5e-7
+// absolute error) in cache: 0.9 vs 0.6 ns a value.
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
