@@ -29,7 +29,8 @@ FUSED = ("cpu", "cuda", "triton", "auto")
 #: Report columns in order: (column, providers it takes the fastest of).
 COLUMNS = (("compile", ("compile",)), ("sdpa", ("sdpa",)), ("fused", FUSED), ("fused+graph", ("fused+graph",)),
            ("diffusers", ("diffusers",)))
-SUITE_ORDER = {"step": 0, "loop": 1, "pipeline": 2, "adagn": 3, "attention": 4, "unet": 5}
+SUITE_ORDER = {"step": 0, "loop": 1, "pipeline": 2, "scheduler": 3, "adagn": 4, "adaln_modulate": 5, "geglu": 6,
+               "attention": 7, "unet": 8, "models": 9}
 #: A row's baseline: the first of these it measured (reference eager; else the stock diffusers pipeline).
 BASELINES = ("reference", "diffusers")
 IDLE_TARGET = 0.05
@@ -144,7 +145,7 @@ def table(data: dict, suites=None) -> str:
     versus = [c for c in ("compile", "diffusers") if "fused" in present and c in present]
     head += [f"fused vs {c}" for c in versus]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for suite in sorted(rows, key=lambda s: (SUITE_ORDER.get(s, 9), s)):
+    for suite in sorted(rows, key=lambda s: (SUITE_ORDER.get(s, 99), s)):
         for key in sorted(rows[suite], key=lambda k: (k[0], natural(k[1]), k[2])):
             times = rows[suite][key]
             sp = speedups(times)
@@ -172,7 +173,7 @@ def idle_rows(data: dict, suites=None) -> list[tuple]:
         if ("gpu_idle_frac" in extra or "gpu_idle_error" in extra) and (suites is None or extra.get("suite") in
                                                                           suites):
             out.append((extra["suite"], extra["case"], str(extra["shape"]), extra["dtype"], extra["provider"], extra))
-    return sorted(out, key=lambda r: (SUITE_ORDER.get(r[0], 9), r[1], natural(r[2]), r[3], r[4]))
+    return sorted(out, key=lambda r: (SUITE_ORDER.get(r[0], 99), r[1], natural(r[2]), r[3], r[4]))
 
 
 def idle_table(data: dict, suites=None) -> str:

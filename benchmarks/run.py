@@ -26,11 +26,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import this fastdiff, installed or not
 sys.path.insert(0, str(HERE))
-from report import fmt_time, median_s, natural  # noqa: E402  (one formatter for run.py's table and report.py's)
+from report import SUITE_ORDER, fmt_time, median_s, natural  # noqa: E402  (one formatter for run.py's table and report.py's)
 SUITES = ("bench_sampler_step.py", "bench_sampling_loop.py", "bench_pipeline.py", "bench_schedulers.py",
           "bench_solvers.py", "bench_diffusers_pipeline.py",
-          "bench_adagn.py", "bench_adaln_modulate.py", "bench_attention.py", "bench_unet.py")
-SUITES += ("bench_geglu.py",)
+          "bench_adagn.py", "bench_adaln_modulate.py", "bench_geglu.py", "bench_attention.py", "bench_unet.py",
+          "bench_diffusers_models.py")
 #: Baselines (reference eager, its torch.compile, torch SDPA for attention, diffusers' own schedulers) and fastdiff's
 #: fused providers (one backend, or `auto`: the fastest backend per op, used for whole models).
 PROVIDERS = ("diffusers", "reference", "compile", "sdpa", "cpu", "cuda", "triton", "auto", "fused+graph")
@@ -139,9 +139,8 @@ def build_table(data: dict) -> tuple[str, float | None]:
             work[(ex["suite"], *key)] = ("flops", ex["flops"])
         elif ex.get("bytes_moved"):
             work[(ex["suite"], *key)] = ("bytes", ex["bytes_moved"])
-    order = {"step": 0, "loop": 1, "pipeline": 2, "scheduler": 3, "adagn": 4, "attention": 5, "unet": 6}
     tables = []
-    for suite in sorted(rows, key=lambda name: (order.get(name, 9), name)):
+    for suite in sorted(rows, key=lambda name: (SUITE_ORDER.get(name, 99), name)):
         suite_rows = rows[suite]
         present = [p for p in PROVIDERS if any(p in r for r in suite_rows.values())]
         fused = [p for p in FUSED if p in present]
