@@ -255,21 +255,35 @@ def adagn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups:
     channels_last (4-D) / channels_last_3d (5-D) on the cpu, cuda and triton backends (`memory_format`), contiguous
     for other strides. Differentiable in x, weight, bias, scale and shift.
     """
-    silu = _check(x, weight, bias, num_groups, eps, scale, shift, act)
     compiling = torch.compiler.is_compiling()
-    name = _resolve(x, backend) if not compiling else _backend.resolve("adagn", x.device, supported=SUPPORTED,
-                                                                         backend=backend)
-    args = (x, weight, bias, scale, shift, num_groups, float(eps), silu)
+    # The C++ op checks every tensor argument (adagn_checks.h) before it runs anything, so when x is a plain tensor
+    # and the Python-only options are plain, the tensors' checks are left to it; a failure there is re-raised as
+    # _check_all's ValueError / TypeError naming the argument. Every other call is checked here first.
+    plain = (type(x) is torch.Tensor and type(num_groups) is int and type(eps) is float
+             and (act == "silu" or act == "none") and not compiling)
+    if plain:
+        name = _resolve(x, backend)
+        plain = name == "cpu" or name == "cuda"
+    if not plain:
+        _check(x, weight, bias, num_groups, eps, scale, shift, act)
+        name = _resolve(x, backend) if not compiling else _backend.resolve("adagn", x.device, supported=SUPPORTED,
+                                                                             backend=backend)
+    args = (x, weight, bias, scale, shift, num_groups, float(eps), act == "silu")
     if name == "cpu" or name == "cuda":
         if not _OP:
             _OP.append(torch.ops.fastdiff.adagn.default)
-        if compiling or (torch.is_grad_enabled() and (
-                x.requires_grad or weight.requires_grad or bias.requires_grad
-                or (scale is not None and scale.requires_grad) or (shift is not None and shift.requires_grad))):
-            return _OP[0](*args)[0]
-        # Nothing to differentiate: skip the Python autograd kernel of register_autograd (several µs a call).
-        with torch._C._AutoDispatchBelowAutograd():
-            return _OP[0](*args)[0]
+        try:
+            if compiling or (torch.is_grad_enabled() and (
+                    x.requires_grad or weight.requires_grad or bias.requires_grad
+                    or (scale is not None and scale.requires_grad) or (shift is not None and shift.requires_grad))):
+                return _OP[0](*args)[0]
+            # Nothing to differentiate: skip the Python autograd kernel of register_autograd (several µs a call).
+            with torch._C._AutoDispatchBelowAutograd():
+                return _OP[0](*args)[0]
+        except (RuntimeError, TypeError, AttributeError):
+            if plain:
+                _check_all(x, weight, bias, num_groups, eps, scale, shift, act)
+            raise
     if name == "reference":
         return reference(*args)[0]
     return _TritonAdaGN.apply(*args)

@@ -384,6 +384,14 @@ def test_adagn_check_fast_path_rejects():
         ops.adagn(x, torch.randn(1, 6), w, 3)
     with pytest.raises(ValueError, match="x must be"):
         ops.adagn(torch.randn(6), w, w, 3)
+    # tensors left to the C++ op's checks come back as the named Python errors
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        ops.adagn(x, w.numpy(), w, 3)
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor"):
+        with torch.no_grad():
+            ops.adagn(x, w, [1.0] * 6, 3)
+    with pytest.raises(ValueError, match=r"shift must have shape \[N, C\] = \[2, 6\]"):
+        ops.adagn(x, w.requires_grad_(), w, 3, shift=torch.randn(2, 3))
     # an int eps is accepted (the full check), the fast path's result equals the full one's
     torch.testing.assert_close(ops.adagn(x, w, w, 3, eps=1), ops.adagn(x, w, w, 3, eps=1.0))
 
