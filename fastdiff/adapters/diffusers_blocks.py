@@ -99,6 +99,18 @@ def classes() -> dict[str, type] | None:
 
 # ----------------------------------------------------------------------------------------------- fused helpers
 
+#: CPU tensors with fewer elements than this run the upstream torch ops instead of a fused op: there a call's fixed
+#: cost (Python, the dispatcher) outweighs the memory passes fusion saves, and a whole tiny model measured slower
+#: patched than stock (docs/architecture.md, "Patching other people's models"). CUDA tensors always take the fused
+#: ops (fewer launches).
+CPU_FUSED_MIN_NUMEL = 1 << 14
+
+
+def fused_on(x: torch.Tensor) -> bool:
+    """Whether a patched forward runs the fused op on x (see CPU_FUSED_MIN_NUMEL)."""
+    return not x.is_cpu or x.numel() >= CPU_FUSED_MIN_NUMEL
+
+
 
 def _norm_kind(norm) -> str | None:
     """"layer" for a plain nn.LayerNorm over the last dim, "rms" for diffusers' RMSNorm without bias (the two norms
@@ -157,6 +169,8 @@ def _adaln_sites(module) -> int:
 def ada_layer_norm_zero_forward(self, x, timestep=None, class_labels=None, hidden_dtype=None, emb=None):
     """diffusers' `AdaLayerNormZero.forward` with norm → modulate fused: returns (modulated x, gate_msa, shift_mlp,
     scale_mlp, gate_mlp), each modulation [B, D]."""
+    if not fused_on(x):
+        return type(self).forward(self, x, timestep, class_labels, hidden_dtype, emb)
     if self.emb is not None:
         emb = self.emb(timestep, class_labels, hidden_dtype=hidden_dtype)
     emb = self.linear(self.silu(emb))
@@ -166,6 +180,8 @@ def ada_layer_norm_zero_forward(self, x, timestep=None, class_labels=None, hidde
 
 def ada_layer_norm_zero_single_forward(self, x, emb=None):
     """diffusers' `AdaLayerNormZeroSingle.forward` (Flux's single-stream blocks) with norm → modulate fused."""
+    if not fused_on(x):
+        return type(self).forward(self, x, emb)
     emb = self.linear(self.silu(emb))
     shift_msa, scale_msa, gate_msa = emb.chunk(3, dim=1)
     return modulate(self.norm, x, scale_msa, shift_msa), gate_msa
@@ -173,6 +189,8 @@ def ada_layer_norm_zero_single_forward(self, x, emb=None):
 
 def ada_layer_norm_continuous_forward(self, x, conditioning_embedding):
     """diffusers' `AdaLayerNormContinuous.forward` (SD3 / Flux output norm) with norm → modulate fused."""
+    if not fused_on(x):
+        return type(self).forward(self, x, conditioning_embedding)
     emb = self.linear(self.silu(conditioning_embedding).to(x.dtype))
     scale, shift = torch.chunk(emb, 2, dim=1)
     return modulate(self.norm, x, scale, shift)
@@ -180,7 +198,8 @@ def ada_layer_norm_continuous_forward(self, x, conditioning_embedding):
 
 def geglu_forward(self, hidden_states, *args, **kwargs):
     """diffusers' `GEGLU.forward`: proj, then value·GELU(gate) of its two halves in one `fastdiff.ops.geglu`."""
-    if args or kwargs.get("scale", None) is not None:  # deprecated arguments: upstream warns about them
+    # deprecated arguments (upstream warns about them) and small CPU tensors take upstream's forward
+    if args or kwargs.get("scale", None) is not None or not fused_on(hidden_states):
         return type(self).forward(self, hidden_states, *args, **kwargs)
     return ops.geglu(self.proj(hidden_states))
 
@@ -214,7 +233,7 @@ def basic_block_forward(self, hidden_states, attention_mask=None, encoder_hidden
     self-attention and the feed-forward (DiT §3.2). PixArt does not normalise before its cross-attention."""
     kwargs = dict(cross_attention_kwargs or {})
     if (hidden_states.dim() != 3 or self._chunk_size is not None or "gligen" in kwargs
-            or kwargs.get("scale", None) is not None):
+            or kwargs.get("scale", None) is not None or not fused_on(hidden_states)):
         return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                   timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
     pixart = self.norm_type == "ada_norm_single"
@@ -261,7 +280,7 @@ def joint_block_sites(block) -> int:
 def joint_block_forward(self, hidden_states, encoder_hidden_states, temb, joint_attention_kwargs=None):
     """diffusers' `JointTransformerBlock.forward` (SD3's MM-DiT block, Esser et al. 2024) without dual attention,
     norm2 / norm2_context fused with their gated residuals. Returns (encoder_hidden_states, hidden_states)."""
-    if self._chunk_size is not None:
+    if self._chunk_size is not None or not fused_on(hidden_states):
         return type(self).forward(self, hidden_states, encoder_hidden_states, temb, joint_attention_kwargs)
     joint_attention_kwargs = joint_attention_kwargs or {}
     norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=temb)
@@ -290,6 +309,9 @@ def flux_block_forward(self, hidden_states, encoder_hidden_states, temb, image_r
                        joint_attention_kwargs=None):
     """diffusers' `FluxTransformerBlock.forward` (Flux's double-stream block), norm2 / norm2_context fused with
     their gated residuals. Returns (encoder_hidden_states, hidden_states)."""
+    if not fused_on(hidden_states):
+        return type(self).forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
+                                  joint_attention_kwargs)
     norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=temb)
     norm_encoder_hidden_states, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(
         encoder_hidden_states, emb=temb)
@@ -315,6 +337,8 @@ def wan_block_forward(self, hidden_states, encoder_hidden_states, temb, rotary_e
     """diffusers' `WanTransformerBlock.forward` (Wan 2.1 / 2.2 video DiT), its two fp32 LayerNorm → modulate steps
     (self-attention and feed-forward inputs) each one `adaln_modulate` on the fp32 stream; modulation per sample
     (temb [B, 6, D]) or per token (temb [B, L, 6, D], Wan 2.2 TI2V); residuals in fp32 as upstream."""
+    if not fused_on(hidden_states):
+        return type(self).forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb)
     if temb.dim() == 4:
         ada = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (v.squeeze(2) for v in ada)
@@ -341,6 +365,9 @@ def ltx_block_forward(self, hidden_states, encoder_hidden_states, temb, image_ro
     """diffusers' `LTXVideoTransformerBlock.forward` (LTX-Video): RMSNorm → modulate with per-token scale / shift
     (temb [B, T, 6·D], T = 1 or the token count) as one `adaln_modulate`, and the cross-attention residual fused
     into the feed-forward's RMSNorm → modulate."""
+    if not fused_on(hidden_states):
+        return type(self).forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
+                                  encoder_attention_mask)
     batch_size = hidden_states.size(0)
     ada_values = self.scale_shift_table[None, None].to(temb.device) + temb.reshape(
         batch_size, temb.size(1), self.scale_shift_table.shape[0], -1)
@@ -425,7 +452,8 @@ class FusedAttnProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args,
                  **kwargs) -> torch.Tensor:
         if (attention_mask is not None or attn.spatial_norm is not None or attn.norm_q is not None
-                or attn.norm_k is not None or args or kwargs or hidden_states.dim() not in (3, 4)):
+                or attn.norm_k is not None or args or kwargs or hidden_states.dim() not in (3, 4)
+                or not fused_on(hidden_states)):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         input_ndim = hidden_states.dim()
@@ -464,7 +492,7 @@ class FusedJointAttnProcessor:
         self.original = original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        if attention_mask is not None or args or kwargs:
+        if attention_mask is not None or args or kwargs or not fused_on(hidden_states):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         length = hidden_states.shape[1]
         head_dim = attn.to_k.out_features // attn.heads
@@ -496,7 +524,8 @@ class FusedFluxAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if (attention_mask is not None or getattr(self.original, "_attention_backend", None) is not None
-                or getattr(self.original, "_parallel_config", None) is not None or attn.fused_projections):
+                or getattr(self.original, "_parallel_config", None) is not None or attn.fused_projections
+                or not fused_on(hidden_states)):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         from diffusers.models.embeddings import apply_rotary_emb
 

@@ -45,11 +45,12 @@ import types
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastdiff import ops
 from fastdiff.adapters import diffusers_blocks as _blocks
-from fastdiff.adapters.diffusers_blocks import FusedAttnProcessor
+from fastdiff.adapters.diffusers_blocks import FusedAttnProcessor, fused_on
 
 __all__ = ["FusedAttnProcessor", "is_patched", "patch", "unpatch"]
 
@@ -76,14 +77,10 @@ def _norm_act(norm: nn.GroupNorm, x: torch.Tensor, act: str, scale: torch.Tensor
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         x = x.float()
     n, c = x.shape[0], x.shape[1]
-
-    def per_channel(v):
-        if v is None:
-            return None
-        return v.to(x.dtype).reshape(v.shape[0], c).expand(n, c)
-
-    return ops.adagn(x, norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.num_groups, norm.eps,
-                     scale=per_channel(scale), shift=per_channel(shift), act=act)
+    weight, bias = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
+    per_channel = lambda v: None if v is None else v.to(x.dtype).reshape(v.shape[0], c).expand(n, c)
+    return ops.adagn(x, weight, bias, norm.num_groups, norm.eps, scale=per_channel(scale), shift=per_channel(shift),
+                     act=act)
 
 
 def _fusable_norm(m) -> bool:
@@ -127,6 +124,8 @@ def _resnet_block_2d_forward(self, input_tensor: torch.Tensor, temb: torch.Tenso
         deprecation_message = "The `scale` argument is deprecated and will be ignored. Please remove it, as passing it will raise an error in the future. `scale` should directly be passed while calling the underlying pipeline component i.e., via `cross_attention_kwargs`."
         deprecate("scale", "1.0.0", deprecation_message)
 
+    if not fused_on(input_tensor):
+        return type(self).forward(self, input_tensor, temb, *args, **kwargs)
     silu = _is_silu(self.nonlinearity)
     act = "silu" if silu else "none"
 
@@ -185,7 +184,7 @@ def _resnet_block_2d_forward(self, input_tensor: torch.Tensor, temb: torch.Tenso
 
 def _norm_silu_forward(self, x: torch.Tensor) -> torch.Tensor:
     """GroupNorm + SiLU in one `adagn` call (the following SiLU module is made the identity)."""
-    return _norm_act(self, x, "silu")
+    return _norm_act(self, x, "silu") if fused_on(x) else F.silu(nn.GroupNorm.forward(self, x))
 
 
 def _identity_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,7 +194,7 @@ def _identity_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 def _group_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A lone GroupNorm (e.g. the one in front of a Transformer2DModel's proj_in) through `adagn`."""
-    return _norm_act(self, x, "none")
+    return _norm_act(self, x, "none") if fused_on(x) else nn.GroupNorm.forward(self, x)
 
 
 # ----------------------------------------------------------------------------------------------- guided-diffusion
@@ -221,11 +220,15 @@ def _is_gd_silu(m) -> bool:
 
 def _groupnorm32_forward(self, x: torch.Tensor) -> torch.Tensor:
     """guided-diffusion's `GroupNorm32.forward`, `super().forward(x.float()).type(x.dtype)`, through `adagn`."""
+    if not fused_on(x):
+        return type(self).forward(self, x)
     return _norm_act(self, x.float(), "none").type(x.dtype)
 
 
 def _groupnorm32_silu_forward(self, x: torch.Tensor) -> torch.Tensor:
     """GroupNorm32 then SiLU (the SiLU module after it is made the identity) in one `adagn` call."""
+    if not fused_on(x):
+        return F.silu(type(self).forward(self, x))
     return _norm_act(self, x.float(), "silu").type(x.dtype)
 
 
@@ -245,6 +248,8 @@ def _gd_resblock_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tens
     SiLU and the conv when `updown`), then SiLU(GN(h) · (1 + scale) + shift) with (scale, shift) = emb_layers(emb)
     (or SiLU(GN(h + emb_layers(emb))) without scale-shift norm), dropout, conv, plus the skip connection; each
     GN → (scale-shift) → SiLU is one `adagn` call. x: [N, C, *spatial]; emb: [N, E]."""
+    if not fused_on(x):
+        return type(self)._forward(self, x, emb)
     in_norm, in_conv = self.in_layers[0], self.in_layers[-1]
     h = _norm_act(in_norm, x, "silu").type(x.dtype)
     if getattr(self, "updown", False):

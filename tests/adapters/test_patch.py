@@ -10,6 +10,7 @@ import fastdiff
 from fastdiff import ops
 from fastdiff.adapters import FusedAttnProcessor
 
+pytestmark = pytest.mark.usefixtures("fused_everywhere")
 diffusers = pytest.importorskip("diffusers")
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0

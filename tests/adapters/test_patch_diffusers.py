@@ -16,6 +16,7 @@ from torch import nn
 import fastdiff
 from fastdiff import ops
 
+pytestmark = pytest.mark.usefixtures("fused_everywhere")
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (DiTTransformer2DModel, LTXVideoTransformer3DModel, PixArtTransformer2DModel,  # noqa: E402
                        WanTransformer3DModel)
@@ -296,3 +297,25 @@ def test_fused_forwards_follow_the_installed_diffusers(qualname):
     source = inspect.getsource(getattr(getattr(importlib.import_module(module), cls), method))
     assert hashlib.sha256(source.encode()).hexdigest() == diffusers_blocks.UPSTREAM[qualname], (
         f"diffusers {diffusers.__version__} changed {qualname}: re-sync fastdiff/adapters/diffusers_blocks.py")
+
+
+@pytest.mark.parametrize("name", ["sd-unet", "dit", "flux"])
+def test_small_cpu_tensors_take_the_upstream_code(name, monkeypatch):
+    """Below CPU_FUSED_MIN_NUMEL elements a patched forward on the CPU runs upstream's code: bitwise the stock
+    result, no fused op called; above it the fused ops run."""
+    model, args = _build(name)
+    with torch.no_grad():
+        ref = _run(model, args)
+    fastdiff.patch(model)
+    calls = []
+    for op in ("adaln_modulate", "geglu", "attention", "adagn"):
+        real = getattr(ops, op)
+        monkeypatch.setattr(ops, op, lambda *a, _real=real, _op=op, **k: calls.append(_op) or _real(*a, **k))
+    monkeypatch.setattr(diffusers_blocks, "CPU_FUSED_MIN_NUMEL", 1 << 40)
+    with torch.no_grad():
+        assert torch.equal(_run(model, args), ref)
+    assert calls == []
+    monkeypatch.setattr(diffusers_blocks, "CPU_FUSED_MIN_NUMEL", 0)
+    with torch.no_grad():
+        _run(model, args)
+    assert calls

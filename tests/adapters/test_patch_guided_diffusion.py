@@ -14,6 +14,8 @@ from fastdiff import ops
 from tests.models.conftest import randomize_
 from tests.models.test_guided_diffusion_compat import ENCODER_CONFIGS, UNET_CONFIGS
 
+pytestmark = pytest.mark.usefixtures("fused_everywhere")
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # guided_diffusion.nn uses torch.cuda.amp.custom_fwd
     gd_unet = pytest.importorskip("guided_diffusion.unet")
