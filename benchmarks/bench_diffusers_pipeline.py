@@ -12,7 +12,8 @@ Each timed call is one `pipe(**kwargs, generator=g)` with the generator reseeded
 provider). Providers:
 - `diffusers`: the stock pipeline (the baseline of the `pipeline` suite);
 - `auto`: the same pipeline object after `fastdiff.accelerate(pipe)` (FastDPMSolverMultistepScheduler; fused ops
-  patched into the UNet and VAE on a CUDA device, not on the CPU); `fastdiff.deaccelerate(pipe)` after the test;
+  patched into the UNet and VAE, which on the CPU take only tensors of at least CPU_FUSED_MIN_NUMEL elements);
+  `fastdiff.deaccelerate(pipe)` after the test;
 - `fused+graph`: `fastdiff.accelerate(pipe, cuda_graph=True)` (the denoising loop replayed as one CUDA graph after a
   warm-up and a capture call; CUDA only).
 fastdiff rows record their largest difference from the stock images (`max_abs_diff_vs_diffusers`) and the

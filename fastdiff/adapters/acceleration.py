@@ -11,9 +11,10 @@ What `accelerate` does, each reported in the returned `Acceleration`:
    (`fastdiff.adapters.diffusers_solvers.FAST_SCHEDULERS`: every step one fused `sampler_step` launch, no host
    synchronisation). A scheduler fastdiff has no fused version of, or whose config uses an option the fused step
    does not implement, is kept (the report says why).
-2. Fused ops: `fastdiff.patch` on every diffusers model of the pipeline (UNet, transformer, VAE, ...) that is on
-   a CUDA device (or on any device with `patch=True`): GroupNorm (+ SiLU, + scale/shift) and self-attention sites
-   run as fused fastdiff ops. Models the user had already patched are left to the user.
+2. Fused ops: `fastdiff.patch` on every diffusers model of the pipeline (UNet, transformer, VAE, ...): GroupNorm
+   (+ SiLU, + scale/shift), adaLN modulation with its gated residual, GEGLU and attention run as fused fastdiff
+   ops (on the CPU only for tensors big enough to gain: diffusers_blocks.CPU_FUSED_MIN_NUMEL). Models the user had
+   already patched are left to the user.
 3. CUDA graph (opt-in, CUDA only, fast σ-space schedulers without noise): the pipeline's own denoising loop —
    every denoiser call, the classifier-free guidance arithmetic between them and every scheduler step — is
    captured as one CUDA graph and replayed on later calls with the same shapes and schedule:
@@ -87,13 +88,12 @@ def _is_pipeline(pipe) -> bool:
     return hasattr(pipe, "components") and isinstance(getattr(pipe, "components"), dict)
 
 
-def accelerate(pipe, *, scheduler: bool = True, patch: bool | None = None, cuda_graph: bool = False
+def accelerate(pipe, *, scheduler: bool = True, patch: bool = True, cuda_graph: bool = False
                ) -> Acceleration:
     """Speed up a diffusers pipeline in place (module docstring); returns what was done. Undo with
-    `deaccelerate(pipe)`. scheduler: swap in the fused scheduler; patch: fused ops in the models (None: in the
-    models on a CUDA device, where they are faster; on the CPU the fused GroupNorm's fixed cost per call exceeds
-    torch's at latent sizes, so it is left to `patch=True`); cuda_graph: capture the denoising loop (needs the
-    pipeline's models on a CUDA device)."""
+    `deaccelerate(pipe)`. scheduler: swap in the fused scheduler; patch: fused ops in the models (`fastdiff.patch`;
+    False: leave the models alone); cuda_graph: capture the denoising loop (needs the pipeline's models on a CUDA
+    device)."""
     if not _is_pipeline(pipe):
         raise TypeError(f"pipe must be a diffusers DiffusionPipeline (with .components), got {type(pipe).__name__}")
     if getattr(pipe, _STATE, None) is not None:
@@ -110,11 +110,10 @@ def accelerate(pipe, *, scheduler: bool = True, patch: bool | None = None, cuda_
             if fast is not None and fast is not saved.scheduler:
                 pipe.scheduler = fast
     patched = {}
-    if patch is not False:
+    if patch:
         for name, module in pipe.components.items():
             if (isinstance(module, nn.Module) and type(module).__module__.startswith("diffusers.")
-                    and not any(is_patched(m) for m in module.modules())
-                    and (patch or any(p.device.type == "cuda" for p in module.parameters()))):
+                    and not any(is_patched(m) for m in module.modules())):
                 n = patch_model(module)
                 if n:
                     patched[name] = n
