@@ -17,13 +17,11 @@ import itertools
 import zlib
 
 import fastdiff_bench as fb
-import pytest
 import torch
 import torch.nn.functional as F
 from conftest import compile_backend, smoke_mode
 
 from fastdiff import ops
-from fastdiff.ops import BackendUnavailableError
 
 GROUPS = 32
 EPS = 1e-5
@@ -46,14 +44,7 @@ def eager_adagn(x, weight, bias, scale, shift):
 def pytest_generate_tests(metafunc):
     if "provider" not in metafunc.fixturenames:
         return
-    config = metafunc.config
-    device = config.getoption("--bench-device")
-    if device == "cuda":
-        points = GPU_FULL if config.getoption("--bench-full") else GPU_DEFAULT
-    else:
-        points = list(CPU_POINTS)
-    if smoke_mode(config) and not config.getoption("--bench-full"):
-        points = points[-1:]
+    points = fb.op_points(metafunc.config, CPU_POINTS, GPU_DEFAULT, GPU_FULL)
     params, ids = [], []
     for (shape, dtype), direction, provider in itertools.product(points, DIRECTIONS, fb.PROVIDERS):
         params.append((shape, dtype, direction, provider))
@@ -101,16 +92,7 @@ def test_adagn(benchmark, request, shape, dtype_name, direction, provider):
         leaves = [d[k].detach().requires_grad_() for k in ("x", "w", "b", "s", "sh")]
         return torch.autograd.grad(fwd(*leaves), leaves, d["g"])
 
-    try:
-        run(sample)
-    except (BackendUnavailableError, ModuleNotFoundError) as exc:
-        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
-    if smoke_mode(config):
-        benchmark(run, sample)
-        return
-    median = fb.measure(benchmark, run, sample, device=device, make=make, set_bytes=moved, min_rounds=3,
-                        warmup_rounds=1)
-    info["bandwidth_GBps"] = moved / median / 1e9
+    fb.time_op(benchmark, config, provider, run, sample, device=device, make=make, moved=moved, info=info)
 
 
 # GroupNorm(32) (+ SiLU) as diffusers calls it. CPU: SD's UNet latents (64², 32², 16², 8² at 320 ... 1280 channels,
@@ -200,13 +182,4 @@ def test_groupnorm_silu(benchmark, request, gn_shape, gn_dtype, gn_act, gn_layou
         leaves = [d[k].detach().requires_grad_() for k in ("x", "w", "b")]
         return torch.autograd.grad(fwd(*leaves), leaves, d["g"])
 
-    try:
-        run(sample)
-    except (BackendUnavailableError, ModuleNotFoundError) as exc:
-        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
-    if smoke_mode(config):
-        benchmark(run, sample)
-        return
-    median = fb.measure(benchmark, run, sample, device=device, make=make, set_bytes=moved, min_rounds=3,
-                        warmup_rounds=1)
-    info["bandwidth_GBps"] = moved / median / 1e9
+    fb.time_op(benchmark, config, provider, run, sample, device=device, make=make, moved=moved, info=info)

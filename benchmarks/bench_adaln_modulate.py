@@ -14,13 +14,11 @@ import itertools
 import zlib
 
 import fastdiff_bench as fb
-import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compile_backend, smoke_mode
+from conftest import compile_backend
 
 from fastdiff import ops
-from fastdiff.ops import BackendUnavailableError
 
 EPS = 1e-6
 DIRECTIONS = ("fwd", "fwdbwd")
@@ -49,14 +47,7 @@ def eager_adaln_gated(x, scale, shift, residual, gate):
 def pytest_generate_tests(metafunc):
     if "provider" not in metafunc.fixturenames:
         return
-    config = metafunc.config
-    device = config.getoption("--bench-device")
-    if device == "cuda":
-        points = GPU_FULL if config.getoption("--bench-full") else GPU_DEFAULT
-    else:
-        points = list(CPU_POINTS)
-    if smoke_mode(config) and not config.getoption("--bench-full"):
-        points = points[-2:-1]
+    points = fb.op_points(metafunc.config, CPU_POINTS, GPU_DEFAULT, GPU_FULL, slice(-2, -1))
     params, ids = [], []
     for (shape, dtype), case, direction, provider in itertools.product(points, CASES, DIRECTIONS, fb.PROVIDERS):
         params.append((shape, dtype, case, direction, provider))
@@ -112,13 +103,4 @@ def test_adaln_modulate(benchmark, request, shape, dtype_name, case, direction, 
         outs = outs if isinstance(outs, tuple) else (outs,)
         return torch.autograd.grad(outs, leaves, [d["g"]] * len(outs))
 
-    try:
-        run(sample)
-    except (BackendUnavailableError, ModuleNotFoundError) as exc:
-        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
-    if smoke_mode(config):
-        benchmark(run, sample)
-        return
-    median = fb.measure(benchmark, run, sample, device=device, make=make, set_bytes=moved, min_rounds=3,
-                        warmup_rounds=1)
-    info["bandwidth_GBps"] = moved / median / 1e9
+    fb.time_op(benchmark, config, provider, run, sample, device=device, make=make, moved=moved, info=info)

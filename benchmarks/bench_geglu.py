@@ -15,13 +15,11 @@ import itertools
 import zlib
 
 import fastdiff_bench as fb
-import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compile_backend, smoke_mode
+from conftest import compile_backend
 
 from fastdiff import ops
-from fastdiff.ops import BackendUnavailableError
 
 DIRECTIONS = ("fwd", "fwdbwd")
 CPU_POINTS = (((2, 4096, 2 * 1280), "float32"), ((2, 1024, 2 * 1280), "float32"), ((2, 64, 2 * 32), "float32"))
@@ -39,14 +37,7 @@ def eager_geglu(x):
 def pytest_generate_tests(metafunc):
     if "provider" not in metafunc.fixturenames:
         return
-    config = metafunc.config
-    device = config.getoption("--bench-device")
-    if device == "cuda":
-        points = GPU_FULL if config.getoption("--bench-full") else GPU_DEFAULT
-    else:
-        points = list(CPU_POINTS)
-    if smoke_mode(config) and not config.getoption("--bench-full"):
-        points = points[-1:]
+    points = fb.op_points(metafunc.config, CPU_POINTS, GPU_DEFAULT, GPU_FULL)
     params, ids = [], []
     for (shape, dtype), direction, provider in itertools.product(points, DIRECTIONS, fb.PROVIDERS):
         params.append((shape, dtype, direction, provider))
@@ -90,13 +81,4 @@ def test_geglu(benchmark, request, shape, dtype_name, direction, provider):
         x = d["x"].detach().requires_grad_()
         return torch.autograd.grad(fwd(x), x, d["g"])
 
-    try:
-        run(sample)
-    except (BackendUnavailableError, ModuleNotFoundError) as exc:
-        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
-    if smoke_mode(config):
-        benchmark(run, sample)
-        return
-    median = fb.measure(benchmark, run, sample, device=device, make=make, set_bytes=moved, min_rounds=3,
-                        warmup_rounds=1)
-    info["bandwidth_GBps"] = moved / median / 1e9
+    fb.time_op(benchmark, config, provider, run, sample, device=device, make=make, moved=moved, info=info)

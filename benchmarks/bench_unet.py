@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 
-import pytest
 import torch
 
 import fastdiff_bench as fb

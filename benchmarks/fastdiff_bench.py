@@ -398,3 +398,35 @@ def measure(benchmark, run: Callable, sample, *, device: str, make: Callable[[],
     info.update(timer="time.perf_counter (pytest-benchmark)", rotation_sets=1)
     benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=warmup_rounds)
     return benchmark.stats.stats.median  # pytest-benchmark's stats are per call (iterations divided out)
+
+
+def op_points(config, cpu_points, gpu_default, gpu_full, smoke: slice = slice(-1, None)) -> list:
+    """The (shape, dtype name) points of a memory-bound op suite on this run's device: `gpu_full` with --bench-full
+    on CUDA, else `gpu_default`; `cpu_points` on the CPU; the `smoke` slice of them in smoke mode."""
+    from conftest import smoke_mode
+
+    if config.getoption("--bench-device") == "cuda":
+        points = list(gpu_full if config.getoption("--bench-full") else gpu_default)
+    else:
+        points = list(cpu_points)
+    if smoke_mode(config) and not config.getoption("--bench-full"):
+        points = points[smoke]
+    return points
+
+
+def time_op(benchmark, config, provider: str, run: Callable, sample, *, device: str, make: Callable, moved: int,
+            info: dict) -> None:
+    """One case of a memory-bound op suite: run(sample) once (skipping the test when `provider` cannot run it), then
+    time it (once in smoke mode) and record its bandwidth in `info`."""
+    from conftest import smoke_mode
+
+    try:
+        run(sample)
+    except (ops.BackendUnavailableError, ModuleNotFoundError) as exc:
+        pytest.skip(f"{provider}: {type(exc).__name__}: {exc}")
+    if smoke_mode(config):
+        benchmark(run, sample)
+        return
+    median = measure(benchmark, run, sample, device=device, make=make, set_bytes=moved, min_rounds=3,
+                     warmup_rounds=1)
+    info["bandwidth_GBps"] = moved / median / 1e9

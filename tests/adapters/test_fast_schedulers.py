@@ -6,7 +6,6 @@ a seeded generator) with a fixed toy model; the fast loop must give the stock lo
 relative (fp32), make one fused launch per step and read nothing from the device inside `step`."""
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import sys
