@@ -29,13 +29,13 @@
 #include <ATen/ops/sum.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <tuple>
 #include <vector>
 
 #include "cpu_loop.h"
 #include "fastdiff/adagn_checks.h"
+#include "fastdiff/expf.h"
 #include "fastdiff/groupnorm.h"
 
 namespace fastdiff {
@@ -89,24 +89,9 @@ inline ExpClamp exp_clamp() {
   return {lo, hi};
 }
 
-// exp in a branch-free form the compiler vectorises (Cephes expf: Cody-Waite reduction by ln 2, degree-5
-// polynomial, ~1 ulp); double uses std::exp (fp64 is the checking path, not the fast one).
-FASTDIFF_LOOP float exp_vec(float v, ExpClamp c) {
-  v = std::min(std::max(v, c.lo), c.hi);
-  // k = round(v / ln 2) by the 1.5·2^23 shifter: its low mantissa bits then hold k, so no float -> int convert.
-  const float shifted = v * 1.44269504088896341f + 12582912.0f;
-  const float k = shifted - 12582912.0f;
-  const float r = v - k * 0.693359375f - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t ki = std::bit_cast<int32_t>(shifted) - 0x4B400000;
-  return p * std::bit_cast<float>((ki + 127) << 23);
-}
+// e^v (fastdiff/expf.h) on v clamped to [c.lo, c.hi]; double uses std::exp (fp64 is the checking path, not the
+// fast one).
+FASTDIFF_LOOP float exp_vec(float v, ExpClamp c) { return expf_poly(std::min(std::max(v, c.lo), c.hi)); }
 inline double exp_vec(double v, ExpClamp) { return std::exp(v); }
 
 template <typename A, bool SILU>

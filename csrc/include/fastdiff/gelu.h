@@ -14,6 +14,7 @@
 
 #include <string.h>
 
+#include "fastdiff/expf.h"
 #include "fastdiff/macros.h"
 
 // The CPU loops vectorise only with every call below inlined into them (g++ gives up on the erf backward, which
@@ -29,28 +30,11 @@
 namespace fastdiff {
 namespace gelu {
 
-// e^v in float: Cephes expf (Cody-Waite reduction by ln 2, degree-5 polynomial, ~1 ulp) on v clamped to
-// [-87, 88]; the same as csrc/cpu/adagn.cpp's exp_vec. k = round(v/ln 2) by the 1.5·2^23 shifter, whose low
-// mantissa bits then hold k (no float -> int conversion); 2^k is built in the exponent field.
+// e^v in float on v clamped to [-87, 88] (fastdiff/expf.h).
 FASTDIFF_GELU_HD float exp_fast(float v) {
   v = v < -87.0f ? -87.0f : v;
   v = v > 88.0f ? 88.0f : v;
-  const float shifted = v * 1.44269504088896341f + 12582912.0f;
-  const float k = shifted - 12582912.0f;
-  const float r = v - k * 0.693359375f - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t ki;
-  memcpy(&ki, &shifted, sizeof ki);
-  ki = (ki - 0x4B400000 + 127) << 23;
-  float scale;
-  memcpy(&scale, &ki, sizeof scale);
-  return p * scale;
+  return expf_poly(v);
 }
 // In double, clamped so e^v stays finite (the tanh form multiplies e^v by σ, which must not be inf · 0).
 FASTDIFF_GELU_HD double exp_fast(double v) { return exp(v < 708.0 ? v : 708.0); }
