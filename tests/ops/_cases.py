@@ -124,3 +124,16 @@ def grad_inputs(device, n=3):
     a = torch.randn(n, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(n, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     return a, b, coefs, t
+
+
+def check_vs_oracle(actual, ref, oracle, floor: float, what: str, meta) -> None:
+    """A backend's result is as close to the fp64 oracle as twice the reference's own error, plus floor·max(1,
+    |oracle|) (the rounding of the storage dtype); shape and dtype are the reference's."""
+    assert actual.shape == oracle.shape and actual.dtype == ref.dtype, (what, actual.shape, actual.dtype, meta)
+    if oracle.numel() == 0:
+        return
+    mag = max(1.0, float(oracle.abs().max()))
+    ref_err = float((ref.double() - oracle).abs().max())
+    err = float((actual.double() - oracle).abs().max())
+    assert err <= 2 * ref_err + floor * mag, (
+        f"{what}: error {err:.3g} vs the fp64 oracle exceeds 2x the reference's {ref_err:.3g} (+floor); {meta}")

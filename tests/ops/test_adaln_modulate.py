@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdiff import ops
-from tests.ops._cases import RUN_SEED, backend_device
+from tests.ops._cases import RUN_SEED, check_vs_oracle, backend_device
 
 mod = importlib.import_module("fastdiff.ops.adaln_modulate")
 
@@ -86,14 +86,7 @@ def _outs(result):
 
 
 def _check(actual, ref, oracle, dtype, what, meta):
-    assert actual.shape == oracle.shape and actual.dtype == ref.dtype, (what, actual.shape, actual.dtype, meta)
-    if oracle.numel() == 0:
-        return
-    mag = max(1.0, float(oracle.abs().max()))
-    ref_err = float((ref.double() - oracle).abs().max())
-    err = float((actual.double() - oracle).abs().max())
-    assert err <= 2 * ref_err + _FLOOR[dtype] * mag, (
-        f"{what}: error {err:.3g} vs the fp64 oracle exceeds 2x the reference's {ref_err:.3g} (+floor); {meta}")
+    check_vs_oracle(actual, ref, oracle, _FLOOR[dtype], what, meta)
 
 
 def _grads(args, grad_outs, backend):
