@@ -60,10 +60,12 @@ ELEMENTWISE_ARCHS = (80, 90)
 # 1 KiB flags any tile that goes back to spilling whole rows.
 ATTENTION_SPILL_BYTES = 1024
 ELEMENTWISE = ("_sampler_step_kernel", "_q_sample_kernel", "_posterior_kernel", "_randn_kernel", "_stats_kernel",
-               "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel")
-ELEMENTWISE += ("_adaln_fwd_kernel", "_adaln_bwd_kernel")
-ELEMENTWISE += ("_stats_nsc_kernel", "_finalize_nsc_kernel", "_apply_nsc_kernel", "_bwd_sums_nsc_kernel",
-                "_bwd_dx_nsc_kernel")
+               "_apply_kernel", "_bwd_sums_kernel", "_bwd_dx_kernel", "_adaln_fwd_kernel", "_adaln_bwd_kernel",
+               "_stats_nsc_kernel", "_finalize_nsc_kernel", "_apply_nsc_kernel", "_bwd_sums_nsc_kernel",
+               "_bwd_dx_nsc_kernel", "_geglu_kernel", "_geglu_bwd_kernel")
+#: Kernels that read and write only statistics buffers in the accumulation dtype (fp32, or fp64 for fp64 inputs):
+#: their specialisations are those two dtypes whatever the storage dtype.
+ACCUMULATION_ONLY = ("_finalize_nsc_kernel",)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -228,7 +230,6 @@ def drive_diffusers_attention():
                 attention_backward(q, k, v, out, lse, out.clone(), heads, d ** -0.5)
 
 
-DRIVERS = (drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention, drive_diffusers_attention)
 
 
 def drive_adaln_modulate():
@@ -255,8 +256,6 @@ def drive_adaln_modulate():
                                             x if g is not None else None, g, s, sh, ww, bb, mean, rstd, rms)
 
 
-DRIVERS += (drive_adaln_modulate,)
-ELEMENTWISE += ("_geglu_kernel", "_geglu_bwd_kernel")
 
 
 def drive_geglu():
@@ -275,7 +274,8 @@ def drive_geglu():
             geglu(_randn((4, 2 * 40 + 8), dtype)[:, :80], "none")
 
 
-DRIVERS += (drive_geglu,)
+DRIVERS = (drive_sampler_step, drive_table_kernels, drive_adagn, drive_attention, drive_diffusers_attention,
+           drive_adaln_modulate, drive_geglu)
 
 
 def capture() -> list[Launch]:
