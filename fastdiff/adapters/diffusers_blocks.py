@@ -111,10 +111,9 @@ def fused_on(x: torch.Tensor) -> bool:
     return not x.is_cpu or x.numel() >= CPU_FUSED_MIN_NUMEL
 
 
-
 def _norm_kind(norm) -> str | None:
-    """"layer" for a plain nn.LayerNorm over the last dim, "rms" for diffusers' RMSNorm without bias (the two norms
-    `adaln_modulate` computes), else None."""
+    """"layer" for an nn.LayerNorm (or diffusers' FP32LayerNorm) over the last dim, "rms" for diffusers' RMSNorm
+    without bias (the two norms `adaln_modulate` computes), else None."""
     kind = type(norm)
     if kind is nn.LayerNorm or (kind.__name__ == "FP32LayerNorm"  # LayerNorm computed in fp32: what the op does
                                 and kind.__module__ == "diffusers.models.normalization"):
