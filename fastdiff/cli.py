@@ -7,7 +7,8 @@
         [--openai-classifier 64x64_classifier.pt --classifier-flags "..." --guidance cg=1]
     fastdiff eval --ckpt DIR_OR_FILE [--num-samples N] [--bpd]
     fastdiff bench [--quick]
-    fastdiff repro toy-samplers | digits-samplers | hybrid-vs-simple | dg-toy | guidance-digits | siddm-mog | siddm-digits [--quick]
+    fastdiff repro toy-samplers | digits-samplers | samplers-nfe | hybrid-vs-simple | dg-toy | guidance-digits
+        | siddm-mog | siddm-mog-seeds | siddm-digits [--quick] [--seed S]
     fastdiff demo [--out demo_out] [--quick]
 
 Under torchrun, `train` runs data parallel and `sample` splits the sample chunks over the ranks.

@@ -156,16 +156,18 @@ def train_eps_model(data: ArrayDataset, cfg: MogConfig, out: Path, seed: int = 0
 
 
 def score(samples: torch.Tensor, reference: torch.Tensor, mixture: GaussianMixture) -> dict:
-    """FD, MMD² (on x / MMD_SCALE), modes covered and the within-3σ share of samples: [N, 2] against
+    """FD, MMD² (on x / MMD_SCALE), MMD² at the mode scale (`mode_mmd`), modes covered, the within-3σ share and
+    the covered modes' spread ratios (mean, worst; fastdiff.metrics.toy2d) of samples: [N, 2] against
     reference: [M, 2]."""
-    from fastdiff.metrics import gaussian_fd, mmd, mode_stats
+    from fastdiff.metrics import gaussian_fd, mmd, mode_mmd, mode_stats
 
     finite = torch.isfinite(samples).all(1)
     stats = mode_stats(samples, mixture)
     x = samples[finite]
     return {"fd": gaussian_fd(x, reference), "mmd": mmd(x / MMD_SCALE, reference / MMD_SCALE),
-            "modes": stats.modes_covered,
-            "within_3sigma": stats.high_quality_share, "nonfinite": stats.nonfinite}
+            "mmd_mode": mode_mmd(x, reference, mixture), "modes": stats.modes_covered,
+            "within_3sigma": stats.high_quality_share, "spread_mean": stats.mean_spread,
+            "spread_worst": stats.worst_spread, "nonfinite": stats.nonfinite}
 
 
 def _scatter(path: Path, clouds: dict, lim: float) -> None:
@@ -188,6 +190,12 @@ def _scatter(path: Path, clouds: dict, lim: float) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _row(method: str, T, r: dict) -> str:
+    """One Markdown row of the siddm-mog table."""
+    return (f"| {method} | {T} | {r['fd']:.4f} | {r['mmd']:.5f} | {r['mmd_mode']:.5f} | {r['modes']} | "
+            f"{r['within_3sigma']:.1%} | {r['spread_mean']:.2f} | {r['spread_worst']:.2f} |")
 
 
 def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: MogConfig | None = None) -> dict:
@@ -247,14 +255,61 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
              f"{cfg.fourier_sigma_g:g} (G) / {cfg.fourier_sigma_d:g} (D). DDPM/DDIM: one 1000-step ε-model respaced "
              f"to T steps. SIDDM: λ_AFD = {cfg.lambda_afd:g}, λ_denoise = {cfg.lambda_denoise:g}; DDGAN: R1 γ = "
              f"{cfg.r1_gamma:g}. Wall time {wall / 60:.1f} min on {torch.get_num_threads()} thread(s).", "",
-             "| method | T | Fréchet distance | MMD² | modes (of 25) | within 3σ |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['T']} | {r['fd']:.4f} | {r['mmd']:.5f} | {r['modes']} | "
-              f"{r['within_3sigma']:.1%} |" for r in rows]
-    lines.append(f"| fresh data samples (floor) | — | {floor['fd']:.4f} | {floor['mmd']:.5f} | {floor['modes']} | "
-                 f"{floor['within_3sigma']:.1%} |")
+             "Spread: each covered mode's sample std over the data's (1 = as wide as the data; mean over the modes, "
+             "and the worst). MMD² (mode): one RBF kernel of the mode width (0.5).", "",
+             "| method | T | Fréchet distance | MMD² | MMD² (mode) | modes (of 25) | within 3σ | spread mean | "
+             "spread worst |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(r["method"], r["T"], r) for r in rows]
+    lines.append(_row("fresh data samples (floor)", "—", floor))
     (out / "siddm_mog.md").write_text("\n".join(lines) + "\n")
     results = {"quick": quick, "seed": seed, "config": dataclasses.asdict(cfg), "rows": rows, "floor": floor,
                "train_seconds": timings, "wall_seconds": wall, "threads": torch.get_num_threads()}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print("\n".join(lines))
+    return results
+
+
+SEED_STUDY_T = (1, 2, 4)
+#: the metrics of the seed table: (results key, header, format)
+_SEED_COLUMNS = (("fd", "Fréchet distance", "{:.3f}"), ("mmd_mode", "MMD² (mode)", "{:.4f}"),
+                 ("modes", "modes (of 25)", "{:.1f}"), ("within_3sigma", "within 3σ %", "{:.1f}"),
+                 ("spread_mean", "spread mean", "{:.2f}"), ("spread_worst", "spread worst", "{:.2f}"))
+
+
+def seed_table(results: list[dict]) -> str:
+    """A Markdown table of mean ± std (sample std over the runs) of every (method, T) row of `results`, a list of
+    siddm_mog return values (one per seed)."""
+    import statistics
+
+    order = ["DDPM", "DDIM", "DDGAN", "SIDDM λ_AFD=0", "SIDDM"]
+    cells: dict = {}
+    for res in results:
+        for r in res["rows"]:
+            cells.setdefault((r["method"], r["T"]), []).append(r)
+    seeds = ", ".join(str(res["seed"]) for res in results)
+    lines = [f"Mean ± std over seeds {seeds}.", "",
+             "| method | T | " + " | ".join(h for _, h, _ in _SEED_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(_SEED_COLUMNS)]
+    for (method, T), rs in sorted(cells.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        row = []
+        for key, _, fmt in _SEED_COLUMNS:
+            v = [r[key] * (100 if key == "within_3sigma" else 1) for r in rs]
+            spread = " ± " + fmt.format(statistics.stdev(v)) if len(v) > 1 else ""
+            row.append(fmt.format(statistics.fmean(v)) + spread)
+        lines.append(f"| {method} | {T} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def siddm_mog_seeds(out, quick: bool = False, seed: int = 0, config: MogConfig | None = None) -> list[dict]:
+    """The siddm-mog seed study: `siddm_mog` at seeds seed, seed + 1, seed + 2 for T ∈ SEED_STUDY_T (QUICK_STEPS_T
+    with quick), each in out/seed<s> (a finished or interrupted seed resumes from its checkpoints); writes seeds.md
+    (mean ± std, `seed_table`) and seeds.json. Returns the three results."""
+    out = Path(out)
+    steps_t = QUICK_STEPS_T if quick else SEED_STUDY_T
+    results = [siddm_mog(out / f"seed{s}", quick=quick, seed=s, steps_t=steps_t, config=config)
+               for s in range(seed, seed + 3)]
+    table = seed_table(results)
+    (out / "seeds.md").write_text(f"# siddm-mog seed study ({'quick' if quick else 'full'} run)\n\n" + table)
+    (out / "seeds.json").write_text(json.dumps(results, indent=1))
+    print(table)
     return results

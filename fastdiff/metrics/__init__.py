@@ -8,7 +8,7 @@ from fastdiff.metrics.digits_classifier import DigitsClassifier, load_digits_cla
 from fastdiff.metrics.frechet import feature_fd, frechet_distance, gaussian_stats
 from fastdiff.metrics.nll import bits_per_dim
 from fastdiff.metrics.precision_recall import precision_recall
-from fastdiff.metrics.toy2d import ModeStats, gaussian_fd, mmd, mode_stats, nearest_mode
+from fastdiff.metrics.toy2d import ModeStats, gaussian_fd, mmd, mode_mmd, mode_stats, nearest_mode
 
 __all__ = [
     "DigitsClassifier",
@@ -24,6 +24,7 @@ __all__ = [
     "gaussian_stats",
     "load_digits_classifier",
     "mmd",
+    "mode_mmd",
     "mode_stats",
     "nearest_mode",
     "precision_recall",

@@ -8,8 +8,16 @@ count, e.g. 8 of 80 expected with n = 2000 on the 25-grid) is far below what a c
 (binomial spread ±9 around 80 × 0.989) yet far above what stray or diffuse samples give by chance, where
 the "at least one sample" rule of VEEGAN would count a mode touched by a single outlier.
 
+A mode that has collapsed towards its centre still counts as covered and high quality, so `mode_stats` also
+reports each covered mode's *spread ratio*: the per-dimension standard deviation of its high-quality samples
+(about their own mean) over what exact samples of the component give under the same n_std cut,
+s_k · c(n_std, D), where c² = E[χ²_D | χ²_D ≤ n_std²] / D = P(χ²_{D+2} ≤ n_std²) / P(χ²_D ≤ n_std²)
+(c = 0.974 at D = 2, n_std = 3). Exact samples give 1 (±0.07 with 100 samples a mode); a mode drawn at half its
+width gives 0.5; the cut caps an over-wide mode's ratio (a uniform disc of radius n_std · s_k gives 1.54).
+
 Distribution-level metrics: `gaussian_fd` (Fréchet distance of Gaussian fits, the FID formula on raw
-coordinates) and `mmd` (unbiased MMD² with a mixture of RBF kernels, Gretton et al. 2012).
+coordinates), `mmd` (unbiased MMD² with a mixture of RBF kernels, Gretton et al. 2012) and `mode_mmd` (MMD² with
+one RBF kernel of the mixture's mode width, which sees a mode drawn narrower or wider than the data's).
 
 Reference point: for exact samples of an isotropic 2-D Gaussian the share within 3 std is
 1 − exp(−9/2) = 98.89 %, so ~98.9 % is the ceiling for `high_quality_share` at n_std = 3.
@@ -17,7 +25,7 @@ Reference point: for exact samples of an isotropic 2-D Gaussian the share within
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -34,7 +42,9 @@ class ModeStats:
 
     modes_covered: modes with counts[k] ≥ min_counts[k]; n_modes: K; high_quality_share: share of all samples
     within n_std std of their nearest centre; counts: [K] high-quality samples per mode; min_counts: [K] the
-    coverage thresholds; n_samples, n_std, min_share: the inputs; nonfinite: samples with NaN or inf.
+    coverage thresholds; n_samples, n_std, min_share: the inputs; nonfinite: samples with NaN or inf;
+    spread: [K] each covered mode's spread ratio (see the module docstring; NaN for a mode not covered or with
+    fewer than 2 high-quality samples).
     """
 
     modes_covered: int
@@ -46,6 +56,20 @@ class ModeStats:
     n_std: float
     min_share: float
     nonfinite: int = 0
+    spread: list[float] = field(default_factory=list)
+
+    @property
+    def mean_spread(self) -> float:
+        """Mean spread ratio over the covered modes (NaN when none is covered)."""
+        r = [v for v in self.spread if math.isfinite(v)]
+        return sum(r) / len(r) if r else math.nan
+
+    @property
+    def worst_spread(self) -> float:
+        """The covered mode's spread ratio farthest from 1 in log ratio (0.5 and 2 are equally bad; NaN when none
+        is covered)."""
+        r = [v for v in self.spread if math.isfinite(v)]
+        return max(r, key=lambda v: abs(math.log(v)) if v > 0 else math.inf) if r else math.nan
 
     @property
     def all_covered(self) -> bool:
@@ -98,7 +122,33 @@ def mode_stats(samples: torch.Tensor, mixture: GaussianMixture, n_std: float = 3
         n_std=float(n_std),
         min_share=float(min_share),
         nonfinite=int((~torch.isfinite(d)).sum()),
+        spread=_spread_ratios(samples, idx, good, counts >= min_counts, mixture, n_std),
     )
+
+
+def truncated_std_factor(n_std: float, dim: int) -> float:
+    """c(n_std, D): the per-dimension std of an isotropic D-dim Gaussian cut to radius n_std·s, over s.
+    c² = E[χ²_D | χ²_D ≤ n_std²] / D = P(χ²_{D+2} ≤ n_std²) / P(χ²_D ≤ n_std²)
+    (as x·p_{χ²_D}(x) = D·p_{χ²_{D+2}}(x))."""
+    x = torch.tensor(0.5 * n_std**2, dtype=torch.float64)
+    return math.sqrt(float(torch.special.gammainc(torch.tensor(dim / 2 + 1.0, dtype=torch.float64), x)
+                           / torch.special.gammainc(torch.tensor(dim / 2, dtype=torch.float64), x)))
+
+
+def _spread_ratios(samples, idx, good, covered, mixture: GaussianMixture, n_std: float) -> list[float]:
+    """[K] spread ratios: per covered mode, sqrt(Σ‖x − x̄‖² / ((n − 1) D)) of its high-quality samples over
+    s_k · c(n_std, D); NaN elsewhere."""
+    x = samples.detach().to(device="cpu", dtype=torch.float64)
+    c = truncated_std_factor(n_std, mixture.dim)
+    out = []
+    for k in range(mixture.n_components):
+        xk = x[good & (idx == k)]
+        if not bool(covered[k]) or xk.shape[0] < 2:
+            out.append(math.nan)
+            continue
+        var = (xk - xk.mean(0)).square().sum() / ((xk.shape[0] - 1) * mixture.dim)
+        out.append(float(var.sqrt() / (mixture.std[k] * c)))
+    return out
 
 
 def gaussian_fd(samples: torch.Tensor, reference: torch.Tensor) -> float:
@@ -136,3 +186,10 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=MMD_BANDWIDTHS) -> float:
         raise ValueError(f"bandwidths must be a non-empty sequence of positive numbers, got {bandwidths!r}")
     kxx, kyy = _offdiag_mean(_rbf_mixture(xs, xs, bw)), _offdiag_mean(_rbf_mixture(ys, ys, bw))
     return float(kxx + kyy - 2.0 * _rbf_mixture(xs, ys, bw).mean())
+
+
+def mode_mmd(x: torch.Tensor, y: torch.Tensor, mixture: GaussianMixture) -> float:
+    """`mmd` of x: [N, D] and y: [M, D] with one RBF kernel whose bandwidth is the mixture's mean mode std: at
+    the scale of a mode's width (where `mmd`'s bandwidths, on data rescaled to unit extent, are dominated by the
+    layout of the modes), so it sees modes drawn narrower or wider than the data's."""
+    return mmd(x, y, bandwidths=(float(mixture.std.mean()),))

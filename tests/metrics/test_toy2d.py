@@ -7,6 +7,7 @@ import torch
 
 from fastdiff.data import GaussianMixture, grid25
 from fastdiff.metrics import mode_stats, nearest_mode
+from fastdiff.metrics.toy2d import truncated_std_factor
 
 
 def _rng():
@@ -92,3 +93,51 @@ def test_bad_inputs():
         mode_stats(torch.randn(10, 2), m, min_share=2.0)
     s = mode_stats(torch.zeros(0, 2), m)
     assert s.modes_covered == 0 and s.high_quality_share == 0.0
+
+
+def _rescaled(x: torch.Tensor, m: GaussianMixture, scale: float) -> torch.Tensor:
+    """Every sample moved to `scale` times its offset from its nearest centre: each mode `scale` times as wide."""
+    c = m.means[nearest_mode(x, m)[0]].to(x.dtype)
+    return c + (x - c) * scale
+
+
+def test_truncated_std_factor_matches_monte_carlo():
+    g, seed = _rng()
+    for dim in (1, 2, 5):
+        z = torch.randn(400_000, dim, generator=g, dtype=torch.float64)
+        kept = z[z.norm(dim=1) <= 3.0]
+        assert truncated_std_factor(3.0, dim) == pytest.approx(float(kept.square().mean().sqrt()), rel=3e-3), seed
+    assert truncated_std_factor(3.0, 2) == pytest.approx(math.sqrt((1 - 5.5 * math.exp(-4.5)) / (1 - math.exp(-4.5))))
+
+
+def test_spread_ratio_sees_collapsed_and_widened_modes():
+    """Exact samples: every mode's ratio near 1; modes drawn at 0.5× / 1.2× their width: ratios near 0.5 / 1.2,
+    while coverage and (for the narrow ones) the within-3σ share stay perfect."""
+    g, seed = _rng()
+    m = grid25()
+    x = m.sample(10_000, generator=g)
+    s = mode_stats(x, m)
+    assert s.mean_spread == pytest.approx(1.0, abs=0.03) and 0.85 < s.worst_spread < 1.15, seed
+    narrow = mode_stats(_rescaled(x, m, 0.5), m)
+    assert narrow.all_covered and narrow.high_quality_share == 1.0
+    assert narrow.mean_spread == pytest.approx(0.5, abs=0.02) and narrow.worst_spread < 0.6, seed
+    wide = mode_stats(_rescaled(x, m, 1.2), m)
+    assert wide.mean_spread == pytest.approx(1.2 * 0.985, abs=0.04) and wide.worst_spread > 1.1, seed  # cut: 0.985
+
+
+def test_spread_ratio_worst_is_farthest_in_log_and_nan_for_uncovered():
+    m = GaussianMixture(torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]), 1.0)
+    g, seed = _rng()
+    a = torch.randn(400, 2, generator=g)
+    a = (a - a.mean(0)) / a.std(0, keepdim=True).mean()
+    x = torch.cat([0.45 * a, m.means[1].float() + 1.6 * a.clamp(-1.5, 1.5)])  # mode 0 narrow, mode 1 wide, none at 2
+    s = mode_stats(x, m)
+    assert s.modes_covered == 2 and math.isnan(s.spread[2]), seed
+    assert s.spread[0] < 0.5 and 1.3 < s.spread[1] < 2.0, (seed, s.spread)  # |log 0.45| > |log 1.6|
+    assert s.worst_spread == s.spread[0]
+    s_wide = mode_stats(torch.cat([0.8 * a, m.means[1].float() + 1.6 * a.clamp(-1.5, 1.5)]), m)
+    assert s_wide.worst_spread == s_wide.spread[1], seed
+    assert s.mean_spread == pytest.approx((s.spread[0] + s.spread[1]) / 2)
+    empty = mode_stats(torch.zeros(0, 2), m)
+    assert math.isnan(empty.mean_spread) and math.isnan(empty.worst_spread)
+    json.dumps(s.to_dict())
