@@ -55,8 +55,8 @@ class MogConfig:
     the same steps × batch); width / depth: MLP sizes (generator depth, discriminator d_depth; the ε-model uses width
     and depth); nz: latent size; lr_g / lr_d, betas: Adam (DDGAN's (0.5, 0.9)); ema: the generator's EMA rate
     (ε-model too); fourier_sigma_g / fourier_sigma_d: σ of the generator's / discriminators' random Fourier features
-    (fastdiff.models.siddm); lambda_afd, lambda_denoise: SIDDM's weights; r1_gamma: DDGAN's R1 weight; lr_eps: the
-    ε-model's peak lr (cosine decay).
+    (fastdiff.models.siddm); lambda_afd, lambda_denoise: SIDDM's weights; r1_gamma: the R1 weight of every
+    adversarial row's discriminator (DDGAN's, and SIDDM's); lr_eps: the ε-model's peak lr (cosine decay).
     """
 
     n_train: int = 25_000
@@ -126,7 +126,7 @@ def train_adversarial(kind: str, T: int, data: ArrayDataset, cfg: MogConfig, out
     else:
         disc = MLPSIDDMDiscriminator(2, **d_kw)
         objective = SIDDMObjective(diffusion, nz=cfg.nz, lambda_afd=cfg.lambda_afd if kind == "siddm" else 0.0,
-                                   lambda_denoise=cfg.lambda_denoise)
+                                   lambda_denoise=cfg.lambda_denoise, r1_gamma=cfg.r1_gamma)
     optim = {"generator": {"lr": cfg.lr_g, "adam_betas": cfg.betas},
              "discriminator": {"lr": cfg.lr_d, "adam_betas": cfg.betas}}
     trainer = Trainer(AdversarialPair(gen, disc), objective, data, _train_config(cfg, seed, cfg.steps, cfg.lr_g,
@@ -253,8 +253,8 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
              f"{cfg.n_eval} samples per row against {cfg.n_eval} data samples. Every model: {cfg.steps} steps × "
              f"batch {cfg.batch_size} on {cfg.n_train} points (seed {seed}); MLP width {cfg.width}, Fourier σ "
              f"{cfg.fourier_sigma_g:g} (G) / {cfg.fourier_sigma_d:g} (D). DDPM/DDIM: one 1000-step ε-model respaced "
-             f"to T steps. SIDDM: λ_AFD = {cfg.lambda_afd:g}, λ_denoise = {cfg.lambda_denoise:g}; DDGAN: R1 γ = "
-             f"{cfg.r1_gamma:g}. Wall time {wall / 60:.1f} min on {torch.get_num_threads()} thread(s).", "",
+             f"to T steps. SIDDM: λ_AFD = {cfg.lambda_afd:g}, λ_denoise = {cfg.lambda_denoise:g}; DDGAN and SIDDM: "
+             f"R1 γ = {cfg.r1_gamma:g}. Wall time {wall / 60:.1f} min on {torch.get_num_threads()} thread(s).", "",
              "Spread: each covered mode's sample std over the data's (1 = as wide as the data; mean over the modes, "
              "and the worst). MMD² (mode): one RBF kernel of the mode width (0.5).", "",
              "| method | T | Fréchet distance | MMD² | MMD² (mode) | modes (of 25) | within 3σ | spread mean | "

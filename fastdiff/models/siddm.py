@@ -2,7 +2,7 @@
 They follow the call contract of `fastdiff.training.adversarial`:
 
 - `MLPGenerator`: G_θ(x_t, t, z[, y]) -> x̂_0, the generator of p_θ(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0)
-  (DDGAN eq. 8; SIDDM §3.2), the latent z concatenated to the input.
+  (DDGAN eq. 8; SIDDM §3.2), the latent z joining x_t in the Fourier features.
 - `MLPSIDDMDiscriminator`: one shared trunk on (x_{t−1}, t) with three linear heads: the logit of D_φ(x_{t−1}, t), the
   AFD regression C_ψ(x_{t−1}) ≈ x_t (SIDDM: "the discriminator and the regression model share most layers") and the
   denoising output ≈ x_0 of the discriminator regulariser (SIDDM §3.3).
@@ -13,7 +13,10 @@ with fixed B ~ N(0, σ²) (Tancik et al. 2020), concatenated with a learned embe
 label y), then `depth` × (Linear → LeakyReLU(0.2)), the usual GAN toy MLP. MLPs learn high-frequency functions slowly
 (spectral bias); Fourier features let the discriminator see, and the generator draw, modes far narrower than the
 data's extent in a few thousand steps (siddm-mog: std 0.5 modes 5 apart; without them D stays at chance and samples
-smear over the grid).
+smear over the grid). The generator's latent z goes through the same features as x_t: concatenated after them, z
+could only bend the output smoothly while γ(x_t) could place it sharply, so G learned x̂_0 as a near-deterministic
+function of x_t, and its samples had the spread of E[x_0 | x_t] alone: modes drawn at 0.6 of the data's width at
+T = 2-4 (siddm-mog; docs/architecture.md, "SIDDM at few steps").
 """
 from __future__ import annotations
 
@@ -54,15 +57,15 @@ class FourierFeatures(nn.Module):
 
 
 class StepMLP(nn.Module):
-    """The trunk: (v: [N, in_dim], t: int64 [N] in [0, num_steps)[, extra: [N, extra_dim]][, y: [N]]) -> h: [N, width].
+    """The trunk: (v: [N, in_dim], t: int64 [N] in [0, num_steps)[, y: [N]]) -> h: [N, width].
 
-    h = MLP(concat(γ(v), extra, E_t[t], E_y[y])), `depth` layers of Linear → LeakyReLU(0.2).
+    h = MLP(concat(γ(v), E_t[t], E_y[y])), `depth` layers of Linear → LeakyReLU(0.2).
     """
 
     input_name = "input"  # what errors call v
 
     def __init__(self, in_dim: int, width: int, depth: int, num_steps: int, num_classes: int | None,
-                 fourier_sigma: float, num_frequencies: int, extra_dim: int = 0):
+                 fourier_sigma: float, num_frequencies: int):
         super().__init__()
         self.in_dim, self.width = in_dim, _check_int("width", width)
         self.num_steps = _check_int("num_steps", num_steps)
@@ -72,14 +75,13 @@ class StepMLP(nn.Module):
         self.fourier = FourierFeatures(in_dim, fourier_sigma, num_frequencies)
         self.step_embed = nn.Embedding(num_steps, _EMB)
         self.label_embed = nn.Embedding(num_classes, _EMB) if num_classes else None
-        layers, d = [], self.fourier.out_dim + extra_dim + _EMB * (2 if num_classes else 1)
+        layers, d = [], self.fourier.out_dim + _EMB * (2 if num_classes else 1)
         for _ in range(_check_int("depth", depth)):
             layers += [nn.Linear(d, width), nn.LeakyReLU(0.2)]
             d = width
         self.layers = nn.Sequential(*layers)
 
-    def features(self, v: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                 extra: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, v: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if v.dim() != 2 or v.shape[1] != self.in_dim:
             raise ValueError(f"{type(self).__name__}: {self.input_name} must be [N, {self.in_dim}], got "
                              f"{tuple(v.shape)}")
@@ -87,7 +89,7 @@ class StepMLP(nn.Module):
             raise ValueError(f"timesteps must be int64 [N] = [{v.shape[0]}], got {t.dtype} {tuple(t.shape)}")
         if t.numel() and not (0 <= int(t.min()) and int(t.max()) < self.num_steps):
             raise ValueError(f"timesteps must lie in [0, num_steps={self.num_steps}), got {t.min()}..{t.max()}")
-        parts = [self.fourier(v)] + ([extra.to(v.dtype)] if extra is not None else []) + [self.step_embed(t)]
+        parts = [self.fourier(v), self.step_embed(t)]
         if self.label_embed is not None:
             if y is None:
                 raise ValueError(f"y (class labels) is required: num_classes={self.num_classes}")
@@ -99,24 +101,25 @@ class StepMLP(nn.Module):
 
 class MLPGenerator(StepMLP):
     """G_θ(x_t, t, z[, y]) -> x̂_0: x_t: [N, data_dim], t: int64 [N] in [0, num_steps), z: [N, nz] (y: [N]) ->
-    [N, data_dim]. The trunk reads concat(γ(x_t), z, E_t[t][, E_y[y]]); a linear head gives x̂_0."""
+    [N, data_dim]. The trunk reads concat(γ(concat(x_t, z)), E_t[t][, E_y[y]]); a linear head gives x̂_0."""
 
-    input_name = "x_t"
+    input_name = "concat(x_t, z)"
 
     def __init__(self, data_dim: int = 2, nz: int = 4, width: int = 128, depth: int = 3,
                  num_classes: int | None = None, num_steps: int = 8, fourier_sigma: float = 0.0,
                  num_frequencies: int = 64):
-        self.nz = _check_int("nz", nz)
-        super().__init__(data_dim, width, depth, num_steps, num_classes, fourier_sigma, num_frequencies,
-                         extra_dim=nz)
+        self.nz, self.data_dim = _check_int("nz", nz), _check_int("data_dim", data_dim)
+        super().__init__(data_dim + nz, width, depth, num_steps, num_classes, fourier_sigma, num_frequencies)
         self.out = nn.Linear(width, data_dim)
 
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, z: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """x_t: [N, data_dim], timesteps: [N], z: [N, nz] -> x̂_0: [N, data_dim]."""
+        if x_t.dim() != 2 or x_t.shape[1] != self.data_dim:
+            raise ValueError(f"MLPGenerator: x_t must be [N, {self.data_dim}], got {tuple(x_t.shape)}")
         if z.dim() != 2 or tuple(z.shape) != (x_t.shape[0], self.nz):
             raise ValueError(f"z must be [N, nz] = [{x_t.shape[0]}, {self.nz}], got {tuple(z.shape)}")
-        return self.out(self.features(x_t, timesteps, y, extra=z))
+        return self.out(self.features(torch.cat([x_t, z.to(x_t.dtype)], dim=1), timesteps, y))
 
 
 class MLPSIDDMDiscriminator(StepMLP):

@@ -26,12 +26,18 @@ with reduction="mean"):
 
 - SIDDM total objective (§3.2): real x_{t−1} ~ q(x_{t−1} | x_0), x_t ~ q(x_t | x_{t−1}); fake
   x'_{t−1} ~ p_θ(x_{t−1} | x_t) = q(x_{t−1} | x_t, x_0 = G_θ(x_t, t, z)) (§3.2 eq. for p_θ); x'_t ~ q(x_t | x'_{t−1}).
-  Discriminator player (φ, ψ): softplus(−D(x_{t−1})) + softplus(D(x'_{t−1})) + ‖C_ψ(x'_{t−1}) − x'_t‖²
-  + λ_denoise ‖D_den(x_{t−1}) − x_0‖² (§3.3), with x'_{t−1} and x'_t detached (no gradient to θ).
+  Discriminator player (φ, ψ): softplus(−D(x_{t−1})) + softplus(D(x'_{t−1})) + ‖C_ψ(x'_{t−1}) − x̄'_t‖²
+  + λ_denoise ‖D_den(x_{t−1}) − x_0‖² (§3.3) [+ γ/2 ‖∇_{x_{t−1}} D(x_{t−1})‖², R1, when r1_gamma > 0], with
+  x'_{t−1} detached (no gradient to θ).
   Generator player (θ): softplus(−D(x'_{t−1})) (non-saturating) + λ_AFD [(1 − β_t)‖x'_{t−1} − x_{t−1}‖²
-  − ‖C_ψ(x'_{t−1}) − x'_t‖²] / β_t: the first part is the cross entropy H(p_θ(x_t | x_{t−1}), q(x_t | x_{t−1})),
+  − ‖C_ψ(x'_{t−1}) − x̄'_t‖²] / β_t: the first part is the cross entropy H(p_θ(x_t | x_{t−1}), q(x_t | x_{t−1})),
   the second maximises the conditional entropy of p_θ(x_t | x_{t−1}) against the frozen C_ψ (the min_θ max_ψ
-  E log p_ψ game of §3.2); gradients reach θ through x'_{t−1} and x'_t = √(1 − β_t) x'_{t−1} + √β_t ε.
+  E log p_ψ game of §3.2); gradients reach θ through x'_{t−1} (and C_ψ).
+  x̄'_t = √(1 − β_t) x'_{t−1} is x'_t's mean under q(x_t | x'_{t−1}): with x'_t = x̄'_t + √β_t ε and ε independent of
+  x'_{t−1}, E_ε ‖C − x'_t‖² = ‖C − x̄'_t‖² + β_t·d, so both players' expected losses and gradients are the paper's,
+  without the variance of √β_t ε, which at few steps (β_t ≥ 0.85 for T ≤ 2) is nearly all of x'_t and reached
+  the generator as noise of size ~λ_AFD ‖∂C_ψ/∂x'‖ (siddm-mog at T = 1-2: 21-22 modes with the sampled x'_t,
+  22-23 with its mean; README, "Few-step adversarial denoising").
   λ_AFD = 0 is exactly the marginal GAN: neither player computes the AFD regression.
 - DDGAN (eq. 6-7, with R1): discriminator softplus(−D(x_{t−1}, t, x_t)) + softplus(D(x'_{t−1}, t, x_t))
   + γ/2 ‖∇_{x_{t−1}} D(x_{t−1}, t, x_t)‖²; generator softplus(−D(x'_{t−1}, t, x_t)).
@@ -207,19 +213,16 @@ class AdversarialPair(nn.Module):
 @dataclass
 class PhaseDraw:
     """One player's randomness for N samples: t: int64 [N]; eps_prev (x_{t−1} ~ q(x_{t−1}|x_0)), eps_step
-    (x_t ~ q(x_t|x_{t−1})), eps_post (the posterior sample), eps_afd (x'_t ~ q(x_t|x'_{t−1}); None for DDGAN): each
-    [N, ...]; z: [N, nz]."""
+    (x_t ~ q(x_t|x_{t−1})), eps_post (the posterior sample): each [N, ...]; z: [N, nz]."""
 
     t: torch.Tensor
     eps_prev: torch.Tensor
     eps_step: torch.Tensor
     z: torch.Tensor
     eps_post: torch.Tensor
-    eps_afd: torch.Tensor | None = None
 
     def _map(self, fn) -> PhaseDraw:
-        return PhaseDraw(*(None if v is None else fn(v) for v in (self.t, self.eps_prev, self.eps_step, self.z,
-                                                                    self.eps_post, self.eps_afd)))
+        return PhaseDraw(*(fn(v) for v in (self.t, self.eps_prev, self.eps_step, self.z, self.eps_post)))
 
     def shard(self, start: int, stop: int) -> PhaseDraw:
         return self._map(lambda v: v[start:stop])
@@ -272,7 +275,6 @@ class _AdversarialObjective:
 
     players = PLAYERS
     ema_players = ("generator",)
-    _afd_noise = False
 
     def __init__(self, diffusion: GaussianDiffusion, nz: int, num_classes: int | None, reduction: str):
         if not hasattr(diffusion, "q_sample") or not hasattr(diffusion, "step_table"):
@@ -291,7 +293,7 @@ class _AdversarialObjective:
     # ------------------------------------------------------------------ protocol
 
     def draw(self, batch_size: int, sample_shape, generator: torch.Generator) -> AdversarialDraw:
-        """Both phases' randomness (discriminator first; per phase t, ε_prev, ε_step, z, ε_post[, ε_afd]) for the
+        """Both phases' randomness (discriminator first; per phase t, ε_prev, ε_step, z, ε_post) for the
         GLOBAL batch from `generator`, on its device."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
@@ -300,8 +302,7 @@ class _AdversarialObjective:
         phases = {}
         for player in self.players:
             t = torch.randint(0, self.diffusion.num_timesteps, (batch_size,), generator=generator, device=dev)
-            phases[player] = PhaseDraw(t, randn(*shape), randn(*shape), randn(batch_size, self.nz), randn(*shape),
-                                       randn(*shape) if self._afd_noise else None)
+            phases[player] = PhaseDraw(t, randn(*shape), randn(*shape), randn(batch_size, self.nz), randn(*shape))
         return AdversarialDraw(phases)
 
     def player_parameters(self, model, player: str) -> list[tuple[str, nn.Parameter]]:
@@ -423,13 +424,11 @@ class SIDDMObjective(_AdversarialObjective):
     lambda_denoise: weight ≥ 0 of the discriminator's denoising regulariser ‖D_den(x_{t−1}, t) − x_0‖²;
     num_classes: labels passed to both networks as y, or None; reduction: "sum" (the papers' ‖·‖²) or "mean" over
     the non-batch dimensions of every squared error; r1_gamma: γ ≥ 0 of an optional R1 penalty
-    γ/2 ‖∇_{x_{t−1}} D_φ(x_{t−1}, t)‖² on real x_{t−1} (as DDGANObjective's). R1 is NOT part of SIDDM's objective:
-    default 0 (off); a run that sets it adds an explicit extra regulariser of the discriminator.
+    γ/2 ‖∇_{x_{t−1}} D_φ(x_{t−1}, t)‖² on real x_{t−1} (as DDGANObjective's). R1 is not in the paper's objective:
+    default 0 (off); siddm-mog sets DDGAN's γ, which at T ≤ 2 keeps modes the paper's recipe drops (README).
     Terms: discriminator "d_real", "d_fake" (softplus losses), "afd_regression", "denoise"[, "r1"]; generator "g_adv",
-    "afd_cross_entropy" ((1 − β)‖x'_{t−1} − x_{t−1}‖²/β), "afd_entropy" (−‖C_ψ(x'_{t−1}) − x'_t‖²/β).
+    "afd_cross_entropy" ((1 − β)‖x'_{t−1} − x_{t−1}‖²/β), "afd_entropy" (−‖C_ψ(x'_{t−1}) − x̄'_t‖²/β).
     """
-
-    _afd_noise = True
 
     def __init__(self, diffusion: GaussianDiffusion, nz: int, lambda_afd: float = 1.0, lambda_denoise: float = 1.0,
                  num_classes: int | None = None, reduction: str = "sum", r1_gamma: float = 0.0):
@@ -450,13 +449,16 @@ class SIDDMObjective(_AdversarialObjective):
                                  f"got {tuple(v.shape)}")
         return _logit(logit, x_prev.shape[0], "logit"), afd, den
 
+    def _afd_mean(self, fake: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̄'_t = √(1 − β_t) x'_{t−1}, the mean of q(x_t | x'_{t−1}): the AFD regression's target (module docstring)."""
+        return q_step(self.diffusion, fake, t, torch.zeros_like(fake))
+
     def _discriminator_losses(self, model, x_start, y, phase):
         x_prev, fake, (logit_real, _, denoised), (logit_fake, afd_pred, _) = self._discriminate(model, x_start, y,
                                                                                                   phase)
         loss, terms = _discriminator_gan_loss(logit_real, logit_fake, x_prev, self.r1_gamma)
         if self.lambda_afd > 0:  # C_ψ: max_ψ E log p_ψ(x'_t | x'_{t−1}), a Gaussian likelihood: an L2 regression
-            fake_t = q_step(self.diffusion, fake, phase.t, phase.eps_afd.to(fake.dtype))
-            terms["afd_regression"] = self._sq(afd_pred, fake_t)
+            terms["afd_regression"] = self._sq(afd_pred, self._afd_mean(fake, phase.t))
             loss = loss + terms["afd_regression"]
         if self.lambda_denoise > 0:
             terms["denoise"] = self._sq(denoised, x_start)
@@ -471,9 +473,8 @@ class SIDDMObjective(_AdversarialObjective):
         loss = terms["g_adv"]
         if self.lambda_afd > 0:
             beta = self._beta(phase.t)
-            fake_t = q_step(self.diffusion, fake, phase.t, phase.eps_afd.to(fake.dtype))
             terms["afd_cross_entropy"] = (1.0 - beta) * self._sq(fake, x_prev) / beta
-            terms["afd_entropy"] = -self._sq(afd_pred, fake_t) / beta
+            terms["afd_entropy"] = -self._sq(afd_pred, self._afd_mean(fake, phase.t)) / beta
             loss = loss + self.lambda_afd * (terms["afd_cross_entropy"] + terms["afd_entropy"])
         return loss, terms
 

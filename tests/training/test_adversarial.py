@@ -188,7 +188,8 @@ def _manual_phase(objective, pair, x0, phase):
     d = objective.diffusion
     x_prev, x_t = q_sample_pairs(d, x0, phase.t, phase.eps_prev, phase.eps_step)
     fake = posterior_sample(d, pair.generator(x_t, phase.t, phase.z), x_t, phase.t, phase.eps_post)
-    return x_prev, x_t, fake, None if phase.eps_afd is None else q_step(d, fake, phase.t, phase.eps_afd)
+    mean_t = torch.from_numpy(d.alphas).float().sqrt()[phase.t, None] * fake  # x̄'_t = √(1 − β_t) x'_{t−1}
+    return x_prev, x_t, fake, mean_t
 
 
 @pytest.mark.parametrize("lambda_afd", [0.0, 0.5])
