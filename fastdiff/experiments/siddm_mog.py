@@ -2,21 +2,23 @@
 
 Data: 25 equal Gaussians centred at (5i, 5j), i, j ∈ {−2, …, 2}, standard deviation 0.5 (a tenth of the spacing).
 Every model trains on the data as it is: the few-step VP schedule ends at ᾱ_T = 4.3e-5, so x_T of even the outer
-modes (|x_0| ≤ 10) is N(0, I) to 0.07 in mean, and on this scale one step of noise at the last level (σ ≈ 0.7)
-leaves the modes apart, so the last denoising step is close to deterministic.
+modes (|x_0| ≤ 10) is N(0, I) to 0.07 in mean. At T = 4 the last step's noise (σ ≈ 0.7) leaves the modes apart, so
+x_1 nearly fixes x_0's mode but not its place in it (std 0.44 of the mode's 0.5 given x_1): the generator must draw
+that from z, or the modes come out narrow.
 
 Rows, for every T ∈ {1, 2, 4, 8} denoising steps: DDPM-T and DDIM-T (η = 0) respaced from one 1000-step ε-model
 (MLPDenoiser, L_simple) trained on the same data budget (steps × batch) as each adversarial model; DDGAN (joint
-discriminator, R1); SIDDM; SIDDM with λ_AFD = 0 (the marginal GAN alone). Columns: 2-D Fréchet distance of Gaussian
-fits, MMD² (RBF mixture, on x / 12.5), modes covered of 25 and the share of samples within 3σ of their nearest
-centre (fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
-SIDDM T).
+discriminator, R1); SIDDM (R1 too); SIDDM with λ_AFD = 0 (the marginal GAN alone). Columns: 2-D Fréchet distance of
+Gaussian fits, MMD² (RBF mixture, on x / 12.5), MMD² at the mode scale (`mode_mmd`), modes covered of 25, the share
+of samples within 3σ of their nearest centre and the covered modes' spread ratios, mean and worst
+(fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
+SIDDM T). `siddm_mog_seeds` (`fastdiff repro siddm-mog-seeds`) runs T ∈ {1, 2, 4} at three seeds and tabulates
+mean ± std.
 
-Measured (full run, seed 0, one torch thread on a 2-core AMD EPYC, 17.2 min wall for all 13 models): at T = 4,
-SIDDM FD 0.0056, 25 / 25 modes, 96.1 % within 3σ; SIDDM λ_AFD = 0: 4.34, 23, 89.5 %; DDGAN 1.14, 25, 84.2 %;
-DDIM-4 7.45, 25, 74.7 %; DDPM-4 14.09, 21, 74.7 % (fresh data: 0.061, 25, 98.9 %). Seeds 1 / 2 (T = 4 only):
-SIDDM 0.10 / 0.17, 25 / 25 modes, 94.4 / 95.7 %; λ_AFD = 0: 10.9 / 11.3, 19 / 21 modes; DDIM-4 8.55 / 8.23.
---quick (T = 4, 1500 steps) takes about a minute: SIDDM 1.17, 25, 88.7 % vs DDIM-4 7.87, 19, 28.9 %.
+Measured (full run, seed 0, one torch thread on a 2-core AMD EPYC, about 25 min for all 13 models with another run
+beside it), modes / mean spread at T = 1, 2, 4, 8: SIDDM 21 / 1.00, 21 / 1.01, 25 / 0.85, 25 / 0.86 (FD 2.91, 2.42,
+0.38, 0.12); DDGAN 23 / 0.93, 21 / 0.99, 25 / 0.93, 25 / 0.89 (FD 3.94, 0.16, 0.21, 0.35); SIDDM λ_AFD = 0 20, 18,
+25, 25; DDIM-4 FD 7.45, DDPM-4 14.09; fresh data: FD 0.061, spread 1.00. Three seeds: README.
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ class MogConfig:
     the same steps × batch); width / depth: MLP sizes (generator depth, discriminator d_depth; the ε-model uses width
     and depth); nz: latent size; lr_g / lr_d, betas: Adam (DDGAN's (0.5, 0.9)); ema: the generator's EMA rate
     (ε-model too); fourier_sigma_g / fourier_sigma_d: σ of the generator's / discriminators' random Fourier features
-    (fastdiff.models.siddm); lambda_afd, lambda_denoise: SIDDM's weights; r1_gamma: the R1 weight of every
-    adversarial row's discriminator (DDGAN's, and SIDDM's); lr_eps: the ε-model's peak lr (cosine decay).
+    (fastdiff.models.siddm); lambda_afd (lambda_afd_t2 at T = 2), lambda_denoise: SIDDM's weights; r1_gamma: the
+    R1 weight of every adversarial row's discriminator (DDGAN's, and SIDDM's); lr_eps: the ε-model's peak lr
+    (cosine decay).
     """
 
     n_train: int = 25_000
@@ -73,15 +76,18 @@ class MogConfig:
     ema: float = 0.99
     # Fourier features: without them the discriminator stays at chance (d_real ≈ d_fake ≈ log 2; alone it cannot tell
     # the grid from a 3×-blurred grid in 1500 steps) and every adversarial row smears over the grid (≈ 29 % within 3σ,
-    # what a uniform smear scores). σ ≈ 1/(2.5 · spacing) for D and 1/(1.7 · spacing) for G; a data scale of / 2.5
-    # (spacing 2, σ 0.3 / 0.5) plateaued at 91 % within 3σ, the data as it is (the last step nearly deterministic) at
-    # 93-95 %. Probes at T = 4 (seed 0, 4000 steps, EMA): λ_AFD 0.005: FD 0.058, 94 %; 0.016: 0.038, 93 %
-    # (6000 steps: 95 %); λ_AFD = 0: 24 modes, FD 2.07, 89 %. Through siddm_mog at 4000 steps, seeds 0 / 1: SIDDM
-    # 92.8 / 92.2 %, 25 / 25 modes; at 8000 steps, seed 0: 96.1 %. The AFD terms sum squared errors in data units, so
-    # λ_AFD and λ_denoise scale with 1 / data scale².
+    # what a uniform smear scores). σ ≈ 1/(2.5 · spacing) for D and 1/(1.7 · spacing) for G; σ_D = 0.3 lost modes
+    # (T = 1 / 2 / 4: 11 / 18 / 24). λ_AFD was tuned at T = 4 (0.005-0.016 alike). The AFD terms sum squared errors in
+    # data units, so λ_AFD and λ_denoise scale with 1 / data scale². Why R1 and the generator's z in the Fourier
+    # features: README, "Few-step adversarial denoising".
     fourier_sigma_g: float = 0.2
     fourier_sigma_d: float = 0.12
     lambda_afd: float = 0.016
+    # λ_AFD at T = 2: the last step's cross-entropy weight (1 − β_1)/β_1 is 0.087 there (T = 4: 1.1). Seeds 0-2:
+    # 0.016 kept 21 / 14 / 23 modes (weight TV 0.3-0.4); 0.05: 23 / 24 / 23 (TV 0.33-0.42, spread 0.87-0.91); 0.16:
+    # 25 / 25 / 25 (TV 0.10-0.17) with modes a little narrow (spread 0.75-0.81). At T = 1 the term is inert
+    # ((1 − β_1)/β_1 = 4e-5).
+    lambda_afd_t2: float = 0.16
     lambda_denoise: float = 0.02
     r1_gamma: float = 0.05
     lr_eps: float = 1e-3
@@ -125,7 +131,8 @@ def train_adversarial(kind: str, T: int, data: ArrayDataset, cfg: MogConfig, out
         objective = DDGANObjective(diffusion, nz=cfg.nz, r1_gamma=cfg.r1_gamma)
     else:
         disc = MLPSIDDMDiscriminator(2, **d_kw)
-        objective = SIDDMObjective(diffusion, nz=cfg.nz, lambda_afd=cfg.lambda_afd if kind == "siddm" else 0.0,
+        lambda_afd = (cfg.lambda_afd_t2 if T == 2 else cfg.lambda_afd) if kind == "siddm" else 0.0
+        objective = SIDDMObjective(diffusion, nz=cfg.nz, lambda_afd=lambda_afd,
                                    lambda_denoise=cfg.lambda_denoise, r1_gamma=cfg.r1_gamma)
     optim = {"generator": {"lr": cfg.lr_g, "adam_betas": cfg.betas},
              "discriminator": {"lr": cfg.lr_d, "adam_betas": cfg.betas}}
@@ -156,9 +163,9 @@ def train_eps_model(data: ArrayDataset, cfg: MogConfig, out: Path, seed: int = 0
 
 
 def score(samples: torch.Tensor, reference: torch.Tensor, mixture: GaussianMixture) -> dict:
-    """FD, MMD² (on x / MMD_SCALE), MMD² at the mode scale (`mode_mmd`), modes covered, the within-3σ share and
-    the covered modes' spread ratios (mean, worst; fastdiff.metrics.toy2d) of samples: [N, 2] against
-    reference: [M, 2]."""
+    """FD, MMD² (on x / MMD_SCALE), MMD² at the mode scale (`mode_mmd`), modes covered, the within-3σ share, the
+    modes' weight TV and the covered modes' spread ratios (mean, worst; fastdiff.metrics.toy2d) of samples: [N, 2]
+    against reference: [M, 2]."""
     from fastdiff.metrics import gaussian_fd, mmd, mode_mmd, mode_stats
 
     finite = torch.isfinite(samples).all(1)
@@ -166,8 +173,8 @@ def score(samples: torch.Tensor, reference: torch.Tensor, mixture: GaussianMixtu
     x = samples[finite]
     return {"fd": gaussian_fd(x, reference), "mmd": mmd(x / MMD_SCALE, reference / MMD_SCALE),
             "mmd_mode": mode_mmd(x, reference, mixture), "modes": stats.modes_covered,
-            "within_3sigma": stats.high_quality_share, "spread_mean": stats.mean_spread,
-            "spread_worst": stats.worst_spread, "nonfinite": stats.nonfinite}
+            "within_3sigma": stats.high_quality_share, "weight_tv": stats.weight_tv,
+            "spread_mean": stats.mean_spread, "spread_worst": stats.worst_spread, "nonfinite": stats.nonfinite}
 
 
 def _scatter(path: Path, clouds: dict, lim: float) -> None:
@@ -195,7 +202,7 @@ def _scatter(path: Path, clouds: dict, lim: float) -> None:
 def _row(method: str, T, r: dict) -> str:
     """One Markdown row of the siddm-mog table."""
     return (f"| {method} | {T} | {r['fd']:.4f} | {r['mmd']:.5f} | {r['mmd_mode']:.5f} | {r['modes']} | "
-            f"{r['within_3sigma']:.1%} | {r['spread_mean']:.2f} | {r['spread_worst']:.2f} |")
+            f"{r['within_3sigma']:.1%} | {r['weight_tv']:.2f} | {r['spread_mean']:.2f} | {r['spread_worst']:.2f} |")
 
 
 def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: MogConfig | None = None) -> dict:
@@ -253,12 +260,14 @@ def siddm_mog(out, quick: bool = False, seed: int = 0, steps_t=None, config: Mog
              f"{cfg.n_eval} samples per row against {cfg.n_eval} data samples. Every model: {cfg.steps} steps × "
              f"batch {cfg.batch_size} on {cfg.n_train} points (seed {seed}); MLP width {cfg.width}, Fourier σ "
              f"{cfg.fourier_sigma_g:g} (G) / {cfg.fourier_sigma_d:g} (D). DDPM/DDIM: one 1000-step ε-model respaced "
-             f"to T steps. SIDDM: λ_AFD = {cfg.lambda_afd:g}, λ_denoise = {cfg.lambda_denoise:g}; DDGAN and SIDDM: "
+             f"to T steps. SIDDM: λ_AFD = {cfg.lambda_afd:g} ({cfg.lambda_afd_t2:g} at T = 2), λ_denoise = "
+             f"{cfg.lambda_denoise:g}; DDGAN and SIDDM: "
              f"R1 γ = {cfg.r1_gamma:g}. Wall time {wall / 60:.1f} min on {torch.get_num_threads()} thread(s).", "",
              "Spread: each covered mode's sample std over the data's (1 = as wide as the data; mean over the modes, "
-             "and the worst). MMD² (mode): one RBF kernel of the mode width (0.5).", "",
-             "| method | T | Fréchet distance | MMD² | MMD² (mode) | modes (of 25) | within 3σ | spread mean | "
-             "spread worst |", "|---|---|---|---|---|---|---|---|---|"]
+             "and the worst). Weight TV: total variation between the modes' sample shares and 1/25 (0 = balanced). "
+             "MMD² (mode): one RBF kernel of the mode width (0.5).", "",
+             "| method | T | Fréchet distance | MMD² | MMD² (mode) | modes (of 25) | within 3σ | weight TV | "
+             "spread mean | spread worst |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(r["method"], r["T"], r) for r in rows]
     lines.append(_row("fresh data samples (floor)", "—", floor))
     (out / "siddm_mog.md").write_text("\n".join(lines) + "\n")
@@ -273,6 +282,7 @@ SEED_STUDY_T = (1, 2, 4)
 #: the metrics of the seed table: (results key, header, format)
 _SEED_COLUMNS = (("fd", "Fréchet distance", "{:.3f}"), ("mmd_mode", "MMD² (mode)", "{:.4f}"),
                  ("modes", "modes (of 25)", "{:.1f}"), ("within_3sigma", "within 3σ %", "{:.1f}"),
+                 ("weight_tv", "weight TV", "{:.2f}"),
                  ("spread_mean", "spread mean", "{:.2f}"), ("spread_worst", "spread worst", "{:.2f}"))
 
 

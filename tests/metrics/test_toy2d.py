@@ -141,3 +141,17 @@ def test_spread_ratio_worst_is_farthest_in_log_and_nan_for_uncovered():
     empty = mode_stats(torch.zeros(0, 2), m)
     assert math.isnan(empty.mean_spread) and math.isnan(empty.worst_spread)
     json.dumps(s.to_dict())
+
+
+def test_weight_tv_sees_unbalanced_modes():
+    """Exact samples: TV near 0; half the samples moved onto mode 0: TV = 0.5·(1 − 1/25) + noise, though all 25
+    modes stay covered; no high-quality sample: NaN."""
+    g, seed = _rng()
+    m = grid25()
+    x = m.sample(5000, generator=g)
+    assert mode_stats(x, m).weight_tv < 0.06, seed
+    crowded = x.clone()
+    crowded[:2500] = m.means[0].float() + float(m.std[0]) * torch.randn(2500, 2, generator=g)
+    s = mode_stats(crowded, m)
+    assert s.all_covered and s.weight_tv == pytest.approx(0.5 * 24 / 25, abs=0.05), seed
+    assert math.isnan(mode_stats(torch.full((3, 2), 100.0), m).weight_tv)

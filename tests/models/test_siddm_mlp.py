@@ -41,6 +41,7 @@ def test_shapes_and_state_dict_round_trip(sigma):
     twins = [MLPGenerator(2, nz=nz, width=16, depth=2, num_steps=T, num_classes=5, fourier_sigma=sigma),
              MLPSIDDMDiscriminator(2, width=16, depth=2, num_steps=T, num_classes=5, fourier_sigma=sigma),
              MLPDDGANDiscriminator(2, width=16, depth=2, num_steps=T, num_classes=5, fourier_sigma=sigma)]
+    assert [net.in_dim for net in nets] == [2 + nz, 2, 4]  # G: z joins x_t in the Fourier features
     for net, twin, call, out in zip(nets, twins, calls, outs):
         assert ("fourier.B" in twin.state_dict()) and twin.fourier.B.shape == (net.in_dim, 64 if sigma else 0)
         twin.load_state_dict(net.state_dict())
