@@ -10,13 +10,13 @@ Rows, for every T ∈ {1, 2, 4, 8} denoising steps: DDPM-T and DDIM-T (η = 0) r
 (MLPDenoiser, L_simple) trained on the same data budget (steps × batch) as each adversarial model; DDGAN (joint
 discriminator, R1); SIDDM (R1 too); SIDDM with λ_AFD = 0 (the marginal GAN alone). Columns: 2-D Fréchet distance of
 Gaussian fits, MMD² (RBF mixture, on x / 12.5), MMD² at the mode scale (`mode_mmd`), modes covered of 25, the share
-of samples within 3σ of their nearest centre and the covered modes' spread ratios, mean and worst
-(fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
+of samples within 3σ of their nearest centre, the modes' weight TV and the covered modes' spread ratios, mean and
+worst (fastdiff.metrics.toy2d). Writes siddm_mog.md, results.json and siddm_mog.png (sample clouds at T = 4 and every
 SIDDM T). `siddm_mog_seeds` (`fastdiff repro siddm-mog-seeds`) runs T ∈ {1, 2, 4} at three seeds and tabulates
 mean ± std.
 
 Measured (full run, seed 0, one torch thread on a 2-core AMD EPYC, about 25 min for all 13 models with another run
-beside it), modes / mean spread at T = 1, 2, 4, 8: SIDDM 21 / 1.00, 21 / 1.01, 25 / 0.85, 25 / 0.86 (FD 2.91, 2.42,
+beside it), modes / mean spread at T = 1, 2, 4, 8: SIDDM 21 / 1.00, 25 / 0.77, 25 / 0.85, 25 / 0.86 (FD 2.91, 0.79,
 0.38, 0.12); DDGAN 23 / 0.93, 21 / 0.99, 25 / 0.93, 25 / 0.89 (FD 3.94, 0.16, 0.21, 0.35); SIDDM λ_AFD = 0 20, 18,
 25, 25; DDIM-4 FD 7.45, DDPM-4 14.09; fresh data: FD 0.061, spread 1.00. Three seeds: README.
 """

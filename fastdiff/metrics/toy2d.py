@@ -127,7 +127,7 @@ def mode_stats(samples: torch.Tensor, mixture: GaussianMixture, n_std: float = 3
         min_share=float(min_share),
         nonfinite=int((~torch.isfinite(d)).sum()),
         spread=_spread_ratios(samples, idx, good, counts >= min_counts, mixture, n_std),
-        weight_tv=float(0.5 * (counts / counts.sum() - mixture.weights).abs().sum()) if int(counts.sum()) else math.nan,
+        weight_tv=float(0.5 * (counts / counts.sum() - mixture.weights).abs().sum()) if good.any() else math.nan,
     )
 
 

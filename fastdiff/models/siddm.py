@@ -16,7 +16,7 @@ data's extent in a few thousand steps (siddm-mog: std 0.5 modes 5 apart; without
 smear over the grid). The generator's latent z goes through the same features as x_t: concatenated after them, z
 could only bend the output smoothly while γ(x_t) could place it sharply, so G learned x̂_0 as a near-deterministic
 function of x_t, and its samples had the spread of E[x_0 | x_t] alone: modes drawn at 0.6 of the data's width at
-T = 2-4 (siddm-mog; docs/architecture.md, "SIDDM at few steps").
+T = 2-4 (siddm-mog; README, "Few-step adversarial denoising").
 """
 from __future__ import annotations
 
