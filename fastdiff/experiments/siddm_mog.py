@@ -84,9 +84,9 @@ class MogConfig:
     fourier_sigma_d: float = 0.12
     lambda_afd: float = 0.016
     # λ_AFD at T = 2: the last step's cross-entropy weight (1 − β_1)/β_1 is 0.087 there (T = 4: 1.1). Seeds 0-2:
-    # 0.016 kept 21 / 14 / 23 modes (weight TV 0.3-0.4); 0.05: 23 / 24 / 23 (TV 0.33-0.42, spread 0.87-0.91); 0.16:
-    # 25 / 25 / 25 (TV 0.10-0.17) with modes a little narrow (spread 0.75-0.81). At T = 1 the term is inert
-    # ((1 − β_1)/β_1 = 4e-5).
+    # 0.016 kept 21 / 14 / 23 modes (weight TV 0.45 in a seed-0 probe); 0.05: 23 / 24 / 23 (TV 0.33-0.42, spread
+    # 0.87-0.91); 0.16: 25 / 25 / 25 (TV 0.10-0.17) with modes a little narrow (spread 0.75-0.81). At T = 1 the term
+    # is inert ((1 − β_1)/β_1 = 4e-5).
     lambda_afd_t2: float = 0.16
     lambda_denoise: float = 0.02
     r1_gamma: float = 0.05
