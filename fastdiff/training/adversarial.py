@@ -36,8 +36,8 @@ with reduction="mean"):
   x̄'_t = √(1 − β_t) x'_{t−1} is x'_t's mean under q(x_t | x'_{t−1}): with x'_t = x̄'_t + √β_t ε and ε independent of
   x'_{t−1}, E_ε ‖C − x'_t‖² = ‖C − x̄'_t‖² + β_t·d, so both players' expected losses and gradients are the paper's,
   without the variance of √β_t ε, which at few steps (β_t ≥ 0.85 for T ≤ 2) is nearly all of x'_t and reached
-  the generator as noise of size ~λ_AFD ‖∂C_ψ/∂x'‖ (siddm-mog at T = 1-2: 21-22 modes with the sampled x'_t,
-  22-23 with its mean; README, "Few-step adversarial denoising").
+  the generator as noise of size ~λ_AFD ‖∂C_ψ/∂x'‖ (siddm-mog at T = 1 / 2, seed 0: 18 / 22 modes with the sampled
+  x'_t, 22 / 23 with its mean; README, "Few-step adversarial denoising").
   λ_AFD = 0 is exactly the marginal GAN: neither player computes the AFD regression.
 - DDGAN (eq. 6-7, with R1): discriminator softplus(−D(x_{t−1}, t, x_t)) + softplus(D(x'_{t−1}, t, x_t))
   + γ/2 ‖∇_{x_{t−1}} D(x_{t−1}, t, x_t)‖²; generator softplus(−D(x'_{t−1}, t, x_t)).
