@@ -47,8 +47,11 @@ bench: install
 	$(PYTHON) benchmarks/report.py
 
 # The whole CUDA side of the extension, compiled with no GPU:
-# - every csrc/cuda/*.cu with nvcc for each arch and setup.py's release flags (they include no torch headers); no
-#   device assert may survive -DNDEBUG;
+# - every csrc/cuda/*.cu with nvcc for each arch and the release flags setup.py reads (csrc/cuda/nvcc.flags; the .cu
+#   files include no torch headers); no device assert may survive -DNDEBUG;
+# - the sampling-path kernels (step, randn, q_sample, posterior) as PTX with the same flags: no approximate sqrt,
+#   division or sin / cos (what --use_fast_math would emit), so their noise is the CPU's and the Triton kernels'
+#   math (docs/architecture.md, "One noise stream");
 # - the host glue (csrc/cuda/*_torch.cpp, and ops.cpp as the CUDA build sees it) with the host compiler against the
 #   installed torch's headers (the CPU wheel ships c10/cuda and ATen/cuda) and the CUDA toolkit's, with the flags
 #   setup.py gives them. Nothing is linked (a CPU torch has no CUDA libraries), but every launcher the glue calls
@@ -57,15 +60,22 @@ bench: install
 #   so a CUDA torch's copy wins).
 CUDA_INC ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ INCLUDES="\(.*\)" *$$/\1/p' | head -1)
 CUDA_CHECK_OUT := build/cuda-check
+NVCC_FLAGS := $(shell cat csrc/cuda/nvcc.flags)
+EXACT_MATH_CU := sampler_step randn_like q_sample posterior_mean_variance
 
 cuda-check: install
 	@set -e; mkdir -p $(CUDA_CHECK_OUT); rm -f $(CUDA_CHECK_OUT)/*.o; for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; \
-	  $(NVCC) -std=c++17 -O3 -DNDEBUG -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+	  $(NVCC) $(NVCC_FLAGS) -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
 	    -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o; \
 	  if strings $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o | grep -q __assertfail; then \
 	    echo "cuda-check: $$f keeps a device assert in a release build (sticky cudaErrorAssert)"; exit 1; fi; \
 	done
+	@set -e; for k in $(EXACT_MATH_CU); do \
+	  $(NVCC) $(NVCC_FLAGS) -Icsrc/include -arch=compute_90 -ptx csrc/cuda/$$k.cu -o $(CUDA_CHECK_OUT)/$$k.ptx; \
+	  approx=$$(grep -oE '\b(sqrt|rsqrt|rcp|div|sin|cos)\.approx[a-z0-9.]*|\bdiv\.full[a-z0-9.]*' $(CUDA_CHECK_OUT)/$$k.ptx | sort -u | tr '\n' ' '); \
+	  if [ -n "$$approx" ]; then echo "cuda-check: csrc/cuda/$$k.cu compiles to approximate math ($$approx)"; exit 1; fi; \
+	done; echo "cuda-check: the sampling-path kernels ($(EXACT_MATH_CU)) use no approximate sqrt / division / sin / cos"
 	@set -e; test -n "$(CUDA_INC)" || { echo "cuda-check: could not find the CUDA toolkit's headers through $(NVCC)"; exit 1; }; \
 	inc=$$($(PYTHON) -c "from torch.utils.cpp_extension import include_paths; import sysconfig; print(' '.join('-I' + p for p in include_paths() + [sysconfig.get_paths()['include']]))"); \
 	abi=$$($(PYTHON) -c "import torch; print(int(torch.compiled_with_cxx11_abi()))"); \

@@ -44,9 +44,12 @@ def _extension():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"  # PTX: newer GPUs JIT it (no sm_100 cubin here)
         sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*_torch.cpp")
-        # -DNDEBUG: a failed device assert is sticky (cudaErrorAssert fails every later CUDA call of the process,
-        # graph replays included), so release kernels poison bad rows with NaN instead (csrc/cuda/device.cuh).
-        nvcc = ["-O3", "-std=c++17", "-lineinfo", "-DNDEBUG"]
+        # csrc/cuda/nvcc.flags, which `make cuda-check` compiles with too. -DNDEBUG: a failed device assert is sticky
+        # (cudaErrorAssert fails every later CUDA call of the process, graph replays included), so release kernels
+        # poison bad rows with NaN instead (csrc/cuda/device.cuh). No --use_fast_math: the noise stream's sqrt / log /
+        # cos stay correctly rounded / libdevice's, as on the CPU and in the Triton kernels (cuda-check scans the PTX).
+        with open(os.path.join(ROOT, "csrc", "cuda", "nvcc.flags")) as f:
+            nvcc = f.read().split()
         return CUDAExtension(
             "fastdiff._C", sources, include_dirs=include_dirs,
             define_macros=[("FASTDIFF_WITH_CUDA", "1")],

@@ -22,7 +22,9 @@ at most 4 KiB).
 
 Exit status 1 on any compile error; on shared memory above a target's per-block limit (such a launch fails on
 that GPU); on any spill in the elementwise kernels (the step, q_sample, posterior, randn and AdaGN kernels move a
-few values per thread: a spill there is a defect); and on attention spills above ATTENTION_SPILL_BYTES.
+few values per thread: a spill there is a defect); and on attention spills above ATTENTION_SPILL_BYTES;
+and on an approximate PTX instruction (sqrt.approx, div.full, a bare ex2.approx, ...) in the kernels of the sampling
+path (EXACT_MATH), whose noise must be the CUDA kernels' bit for bit (docs/architecture.md, "One noise stream").
 
 Uses Triton's JIT internals (`create_function_from_signature`, `JITFunction._pack_args`) so the specialisation is
 the JIT's own; triton is pinned (pyproject.toml) to the version this was written against.
@@ -66,6 +68,13 @@ ELEMENTWISE = ("_sampler_step_kernel", "_q_sample_kernel", "_posterior_kernel", 
 #: Kernels that read and write only statistics buffers in the accumulation dtype (fp32, or fp64 for fp64 inputs):
 #: their specialisations are those two dtypes whatever the storage dtype.
 ACCUMULATION_ONLY = ("_finalize_nsc_kernel",)
+#: Kernels of the sampling path: their fp32 math is the CUDA kernels' (correctly rounded sqrt and division,
+#: libdevice's expf / logf / cosf), so a seed draws the same noise on both. Triton lowers tl.sqrt, `/` and tl.exp to
+#: the PTX approximations below; libdevice's expf uses ex2.approx.ftz only after an exact range reduction, so the
+#: bare (non-ftz) ex2.approx.f32 is tl.exp's.
+EXACT_MATH = ("_sampler_step_kernel", "_randn_kernel", "_q_sample_kernel", "_posterior_kernel")
+APPROXIMATIONS = re.compile(r"\b(sqrt\.approx|rsqrt\.approx|rcp\.approx|div\.approx|div\.full|ex2\.approx\.f32|"
+                            r"lg2\.approx\.f32|sin\.approx|cos\.approx)")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -305,6 +314,7 @@ class Variant:
     stack: int = -1
     shared: int = -1
     wgmma: bool = False
+    approx: str = ""  # the approximate PTX instructions of the kernel, comma-separated (EXACT_MATH kernels only)
     seconds: float = 0.0
 
 
@@ -355,7 +365,10 @@ def compile_one(item) -> Variant:
         v.stack, stores, loads, v.registers = (int(g) for g in m.groups())
         v.spill_bytes = stores + loads
     v.shared = int(kernel.metadata.shared)
-    v.wgmma = "wgmma" in kernel.asm.get("ptx", "")
+    ptx = kernel.asm.get("ptx", "")
+    v.wgmma = "wgmma" in ptx
+    if v.kernel in EXACT_MATH:
+        v.approx = ",".join(sorted(set(APPROXIMATIONS.findall(ptx))))
     return v
 
 
@@ -395,6 +408,8 @@ def problems(v: Variant) -> list[str]:
         out.append(f"{v.spill_bytes} bytes of spills in an elementwise kernel")
     elif v.spill_bytes > ATTENTION_SPILL_BYTES:
         out.append(f"{v.spill_bytes} bytes of spills, over the {ATTENTION_SPILL_BYTES} allowed in attention")
+    if v.approx:
+        out.append(f"approximate math on the sampling path ({v.approx}): its noise would differ from the CUDA kernels'")
     return out
 
 

@@ -82,3 +82,47 @@ def test_failure_rules():
     big_spill = tc.Variant("_bwd_dq_kernel", "fp32", 80, "case", spill_bytes=tc.ATTENTION_SPILL_BYTES + 1)
     assert "allowed in attention" in tc.problems(big_spill)[0]
     assert "over sm_86" in tc.table([over])
+
+
+_APPROX_PROBE = '''
+import sys, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+sys.path.insert(0, "scripts")  # run from the repository root
+import triton_check as tc
+from fastdiff.triton_kernels import _sampler_math as sm
+
+@triton.jit
+def fast(out_ptr, x_ptr):
+    c = tl.arange(0, 16)
+    x = tl.load(x_ptr + c)
+    tl.store(out_ptr + c, tl.sqrt(x) + tl.exp(x) + tl.randn(7, c.to(tl.int64)) + x / (x + 1.0))
+
+@triton.jit
+def exact(out_ptr, x_ptr):
+    c = tl.arange(0, 16)
+    x = tl.load(x_ptr + c)
+    tl.store(out_ptr + c, sm.exp_precise(x) + sm.philox_normal(7, 0, c.to(tl.int64)) + tl.div_rn(x, x + 1.0))
+
+for fn in (fast, exact):
+    k = triton.compile(ASTSource(fn, {"out_ptr": "*fp32", "x_ptr": "*fp32"}, {}), target=GPUTarget("cuda", 90, 32))
+    print(fn.__name__, sorted(set(tc.APPROXIMATIONS.findall(k.asm["ptx"]))))
+'''
+
+
+def test_sampling_path_approximation_rule_on_real_ptx(tmp_path):
+    """The rule's patterns against what Triton really emits: tl.sqrt, tl.exp, `/` and tl.randn compile to PTX
+    approximations it flags; the sampling path's own helpers (exp_precise, philox_normal) and div_rn to none."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    probe = tmp_path / "approx_probe.py"  # @triton.jit needs its source in a file
+    probe.write_text(_APPROX_PROBE)
+    out = subprocess.run([sys.executable, str(probe)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert found["exact"] == "[]"
+    for pattern in ("sqrt.approx", "ex2.approx.f32", "div.full"):
+        assert pattern in found["fast"], found
+    tc = _load()
+    flagged = tc.Variant("_sampler_step_kernel", "fp32", 90, "case", registers=40, spill_bytes=0,
+                         approx="sqrt.approx")
+    assert "approximate math on the sampling path" in tc.problems(flagged)[0]

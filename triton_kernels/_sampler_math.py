@@ -4,11 +4,30 @@ Kernels work on a [ROWS, BLOCK_M] tile: ROWS samples n (one timestep t[n] each) 
 sample's row of M = x[0].numel() values. Per-sample coefficients are gathered once per program as [ROWS, 1]
 columns and broadcast along the row. Every loaded value is cast to ACC (fp32, or fp64 for fp64 inputs)
 before any arithmetic.
+
+The noise path (Philox normals, the learned variance's exp) uses correctly rounded sqrt / division and libdevice's
+expf, the math the CUDA kernels compile to (no --use_fast_math), so a seed gives the Triton and CUDA kernels the
+same noise bit for bit: tl.randn's sqrt and tl.exp are PTX approximations (sqrt.approx, ex2.approx), 1-2 ulp off.
+`make triton-check` fails if an approximation reaches these kernels' PTX.
 """
 import triton
 import triton.language as tl
+from triton import knobs
+from triton.language.extra import libdevice
 
 from . import _coefs as K
+
+_INTERPRET = tl.constexpr(knobs.runtime.interpret)
+
+
+@triton.jit
+def exp_precise(v):
+    """e^v as the CUDA kernels' expf / exp (libdevice __nv_expf: within 2 ulp, where tl.exp is ex2.approx of v·log2 e
+    on a GPU). The interpreter has no libdevice; its tl.exp is numpy's."""
+    if _INTERPRET:
+        return tl.exp(v)
+    else:
+        return libdevice.exp(v)
 
 
 @triton.jit
@@ -98,7 +117,7 @@ def posterior_mean(x0, xt, coefs_ptr, t, ACC: tl.constexpr):
 @triton.jit
 def learned_range_log_variance(v, log_hi, log_lo):
     """Improved DDPM eq. 15: frac·log β_t + (1 − frac)·log β̃_t, frac = (v + 1)/2 (log_hi, log_lo: [ROWS, 1])."""
-    frac = (v + 1.0) / 2.0
+    frac = (v + 1.0) * 0.5
     return frac * log_hi + (1.0 - frac) * log_lo
 
 
@@ -110,8 +129,13 @@ def q_sample_mix(x0, noise, coefs_ptr, t, ACC: tl.constexpr):
 
 @triton.jit
 def philox_normal(seed, offset, counter):
-    """Standard normals Philox4x32-10(seed, offset + counter) + Box-Muller (fastdiff.ops.philox), int64 counters, fp32."""
-    return tl.randn(seed, offset + counter)
+    """Standard normals Philox4x32-10(seed, offset + counter) + Box-Muller (fastdiff.ops.philox), int64 counters, fp32:
+    tl.randn(seed, offset + counter)'s words, uniforms and formula √(−2 log max(u1, 1e-7))·cos(2π u2), with a
+    correctly rounded sqrt where tl.randn's is approximate on a GPU."""
+    w0, w1, _, _ = tl.randint4x(seed, offset + counter)
+    u1 = tl.maximum(1.0e-7, tl.uint_to_uniform_float(w0))
+    u2 = tl.uint_to_uniform_float(w1)
+    return tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
 
 
 @triton.jit
@@ -188,9 +212,9 @@ def step_noise_scale(v, table_ptr, r, VAR_MODE: tl.constexpr, ACC: tl.constexpr)
     2: Improved DDPM eq. 15 between LOGVAR_LO and LOGVAR_HI). v: ACC [ROWS, BLOCK_M] (unused for VAR_MODE 0)."""
     c = step_coef(table_ptr, r, K.C_Z, ACC)
     if VAR_MODE == 1:
-        c = c * tl.exp(0.5 * v)
+        c = c * exp_precise(0.5 * v)
     elif VAR_MODE == 2:
         log_var = learned_range_log_variance(v, step_coef(table_ptr, r, K.LOGVAR_HI, ACC),
                                              step_coef(table_ptr, r, K.LOGVAR_LO, ACC))
-        c = c * tl.exp(0.5 * log_var)
+        c = c * exp_precise(0.5 * log_var)
     return c

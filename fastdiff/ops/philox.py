@@ -4,7 +4,8 @@ randn(seed, offset)[j] uses counter (lo32(offset+j), hi32(offset+j), 0, 0) and k
 (lo32(seed), hi32(seed)); the first two output words become uniforms
 u = float32(int32 word, negatives mapped by -x-1) · 4.6566127342e-10 and the normal is
 √(−2 log max(u1, 1e-7)) · cos(2π u2). The same steps live in csrc/include/fastdiff/philox.h;
-the Triton kernels call tl.randn itself (triton_kernels/_sampler_math.py). Here uint32 words are
+the Triton kernels' philox_normal (triton_kernels/_sampler_math.py) is tl.randn with a correctly rounded sqrt
+(docs/architecture.md, "One noise stream"). Here uint32 words are
 held in int64 tensors; products are split into 16-bit halves so no int64 multiply overflows.
 
 The seed may be a Python int or a 0-dim int64 tensor (a device seed, as the fused steps' `seed_tensor`): every

@@ -22,6 +22,18 @@ def test_noise_stream_equal_across_backends(backend, index):
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-6 if dtype == torch.float32 else 2e-3, rtol=1e-5)
 
 
+@pytest.mark.gpu
+def test_cuda_and_triton_noise_bit_identical():
+    """On a GPU both kernels draw the stream with the same fp32 math: correctly rounded sqrt (not tl.randn's
+    sqrt.approx) and libdevice's log / cos (docs/architecture.md, "One noise stream"; `make triton-check` and
+    `make cuda-check` keep approximations out of the PTX), so a seed gives the same noise bit for bit."""
+    like = torch.empty(3, 1000, 37, device="cuda")
+    for seed, offset in [(0, 0), (2**40 + 7, 2**33 + 11), (2**62, 12345)]:
+        cuda = ops.randn_like(like, seed, offset, backend="cuda")
+        triton = ops.randn_like(like, seed, offset, backend="triton")
+        assert torch.equal(cuda, triton), (cuda - triton).abs().max()
+
+
 def test_noise_stream_independent_of_batch_size(backend):
     device = backend_device(backend)
     full = ops.randn_like(torch.empty(6, 3, 8, 8, device=device), 1234, 2**32, backend=backend)
