@@ -48,7 +48,8 @@ bench: install
 
 # The whole CUDA side of the extension, compiled with no GPU:
 # - every csrc/cuda/*.cu with nvcc for each arch and the release flags setup.py reads (csrc/cuda/nvcc.flags; the .cu
-#   files include no torch headers); no device assert may survive -DNDEBUG;
+#   files include no torch headers); no device assert may survive -DNDEBUG, no kernel may spill more than
+#   CUDA_SPILL_BYTES (ptxas -v);
 # - the sampling-path kernels (step, randn, q_sample, posterior) as PTX with the same flags: no approximate sqrt,
 #   division or sin / cos (what --use_fast_math would emit), so their noise is the CPU's and the Triton kernels'
 #   math (docs/architecture.md, "One noise stream");
@@ -61,13 +62,20 @@ bench: install
 CUDA_INC ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ INCLUDES="\(.*\)" *$$/\1/p' | head -1)
 CUDA_CHECK_OUT := build/cuda-check
 NVCC_FLAGS := $(shell cat csrc/cuda/nvcc.flags)
+# Spill stores + loads a CUDA kernel may have (ptxas -v): a few words reloaded from L1 (adaln_modulate's fp64 row
+# kernel on sm_90 spills 4 + 4 bytes); whole values per element or a tile would be a defect.
+CUDA_SPILL_BYTES := 16
 EXACT_MATH_CU := sampler_step randn_like q_sample posterior_mean_variance
 
 cuda-check: install
 	@set -e; mkdir -p $(CUDA_CHECK_OUT); rm -f $(CUDA_CHECK_OUT)/*.o; for f in csrc/cuda/*.cu; do \
 	  echo "nvcc $$f"; \
 	  $(NVCC) $(NVCC_FLAGS) -Icsrc/include $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
-	    -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o; \
+	    -Xptxas -v -c $$f -o $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o 2> $(CUDA_CHECK_OUT)/$$(basename $$f .cu).ptxas.log \
+	    || { cat $(CUDA_CHECK_OUT)/$$(basename $$f .cu).ptxas.log; exit 1; }; \
+	  if awk '/bytes spill stores/ { if ($$5 + $$9 > $(CUDA_SPILL_BYTES)) { print; bad = 1 } } END { exit !bad }' \
+	      $(CUDA_CHECK_OUT)/$$(basename $$f .cu).ptxas.log; then \
+	    echo "cuda-check: $$f spills over $(CUDA_SPILL_BYTES) bytes (ptxas -v; a __launch_bounds__ may cap too low)"; exit 1; fi; \
 	  if strings $(CUDA_CHECK_OUT)/$$(basename $$f .cu).o | grep -q __assertfail; then \
 	    echo "cuda-check: $$f keeps a device assert in a release build (sticky cudaErrorAssert)"; exit 1; fi; \
 	done

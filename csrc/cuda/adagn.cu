@@ -2,18 +2,22 @@
 // fastdiff/groupnorm.h (the CPU kernel's too). x is read in place in its own layout and out keeps it
 // (adagn_launch.h): [N, C, S] (contiguous) or [N, S, C] (channels_last / channels_last_3d). Three kernels, no host
 // synchronisation:
-//  1. split statistics, Welford triples of slices written to the workspace:
+//  1. split statistics, Welford triples of slices written to the workspace. A thread adds its values a pack at a time
+//     (gn::welford_add_pack: one division per pack, not per value):
 //     [N, C, S]: grid (SPLIT, N·G); block (split, row) folds slice `split` of group `row` (C/G·S contiguous values),
-//       per thread (16-byte loads where the slices are aligned) then warp (shuffles) then block.
-//     [N, S, C]: grid (SPLIT, channel blocks, N); a 32 x 8 block reads contiguous C-runs (a warp: 32 consecutive
-//       channels of one position, coalesced) over position slice `split` and writes one triple per channel.
+//       per thread (a 16-byte load per pack where the slices are aligned, else 4 values a block-stride apart) then
+//       warp (shuffles) then block.
+//     [N, S, C]: grid (SPLIT, channel blocks, N); a 32 x 8 block reads contiguous C-runs over position slice `split`
+//       (a warp: 32 consecutive channel packs of one position, 16 bytes a thread where C and x allow, coalesced),
+//       4 positions a pack, and writes one triple per channel.
 //     SPLIT is chosen so the grid holds >= 4 blocks per SM even at batch 1.
 //  2. finalise: one block per (sample, group) merges its triples (SPLIT, or SPLIT·C/G per-channel ones) with Chan's
 //     formula, writes mean / rstd once and folds the per-(sample, channel) affine map (mean, a, b) into the
 //     workspace, so nothing downstream repeats the merge.
 //  3. apply: a grid-stride pass over x in 16-byte packs where the rows allow it (S, resp. C, a multiple of the pack
-//     and the pointers aligned), scalar otherwise: out = act(a·(x − mean) + b) with the channel's folded map.
-// The per-element divisions are exact (kept: they are the CPU kernel's math, groupnorm.h).
+//     and the pointers aligned), scalar otherwise: out = act(a·(x − mean) + b) with the channel's folded map. SiLU
+//     divides with __fdividef (MUFU.RCP and a multiply, within 2 ulp) where groupnorm.h's exact division would
+//     take the IEEE sequence per value; fp64 keeps the exact one.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -55,14 +59,6 @@ __device__ gn::Welford<A> block_combine(gn::Welford<A> w) {
   return w;
 }
 
-template <typename A>
-__device__ __forceinline__ void welford_add(gn::Welford<A>& w, A v) {
-  w.count += A(1);
-  const A delta = v - w.mean;
-  w.mean += delta / w.count;
-  w.m2 += delta * (v - w.mean);
-}
-
 // 16-byte packs of T.
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));
@@ -80,11 +76,22 @@ __global__ void adagn_stats_ncs_kernel(const T* __restrict__ x, int64_t rows, in
     if constexpr (VEC) {  // begin, end and row·len are multiples of V, x 16-byte aligned
       for (int64_t i = begin + threadIdx.x * V; i < end; i += static_cast<int64_t>(blockDim.x) * V) {
         const Pack<T, V> p = load<T, V>(gx + i);
+        A v[V];
 #pragma unroll
-        for (int k = 0; k < V; ++k) welford_add(w, to_acc(p.v[k]));
+        for (int k = 0; k < V; ++k) v[k] = to_acc(p.v[k]);
+        gn::welford_add_pack(w, v);
       }
     } else {
-      for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) welford_add(w, to_acc(gx[i]));
+      const int64_t bd = blockDim.x;
+      int64_t i = begin + threadIdx.x;
+      for (; i + 3 * bd < end; i += 4 * bd) {
+        A v[4] = {to_acc(gx[i]), to_acc(gx[i + bd]), to_acc(gx[i + 2 * bd]), to_acc(gx[i + 3 * bd])};
+        gn::welford_add_pack(w, v);
+      }
+      for (; i < end; i += bd) {
+        A v[1] = {to_acc(gx[i])};
+        gn::welford_add_pack(w, v);
+      }
     }
     w = block_combine(w);
     if (threadIdx.x == 0) {
@@ -98,31 +105,59 @@ __global__ void adagn_stats_ncs_kernel(const T* __restrict__ x, int64_t rows, in
 }
 
 // [N, S, C]: per-channel triples of position slice blockIdx.x of sample blockIdx.z, channels of block blockIdx.y;
-// part[((n·SPLIT + split)·C + c)·3].
-template <typename T>
+// part[((n·SPLIT + split)·C + c)·3]. Thread (x, y) reads channels c0..c0+P−1, c0 = (blockIdx.y·32 + x)·P, as one
+// access (P = 16 bytes of T: C a multiple of P and x aligned; or P = 1), at positions y, y + 8, ... of the slice,
+// 4 positions a Welford pack.
+template <typename T, int P>
 __global__ void adagn_stats_nsc_kernel(const T* __restrict__ x, int64_t s, int64_t c_total, int64_t chunk,
                                        acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
   __shared__ A sc[kClThreadsY][kClThreadsX], sm[kClThreadsY][kClThreadsX], s2[kClThreadsY][kClThreadsX];
   const int64_t split = blockIdx.x, n = blockIdx.z;
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * kClThreadsX + threadIdx.x;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * kClThreadsX + threadIdx.x) * P;
   const int64_t begin = split * chunk, end = begin + chunk < s ? begin + chunk : s;
-  gn::Welford<A> w{A(0), A(0), A(0)};
-  if (c < c_total) {
-    const T* xs = x + n * s * c_total + c;
-    for (int64_t p = begin + threadIdx.y; p < end; p += kClThreadsY) welford_add(w, to_acc(xs[p * c_total]));
+  gn::Welford<A> w[P];
+#pragma unroll
+  for (int k = 0; k < P; ++k) w[k] = gn::Welford<A>{A(0), A(0), A(0)};
+  if (c0 < c_total) {  // the whole pack: c_total % P == 0
+    const T* xs = x + n * s * c_total + c0;
+    constexpr int64_t step = kClThreadsY;
+    int64_t p = begin + threadIdx.y;
+    for (; p + 3 * step < end; p += 4 * step) {
+      Pack<T, P> q[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) q[r] = load<T, P>(xs + (p + r * step) * c_total);
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        A v[4] = {to_acc(q[0].v[k]), to_acc(q[1].v[k]), to_acc(q[2].v[k]), to_acc(q[3].v[k])};
+        gn::welford_add_pack(w[k], v);
+      }
+    }
+    for (; p < end; p += step) {
+      const Pack<T, P> q = load<T, P>(xs + p * c_total);
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        A v[1] = {to_acc(q.v[k])};
+        gn::welford_add_pack(w[k], v);
+      }
+    }
   }
-  sc[threadIdx.y][threadIdx.x] = w.count;
-  sm[threadIdx.y][threadIdx.x] = w.mean;
-  s2[threadIdx.y][threadIdx.x] = w.m2;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < c_total) {
-    for (int k = 1; k < kClThreadsY; ++k) w = gn::combine(w, gn::Welford<A>{sc[k][threadIdx.x], sm[k][threadIdx.x],
-                                                                            s2[k][threadIdx.x]});
-    A* o = part + ((n * gridDim.x + split) * c_total + c) * 3;
-    o[0] = w.count;
-    o[1] = w.mean;
-    o[2] = w.m2;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {  // channel c0 + k: fold the 8 position rows of the block
+    sc[threadIdx.y][threadIdx.x] = w[k].count;
+    sm[threadIdx.y][threadIdx.x] = w[k].mean;
+    s2[threadIdx.y][threadIdx.x] = w[k].m2;
+    __syncthreads();
+    if (threadIdx.y == 0 && c0 < c_total) {
+      gn::Welford<A> t = w[k];
+      for (int y = 1; y < kClThreadsY; ++y) t = gn::combine(t, gn::Welford<A>{sc[y][threadIdx.x], sm[y][threadIdx.x],
+                                                                              s2[y][threadIdx.x]});
+      A* o = part + ((n * gridDim.x + split) * c_total + c0 + k) * 3;
+      o[0] = t.count;
+      o[1] = t.mean;
+      o[2] = t.m2;
+    }
+    __syncthreads();  // the next channel reuses the shared rows
   }
 }
 
@@ -160,11 +195,16 @@ __global__ void adagn_finalize_kernel(const A* __restrict__ part, int split, con
   }
 }
 
+// SiLU z·σ(z) = z / (1 + e^−z): __fdividef in float (0 where 1 + e^−z > 2^126, i.e. z < −87, where z·σ(z) is
+// below 1e−36 anyway), the exact division in double.
+__device__ __forceinline__ float silu(float z) { return __fdividef(z, 1.0f + expf(-z)); }
+__device__ __forceinline__ double silu(double z) { return gn::silu(z); }
+
 template <typename T>
-__device__ __forceinline__ T apply_one(const acc_t<T>* __restrict__ f, T v, bool silu) {
+__device__ __forceinline__ T apply_one(const acc_t<T>* __restrict__ f, T v, bool act) {
   using A = acc_t<T>;
   const A z = gn::apply(gn::Affine<A>{f[0], f[1], f[2]}, to_acc(v));
-  return from_acc<T>(silu ? gn::silu(z) : z);
+  return from_acc<T>(act ? silu(z) : z);
 }
 
 // out = act(a·(x − mean) + b) over all N·C·S values in packs of P (P = 16 bytes, or 1): the channel of element e is
@@ -209,13 +249,20 @@ struct Split {
   int64_t chunk;
 };
 
-Split choose_split(const AdaGNParams& p) {
+// Channels per [N, S, C] statistics thread: a 16-byte pack of them where C is a multiple of it and x is aligned,
+// else 1.
+int channel_pack(DType dtype, const AdaGNParams& p) {
+  const int v = 16 / (dtype == DType::kDouble ? 8 : dtype == DType::kFloat ? 4 : 2);
+  return p.c % v == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 ? v : 1;
+}
+
+Split choose_split(DType dtype, const AdaGNParams& p) {
   const int num_sms = current_device_sms();
   const int64_t target = 4 * static_cast<int64_t>(num_sms > 0 ? num_sms : 132);
   int64_t split, len;
   if (p.channels_last) {
     len = p.s;
-    const int64_t blocks = p.n * ceil_div(p.c, kClThreadsX);
+    const int64_t blocks = p.n * ceil_div(p.c, kClThreadsX * channel_pack(dtype, p));
     const int64_t most = ceil_div(p.s, 4 * kClThreadsY);  // >= 4 positions per thread
     split = ceil_div(target, blocks);
     split = split < most ? split : most;
@@ -244,12 +291,13 @@ int64_t part_elems(const AdaGNParams& p, const Split& sp) {
 
 int64_t adagn_workspace_bytes(DType dtype, const AdaGNParams& p) {
   const int64_t elem = dtype == DType::kDouble ? 8 : 4;
-  return (part_elems(p, choose_split(p)) + p.n * p.c * 3) * elem;
+  return (part_elems(p, choose_split(dtype, p)) + p.n * p.c * 3) * elem;
 }
 
 void launch_adagn(DType dtype, const AdaGNParams& p, void* workspace, cudaStream_t stream) {
   if (p.n == 0 || p.c == 0 || p.s == 0) return;
-  Split sp = choose_split(p);
+  const Split sp = choose_split(dtype, p);
+  const int cp = p.channels_last ? channel_pack(dtype, p) : 1;
   dispatch_dtype(dtype, [&](auto tt) {
     using T = typename decltype(tt)::type;
     using A = acc_t<T>;
@@ -261,9 +309,12 @@ void launch_adagn(DType dtype, const AdaGNParams& p, void* workspace, cudaStream
     const int64_t d = p.c / p.g, len = d * p.s;
     const auto capped = [](int64_t v) { return static_cast<unsigned>(v < 65535 ? v : 65535); };
     if (p.channels_last) {
-      adagn_stats_nsc_kernel<T><<<dim3(sp.split, static_cast<unsigned>(ceil_div(p.c, kClThreadsX)),
-                                       static_cast<unsigned>(p.n)),
-                                  dim3(kClThreadsX, kClThreadsY), 0, stream>>>(x, p.s, p.c, sp.chunk, part);
+      const dim3 grid(sp.split, static_cast<unsigned>(ceil_div(p.c, kClThreadsX * cp)), static_cast<unsigned>(p.n));
+      if (cp > 1) {
+        adagn_stats_nsc_kernel<T, V><<<grid, dim3(kClThreadsX, kClThreadsY), 0, stream>>>(x, p.s, p.c, sp.chunk, part);
+      } else {
+        adagn_stats_nsc_kernel<T, 1><<<grid, dim3(kClThreadsX, kClThreadsY), 0, stream>>>(x, p.s, p.c, sp.chunk, part);
+      }
     } else {
       const bool vec = aligned<T>(x, len) && aligned<T>(x, sp.chunk);
       if (vec) {

@@ -68,20 +68,19 @@ __device__ __forceinline__ uint64_t step_seed(const P& p) {
 }
 
 constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // beyond this, threads grid-stride (any tensor launches)
 
-// Launch shape over [N, M / V]: grid y strides samples, grid x strides vectors within a row (both grid-stride loops).
-// 256 threads, or fewer (a multiple of 32) for short rows; at least one block per row even when M = 0, so per-row
-// outputs (the posterior variance) are still written.
-struct RowLaunch {
-  dim3 grid;
+// Launch shape for `items` grid-strided work items (a flat kernel's packs, fastdiff/flat_packs.h): one item per
+// thread, 256 threads a block, or fewer (a multiple of 32) for fewer items; at least one block.
+struct FlatLaunch {
+  unsigned blocks;
   int threads;
 };
 
-inline RowLaunch row_launch(int64_t n, int64_t vecs_per_row) {
-  const int64_t threads = std::min<int64_t>(std::max<int64_t>((vecs_per_row + 31) / 32 * 32, 32), kThreads);
-  const int64_t bx = std::min<int64_t>(std::max<int64_t>((vecs_per_row + threads - 1) / threads, 1), 1024);
-  const int64_t by = std::min<int64_t>(std::max<int64_t>(n, 1), 65535);
-  return {dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), static_cast<int>(threads)};
+inline FlatLaunch flat_launch(int64_t items) {
+  const int64_t threads = std::min<int64_t>(std::max<int64_t>((items + 31) / 32 * 32, 32), kThreads);
+  const int64_t blocks = std::min<int64_t>(std::max<int64_t>((items + threads - 1) / threads, 1), kMaxBlocks);
+  return {static_cast<unsigned>(blocks), static_cast<int>(threads)};
 }
 
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -111,21 +110,16 @@ void dispatch_dtypes(DType dtype, DType coefs_dtype, const F& f) {
   });
 }
 
-// launch(std::integral_constant<int, V>, RowLaunch) for a step kernel: V = 16 / sizeof(T) elements per thread when
-// every row length and pointer allows 16-byte accesses, else V = 1 (scalar fallback).
-// Known costs, to be measured and fixed on a GPU (ptxas -v: the sampler step's fp16/bf16 V = 8 variants use 84-117
-// registers):
-// a row length that is not a multiple of V sends the whole tensor down the scalar path (a vector body plus a
-// scalar tail per row would keep 16-byte accesses where the row start is aligned), and rows shorter than 32·V
-// leave lanes of their one block idle (several rows per block would fill it).
-// vec: whether the kernel's every row length is a multiple of V and every pointer 16-byte aligned.
+// launch(std::integral_constant<int, V>, FlatLaunch) for a flat kernel over `elements` values: packs of
+// V = 16 / sizeof(T) elements when every pointer (and row, see the kernel) allows 16-byte accesses, else V = 1.
+// Registers and occupancy of the V > 1 sampler step: docs/architecture.md, "CUDA launch shapes".
 template <typename T, typename F>
-void launch_rows(const Rows& rows, bool vec, const F& launch) {
+void launch_packs(int64_t elements, bool vec, const F& launch) {
   constexpr int V = 16 / sizeof(T);
   if (vec) {
-    launch(std::integral_constant<int, V>{}, row_launch(rows.n, rows.m / V));
+    launch(std::integral_constant<int, V>{}, flat_launch((elements + V - 1) / V));
   } else {
-    launch(std::integral_constant<int, 1>{}, row_launch(rows.n, rows.m));
+    launch(std::integral_constant<int, 1>{}, flat_launch(elements));
   }
 }
 

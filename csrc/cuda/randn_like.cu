@@ -6,16 +6,25 @@ namespace fastdiff {
 namespace cuda {
 namespace {
 
+// Packs of V elements, grid-strided; the last, partial one element by element.
 template <typename T, int V>
 __global__ void randn_kernel(int64_t numel, uint64_t seed, uint64_t offset, T* out) {
-  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < numel / V;
-       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    Pack<T, V> res;
+  const int64_t packs = (numel + V - 1) / V;
+  for (int64_t pk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pk < packs;
+       pk += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e = pk * V;
+    if (e + V <= numel) {
+      Pack<T, V> res;
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      res.v[k] = from_acc<T>(static_cast<acc_t<T>>(philox::randn(seed, offset + static_cast<uint64_t>(j * V + k))));
+      for (int k = 0; k < V; ++k) {
+        res.v[k] = from_acc<T>(static_cast<acc_t<T>>(philox::randn(seed, offset + static_cast<uint64_t>(e + k))));
+      }
+      store<T, V>(out + e, res);
+    } else {
+      for (int64_t i = e; i < numel; ++i) {
+        out[i] = from_acc<T>(static_cast<acc_t<T>>(philox::randn(seed, offset + static_cast<uint64_t>(i))));
+      }
     }
-    store<T, V>(out + j * V, res);
   }
 }
 
@@ -25,16 +34,11 @@ void launch_randn_like(DType dtype, int64_t numel, int64_t seed, int64_t offset,
   if (numel == 0) return;
   dispatch_dtype(dtype, [&](auto tt) {
     using T = typename decltype(tt)::type;
-    constexpr int V = 16 / sizeof(T);
     T* o = static_cast<T*>(out);
     const uint64_t s = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
-    if (numel % V == 0 && aligned16(out)) {
-      const RowLaunch l = row_launch(1, numel / V);
-      randn_kernel<T, V><<<l.grid.x, l.threads, 0, stream>>>(numel, s, off, o);
-    } else {
-      const RowLaunch l = row_launch(1, numel);
-      randn_kernel<T, 1><<<l.grid.x, l.threads, 0, stream>>>(numel, s, off, o);
-    }
+    launch_packs<T>(numel, aligned16(out), [&](auto v, FlatLaunch l) {
+      randn_kernel<T, decltype(v)::value><<<l.blocks, l.threads, 0, stream>>>(numel, s, off, o);
+    });
   });
 }
 

@@ -358,3 +358,32 @@ def test_cuda_poisons_out_of_range_rows():
                                               None, 3, 0, True)
     torch.cuda.synchronize()
     assert torch.isfinite(out[0]).all() and torch.equal(out[0], good[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n, spatial, var_mode", [(70_000, (2,), 0), (9, (105,), 0), (9, (105,), 2), (4, (3, 3), 1),
+                                                  (3, (8, 8), 2)])
+def test_cuda_flat_packs_short_and_odd_rows(dtype, n, spatial, var_mode):
+    """The CUDA step walks the flat tensor in 16-byte packs (docs/architecture.md, "CUDA launch shapes"): 70,000
+    two-value rows share blocks (and exceed a 65,535 grid axis), rows whose length the pack does not divide cross
+    pack ends (element by element there, with each element's own row), a learned variance on such rows falls back to
+    scalar packs; against the reference with guidance, history slots read and written, and in-kernel noise."""
+    rng, gen = random.Random(RUN_SEED + 71), torch.Generator().manual_seed(RUN_SEED + 71)
+    shape = (n, 1) + spatial
+    x = rand(shape, dtype, "cuda", gen, False)
+    mo = rand((n, 2 if var_mode else 1) + spatial, dtype, "cuda", gen, False)
+    uncond = rand(shape, dtype, "cuda", gen, False)
+    table = random_table(rng, 5, 2, "cuda")
+    table[:, T.WRITE_D], table[:, T.WRITE_X], table[:, T.C_Z] = 0, 1, 0.5
+    step = torch.randint(0, 5, (n,), generator=gen).cuda()
+    history = torch.randn((2,) + shape, generator=gen).to("cuda", dtype)
+    got_h, want_h = history.clone(), history.clone()
+    kwargs = dict(model_output_uncond=uncond, var_mode=var_mode, seed=rng.randrange(2**63), offset=2**32 + 7,
+                  return_denoised=True)
+    got_x, got_d = ops.sampler_step(x, mo, table, step, history=got_h, backend="cuda", **kwargs)
+    want_x, want_d = ops.sampler_step(x, mo, table, step, history=want_h, backend="reference", **kwargs)
+    meta = dict(shape=shape, dtype=str(dtype), var_mode=var_mode)
+    assert_close(got_x, want_x, dtype, "x_next", meta)
+    assert_close(got_d, want_d, dtype, "D", meta)
+    assert_close(got_h, want_h, dtype, "history", meta)

@@ -26,6 +26,26 @@ FASTDIFF_HD Welford<A> combine(Welford<A> a, Welford<A> b) {
   return {count, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * a.count * fb};
 }
 
+// w ∪ {v_0, ..., v_{K−1}} with one division where adding the values one by one (Welford) takes K: the K values'
+// own mean and M2 merged as in `combine`, about the centre v_0 + off (off = Σ(v_k − v_0)/K, 1/K exact for K a power
+// of two). The pack's mean is never rounded as a whole: at a large offset a rounded pack mean moves the merge's
+// delta, an error of first order in M2 (a sum of K values ~1e4 in float: 8x the one-by-one update's error), while
+// v_k − v_0 is exact for nearby values. The CUDA statistics kernels add a 16-byte load of x (or K positions of a
+// channel) at a time; tests/csrc/test_kernel_math.cpp compares it with the one-by-one update.
+template <typename A, int K>
+FASTDIFF_HD void welford_add_pack(Welford<A>& w, const A (&v)[K]) {
+  static_assert(K > 0 && (K & (K - 1)) == 0, "K must be a power of two");
+  A s = A(0);
+  for (int k = 0; k < K; ++k) s += v[k] - v[0];
+  const A off = s * (A(1) / A(K));
+  A m2 = A(0);
+  for (int k = 0; k < K; ++k) m2 += ((v[k] - v[0]) - off) * ((v[k] - v[0]) - off);
+  const A count = w.count + A(K), fb = A(K) / count, delta = (v[0] - w.mean) + off;
+  w.m2 += m2 + delta * (delta * (w.count * fb));  // 0 for the first pack, whatever delta's size
+  w.mean += delta * fb;
+  w.count = count;
+}
+
 // rstd = 1 / sqrt(Var + eps) with the biased variance M2 / count (GroupNorm's).
 template <typename A>
 FASTDIFF_HD A rstd(Welford<A> w, A eps) {
