@@ -104,60 +104,63 @@ __global__ void adagn_stats_ncs_kernel(const T* __restrict__ x, int64_t rows, in
   }
 }
 
-// [N, S, C]: per-channel triples of position slice blockIdx.x of sample blockIdx.z, channels of block blockIdx.y;
-// part[((n·SPLIT + split)·C + c)·3]. Thread (x, y) reads channels c0..c0+P−1, c0 = (blockIdx.y·32 + x)·P, as one
-// access (P = 16 bytes of T: C a multiple of P and x aligned; or P = 1), at positions y, y + 8, ... of the slice,
-// 4 positions a Welford pack.
+// [N, S, C]: per-channel triples part[((n·SPLIT + split)·C + c)·3] of position slice blockIdx.x, channels of block
+// blockIdx.y, samples n = blockIdx.z, + gridDim.z, .... Thread (x, y) reads channels c0..c0+P−1,
+// c0 = (blockIdx.y·32 + x)·P, as one access (P = 16 bytes of T: C a multiple of P and x aligned; or P = 1), at
+// positions y, y + 8, ... of the slice, 4 positions a Welford pack.
 template <typename T, int P>
-__global__ void adagn_stats_nsc_kernel(const T* __restrict__ x, int64_t s, int64_t c_total, int64_t chunk,
-                                       acc_t<T>* __restrict__ part) {
+__global__ void adagn_stats_nsc_kernel(const T* __restrict__ x, int64_t n_total, int64_t s, int64_t c_total,
+                                       int64_t chunk, acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
   __shared__ A sc[kClThreadsY][kClThreadsX], sm[kClThreadsY][kClThreadsX], s2[kClThreadsY][kClThreadsX];
-  const int64_t split = blockIdx.x, n = blockIdx.z;
+  const int64_t split = blockIdx.x;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * kClThreadsX + threadIdx.x) * P;
   const int64_t begin = split * chunk, end = begin + chunk < s ? begin + chunk : s;
-  gn::Welford<A> w[P];
+  for (int64_t n = blockIdx.z; n < n_total; n += gridDim.z) {  // grid.z is capped at 65535
+    gn::Welford<A> w[P];
 #pragma unroll
-  for (int k = 0; k < P; ++k) w[k] = gn::Welford<A>{A(0), A(0), A(0)};
-  if (c0 < c_total) {  // the whole pack: c_total % P == 0
-    const T* xs = x + n * s * c_total + c0;
-    constexpr int64_t step = kClThreadsY;
-    int64_t p = begin + threadIdx.y;
-    for (; p + 3 * step < end; p += 4 * step) {
-      Pack<T, P> q[4];
+    for (int k = 0; k < P; ++k) w[k] = gn::Welford<A>{A(0), A(0), A(0)};
+    if (c0 < c_total) {  // the whole pack: c_total % P == 0
+      const T* xs = x + n * s * c_total + c0;
+      constexpr int64_t step = kClThreadsY;
+      int64_t p = begin + threadIdx.y;
+      for (; p + 3 * step < end; p += 4 * step) {
+        Pack<T, P> q[4];
 #pragma unroll
-      for (int r = 0; r < 4; ++r) q[r] = load<T, P>(xs + (p + r * step) * c_total);
+        for (int r = 0; r < 4; ++r) q[r] = load<T, P>(xs + (p + r * step) * c_total);
 #pragma unroll
-      for (int k = 0; k < P; ++k) {
-        A v[4] = {to_acc(q[0].v[k]), to_acc(q[1].v[k]), to_acc(q[2].v[k]), to_acc(q[3].v[k])};
-        gn::welford_add_pack(w[k], v);
+        for (int k = 0; k < P; ++k) {
+          A v[4] = {to_acc(q[0].v[k]), to_acc(q[1].v[k]), to_acc(q[2].v[k]), to_acc(q[3].v[k])};
+          gn::welford_add_pack(w[k], v);
+        }
+      }
+      for (; p < end; p += step) {
+        const Pack<T, P> q = load<T, P>(xs + p * c_total);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          A v[1] = {to_acc(q.v[k])};
+          gn::welford_add_pack(w[k], v);
+        }
       }
     }
-    for (; p < end; p += step) {
-      const Pack<T, P> q = load<T, P>(xs + p * c_total);
 #pragma unroll
-      for (int k = 0; k < P; ++k) {
-        A v[1] = {to_acc(q.v[k])};
-        gn::welford_add_pack(w[k], v);
+    for (int k = 0; k < P; ++k) {  // channel c0 + k: fold the 8 position rows of the block
+      sc[threadIdx.y][threadIdx.x] = w[k].count;
+      sm[threadIdx.y][threadIdx.x] = w[k].mean;
+      s2[threadIdx.y][threadIdx.x] = w[k].m2;
+      __syncthreads();
+      if (threadIdx.y == 0 && c0 < c_total) {
+        gn::Welford<A> t = w[k];
+        for (int y = 1; y < kClThreadsY; ++y) {
+          t = gn::combine(t, gn::Welford<A>{sc[y][threadIdx.x], sm[y][threadIdx.x], s2[y][threadIdx.x]});
+        }
+        A* o = part + ((n * gridDim.x + split) * c_total + c0 + k) * 3;
+        o[0] = t.count;
+        o[1] = t.mean;
+        o[2] = t.m2;
       }
+      __syncthreads();  // the next channel reuses the shared rows
     }
-  }
-#pragma unroll
-  for (int k = 0; k < P; ++k) {  // channel c0 + k: fold the 8 position rows of the block
-    sc[threadIdx.y][threadIdx.x] = w[k].count;
-    sm[threadIdx.y][threadIdx.x] = w[k].mean;
-    s2[threadIdx.y][threadIdx.x] = w[k].m2;
-    __syncthreads();
-    if (threadIdx.y == 0 && c0 < c_total) {
-      gn::Welford<A> t = w[k];
-      for (int y = 1; y < kClThreadsY; ++y) t = gn::combine(t, gn::Welford<A>{sc[y][threadIdx.x], sm[y][threadIdx.x],
-                                                                              s2[y][threadIdx.x]});
-      A* o = part + ((n * gridDim.x + split) * c_total + c0 + k) * 3;
-      o[0] = t.count;
-      o[1] = t.mean;
-      o[2] = t.m2;
-    }
-    __syncthreads();  // the next channel reuses the shared rows
   }
 }
 
@@ -309,11 +312,12 @@ void launch_adagn(DType dtype, const AdaGNParams& p, void* workspace, cudaStream
     const int64_t d = p.c / p.g, len = d * p.s;
     const auto capped = [](int64_t v) { return static_cast<unsigned>(v < 65535 ? v : 65535); };
     if (p.channels_last) {
-      const dim3 grid(sp.split, static_cast<unsigned>(ceil_div(p.c, kClThreadsX * cp)), static_cast<unsigned>(p.n));
+      const dim3 grid(sp.split, static_cast<unsigned>(ceil_div(p.c, kClThreadsX * cp)), capped(p.n));
+      const dim3 block(kClThreadsX, kClThreadsY);
       if (cp > 1) {
-        adagn_stats_nsc_kernel<T, V><<<grid, dim3(kClThreadsX, kClThreadsY), 0, stream>>>(x, p.s, p.c, sp.chunk, part);
+        adagn_stats_nsc_kernel<T, V><<<grid, block, 0, stream>>>(x, p.n, p.s, p.c, sp.chunk, part);
       } else {
-        adagn_stats_nsc_kernel<T, 1><<<grid, dim3(kClThreadsX, kClThreadsY), 0, stream>>>(x, p.s, p.c, sp.chunk, part);
+        adagn_stats_nsc_kernel<T, 1><<<grid, block, 0, stream>>>(x, p.n, p.s, p.c, sp.chunk, part);
       }
     } else {
       const bool vec = aligned<T>(x, len) && aligned<T>(x, sp.chunk);

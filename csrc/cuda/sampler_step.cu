@@ -27,7 +27,8 @@ template <typename T, bool CROSS>
 constexpr int kStepMinBlocks = !CROSS && (std::is_same_v<T, __half> || std::is_same_v<T, float>) ? 3 : 2;
 
 template <typename T, typename R, int V, bool CROSS>
-__global__ void __launch_bounds__(kThreads, (kStepMinBlocks<T, CROSS>)) sampler_step_kernel(Rows rows, RowDivider div, TableArgs table, SamplerStepParams p) {
+__global__ void __launch_bounds__(kThreads, (kStepMinBlocks<T, CROSS>))
+    sampler_step_kernel(Rows rows, RowDivider div, TableArgs table, SamplerStepParams p) {
   using A = acc_t<T>;
   const T* x = static_cast<const T*>(p.x);
   const T* mo = static_cast<const T*>(p.mo);
