@@ -64,8 +64,10 @@ class Tiling:
         if dtype == torch.float64 and elems >= 256:
             # fp64 math takes register pairs: at 8 values per thread the former DDPM step kernel with learned-range
             # variance and Philox noise spilled on sm_90, and the sampler step with three history slots on one warp
-            # at a 4 x 64 tile (224-240 B, make triton-check); 256, 512, 1024 values on 2, 4, 8 warps hold 4 each.
-            self.num_warps = elems // 128
+            # at a 4 x 64 tile (224-240 B, make triton-check); at 4 the step's 512-row toy tile, whose per-row
+            # coefficients are per value too, spilled 56 B on sm_80 once its noise took a correctly rounded sqrt.
+            # 256, 512, 1024 values on 4, 8, 16 warps hold 2 each.
+            self.num_warps = elems // 64
         self.grid = (triton.cdiv(n, self.rows) * max(triton.cdiv(m, self.block_m), 1),)
 
 

@@ -2,8 +2,6 @@
 // of q_sample (DDPM eq. 4) and posterior_mean_variance (DDPM eq. 7); the formulas live in fastdiff/sampler_math.h.
 #pragma once
 
-#include <type_traits>
-
 #include "device.cuh"
 #include "fastdiff/flat_packs.h"
 #include "fastdiff/sampler_math.h"
@@ -29,10 +27,9 @@ __global__ void row_affine_kernel(Rows rows, RowDivider div, TableArgs table, co
       log_var[n] = static_cast<A>(row[coef::POST_LOGVAR]);
     }
   }
-  const int64_t total = rows.n * rows.m, packs = (total + V - 1) / V;
   int64_t row_n = -1;
   Affine2<A> c;
-  auto affine_pack = [&](auto width, int64_t i, int64_t n) {
+  auto affine_pack = [&](auto width, int64_t i, int64_t n, int64_t) {
     constexpr int W = decltype(width)::value;
     if (n != row_n) {
       row_n = n;
@@ -46,15 +43,7 @@ __global__ void row_affine_kernel(Rows rows, RowDivider div, TableArgs table, co
     for (int k = 0; k < W; ++k) res.v[k] = from_acc<T>(affine2(c, to_acc(uv.v[k]), to_acc(vv.v[k])));
     store<T, W>(out + i, res);
   };
-  for (int64_t pk = first; pk < packs; pk += stride) {
-    const PackSpan s = pack_span<V>(pk, div);
-    if (s.in_row) {
-      affine_pack(std::integral_constant<int, V>{}, s.e, s.n);
-    } else if constexpr (V > 1) {  // the pack crosses a row end, or the tensor's
-#pragma unroll 1
-      for (int64_t i = s.e; i < s.e + V && i < total; ++i) affine_pack(std::integral_constant<int, 1>{}, i, div.row(i));
-    }
-  }
+  for_each_pack<V, (V > 1)>(first, stride, rows.n * rows.m, div, affine_pack);
 }
 
 template <bool POSTERIOR>

@@ -1,8 +1,6 @@
 // The one sampler step (docs/architecture.md, "Adding a sampler"): CFG combine, D = clip(a_x·x + a_o·o), x_next = c_x·x + c_D·D + c_o·o + c_ou·o_u +
 // Σ_k c_k·H_k + c_z·σ_var·z with noise from a tensor or in-kernel Philox, then D / x into history slots in place;
 // per-element math in fastdiff/sampler_math.h, shared with the CPU kernel.
-#include <type_traits>
-
 #include "device.cuh"
 #include "fastdiff/flat_packs.h"
 #include "fastdiff/philox.h"
@@ -37,7 +35,7 @@ __global__ void __launch_bounds__(kThreads, (kStepMinBlocks<T, CROSS>))
   T* out = static_cast<T*>(p.out);
   T* d_out = static_cast<T*>(p.d);
   T* hist = static_cast<T*>(p.history);
-  const int64_t m = rows.m, total = rows.n * m, packs = (total + V - 1) / V;  // history is [K, N, M]
+  const int64_t m = rows.m, total = rows.n * m;  // history is [K, N, M]
   const bool seeded = noise == nullptr && has_philox_seed(p);
   const uint64_t seed = seeded ? step_seed(p) : 0;
   // A negative device seed (not checkable on the host without a sync) poisons the step like an out-of-range row.
@@ -95,19 +93,8 @@ __global__ void __launch_bounds__(kThreads, (kStepMinBlocks<T, CROSS>))
     if (c.write_x >= 0 && c.write_x != c.write_d) store<T, W>(hist + c.write_x * total + i, xv);
   };
 
-  for (int64_t pk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pk < packs;
-       pk += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const PackSpan s = pack_span<V>(pk, div);
-    if (s.in_row) {
-      step_pack(std::integral_constant<int, V>{}, s.e, s.n, s.j);
-    } else if constexpr (CROSS) {  // the pack crosses a row end, or the tensor's
-#pragma unroll 1
-      for (int64_t i = s.e; i < s.e + V && i < total; ++i) {
-        const int64_t n = div.row(i);
-        step_pack(std::integral_constant<int, 1>{}, i, n, i - n * m);
-      }
-    }
-  }
+  for_each_pack<V, CROSS>(blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                          static_cast<int64_t>(gridDim.x) * blockDim.x, total, div, step_pack);
 }
 
 // V-element accesses need every pointer 16-byte aligned and every tensor aligned where x is: the model outputs'

@@ -48,46 +48,45 @@ static void check_fast_division(std::mt19937_64& rng) {
   }
 }
 
-// Every element of an [N, M] tensor is visited exactly once by the packs of V, in its own row and column, as the
-// kernels walk them: in-row packs whole, the others element by element; with V | M no pack crosses a row end (the
-// kernels' CROSS = false instantiation skips such packs).
+// Every element of an [N, M] tensor is visited exactly once, in its own row and column, by for_each_pack as the
+// kernels call it (thread t of T takes packs t, t + T, ...), whole packs inside a row; and with V | M the walk
+// without CROSS (which skips row-crossing packs) still covers everything.
+template <int V>
+static void check_walk(int64_t n_rows, int64_t m, int64_t threads) {
+  const int64_t total = n_rows * m;
+  const RowDivider rows(m, total);
+  std::vector<int> seen(total, 0);
+  auto visit = [&](auto width, int64_t i, int64_t n, int64_t j) {
+    constexpr int W = decltype(width)::value;
+    CHECK(W == V || W == 1, "width %d", W);
+    for (int k = 0; k < W; ++k) {
+      CHECK(i + k < total && (i + k) / m == n && (i + k) % m == j + k, "N=%lld M=%lld V=%d T=%lld: element %lld as row "
+            "%lld column %lld", (long long)n_rows, (long long)m, V, (long long)threads, (long long)(i + k),
+            (long long)n, (long long)(j + k));
+      ++seen[i + k];
+    }
+  };
+  for (int64_t t = 0; t < threads; ++t) {
+    if (m % V == 0) {
+      for_each_pack<V, false>(t, threads, total, rows, visit);
+    } else {
+      for_each_pack<V, true>(t, threads, total, rows, visit);
+    }
+  }
+  for (int64_t i = 0; i < total; ++i) {
+    CHECK(seen[i] == 1, "N=%lld M=%lld V=%d T=%lld: element %lld visited %d times", (long long)n_rows, (long long)m, V,
+          (long long)threads, (long long)i, seen[i]);
+  }
+}
+
 static void check_pack_walk() {
   for (int64_t n_rows : {1, 2, 3, 7, 64}) {
     for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 31, 64, 100, 1000}) {
-      for (int v : {1, 2, 4, 8}) {
-        const int64_t total = n_rows * m, packs = (total + v - 1) / v;
-        const RowDivider rows(m, total);
-        std::vector<int> seen(total, 0);
-        for (int64_t pk = 0; pk < packs; ++pk) {
-          PackSpan s{};
-          switch (v) {
-            case 1: s = pack_span<1>(pk, rows); break;
-            case 2: s = pack_span<2>(pk, rows); break;
-            case 4: s = pack_span<4>(pk, rows); break;
-            default: s = pack_span<8>(pk, rows); break;
-          }
-          CHECK(s.e == pk * v && s.n == s.e / m && s.j == s.e % m, "N=%lld M=%lld V=%d pack %lld",
-                (long long)n_rows, (long long)m, v, (long long)pk);
-          if (m % v == 0) CHECK(s.in_row, "N=%lld M=%lld V=%d: pack %lld crosses a row", (long long)n_rows,
-                                (long long)m, v, (long long)pk);
-          if (s.in_row) {
-            for (int k = 0; k < v; ++k) {
-              CHECK(s.e + k < total && (s.e + k) / m == s.n && s.j + k < m, "in-row pack %lld leaves its row",
-                    (long long)pk);
-              ++seen[s.e + k];
-            }
-          } else {
-            CHECK(v > 1, "a 1-element pack always lies in a row");
-            for (int64_t i = s.e; i < s.e + v && i < total; ++i) {
-              CHECK(rows.row(i) == i / m, "row of %lld", (long long)i);
-              ++seen[i];
-            }
-          }
-        }
-        for (int64_t i = 0; i < total; ++i) {
-          CHECK(seen[i] == 1, "N=%lld M=%lld V=%d: element %lld visited %d times", (long long)n_rows, (long long)m, v,
-                (long long)i, seen[i]);
-        }
+      for (int64_t threads : {1, 37, 256}) {
+        check_walk<1>(n_rows, m, threads);
+        check_walk<2>(n_rows, m, threads);
+        check_walk<4>(n_rows, m, threads);
+        check_walk<8>(n_rows, m, threads);
       }
     }
   }

@@ -1,10 +1,13 @@
-// Flat pack indexing of the CUDA row kernels (sampler step, q_sample, posterior): an [N, M] tensor is walked as
+// Flat pack indexing of the CUDA row kernels (sampler step, q_sample, posterior, randn): an [N, M] tensor is walked as
 // ⌈N·M / V⌉ packs of V consecutive elements whatever M is, so short rows share a block's lanes, N has no grid
 // limit, and a row length that V does not divide costs scalar code only where a pack crosses a row end. A pack
 // inside one row is one 16-byte access per tensor; a pack that crosses a row end (or the tensor's end) goes
-// element by element, each with its own row's coefficients. Host code too: tests/csrc/test_kernel_math.cpp checks
-// every element is visited once, in its row, for a grid of shapes. No CUDA headers.
+// element by element, each with its own row's coefficients. Host code too: tests/csrc/test_kernel_math.cpp runs
+// for_each_pack over a grid of shapes and thread counts and checks every element is visited once, in its row. No
+// CUDA headers.
 #pragma once
+
+#include <type_traits>
 
 #include "fastdiff/macros.h"
 
@@ -59,6 +62,27 @@ template <int V>
 FASTDIFF_HD PackSpan pack_span(int64_t pk, const RowDivider& rows) {
   const int64_t e = pk * V, n = rows.row(e), j = e - n * rows.m;
   return {e, n, j, j + V <= rows.m};
+}
+
+// A thread's share of the walk: f(std::integral_constant<int, W>{}, i, n, j) for packs pk = first, first + stride, ...
+// of the [N, M] tensor of `total` elements: W = V for a pack in one row (elements i.. i + V − 1 of row n from column
+// j on); with CROSS, W = 1 for each element of a pack that crosses a row end or the tensor's end. Without CROSS such
+// packs are skipped: the caller guarantees there are none (V divides M).
+template <int V, bool CROSS, typename F>
+FASTDIFF_HD void for_each_pack(int64_t first, int64_t stride, int64_t total, const RowDivider& rows, F&& f) {
+  const int64_t packs = (total + V - 1) / V;
+  for (int64_t pk = first; pk < packs; pk += stride) {
+    const PackSpan s = pack_span<V>(pk, rows);
+    if (s.in_row) {
+      f(std::integral_constant<int, V>{}, s.e, s.n, s.j);
+    } else if constexpr (CROSS) {
+      FASTDIFF_NO_UNROLL
+      for (int64_t i = s.e; i < s.e + V && i < total; ++i) {
+        const int64_t n = rows.row(i);
+        f(std::integral_constant<int, 1>{}, i, n, i - n * rows.m);
+      }
+    }
+  }
 }
 
 // Whether a tensor whose rows are `row_len` long (a model output of M or 2M values per sample) is aligned to V

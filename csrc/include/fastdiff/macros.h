@@ -6,8 +6,10 @@
 
 #if defined(__CUDACC__)
 #define FASTDIFF_HD __host__ __device__ __forceinline__
+#define FASTDIFF_NO_UNROLL _Pragma("unroll 1")
 #else
 #define FASTDIFF_HD inline
+#define FASTDIFF_NO_UNROLL
 #endif
 
 namespace fastdiff {
