@@ -22,8 +22,8 @@ at most 4 KiB).
 
 Exit status 1 on any compile error; on shared memory above a target's per-block limit (such a launch fails on
 that GPU); on any spill in the elementwise kernels (the step, q_sample, posterior, randn and AdaGN kernels move a
-few values per thread: a spill there is a defect); and on attention spills above ATTENTION_SPILL_BYTES;
-and on an approximate PTX instruction (sqrt.approx, div.full, a bare ex2.approx, ...) in the kernels of the sampling
+few values per thread: a spill there is a defect); on attention spills above ATTENTION_SPILL_BYTES; and on an
+approximate PTX instruction (sqrt.approx, div.full, a bare ex2.approx, ...) in the kernels of the sampling
 path (EXACT_MATH), whose noise must be the CUDA kernels' bit for bit (docs/architecture.md, "One noise stream").
 
 Uses Triton's JIT internals (`create_function_from_signature`, `JITFunction._pack_args`) so the specialisation is
