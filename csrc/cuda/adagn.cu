@@ -256,7 +256,7 @@ struct Split {
 // else 1.
 int channel_pack(DType dtype, const AdaGNParams& p) {
   const int v = 16 / (dtype == DType::kDouble ? 8 : dtype == DType::kFloat ? 4 : 2);
-  return p.c % v == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 ? v : 1;
+  return p.c % v == 0 && aligned16(p.x) ? v : 1;
 }
 
 Split choose_split(DType dtype, const AdaGNParams& p) {
